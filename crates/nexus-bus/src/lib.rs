@@ -1,0 +1,546 @@
+//! The NATS layer of Nexus: the only crate that builds subject strings, knows
+//! stream and consumer settings, and sets the `Nats-Msg-Id` and `traceparent`
+//! headers. Services talk to each other through [`Bus`] alone.
+//!
+//! It must never hold business logic: it moves typed protobuf messages.
+
+pub mod subjects;
+mod trace;
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, consumer::pull, stream},
+    service::{self, ServiceExt},
+};
+use bytes::Bytes;
+use nexus_common::{Config, domain::Namespace, now_ms};
+use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
+use prost::Message;
+
+pub use async_nats;
+pub use subjects::{Subjects, event_kind, memory_op};
+pub use trace::TraceContext;
+
+/// Header carrying the idempotency key.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// Header carrying W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// How long JetStream remembers message ids. Platforms retry for longer than the
+/// 2-minute default (Slack up to an hour), so the window is set explicitly.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// Errors of the bus, split by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "cannot connect to NATS at {url}: {message}. Is nats-server running? (`nexus up` starts one)"
+    )]
+    Connect { url: String, message: String },
+    #[error("nobody serves {subject}: is the {service} service running?")]
+    NoResponders { subject: String, service: String },
+    #[error("{subject} did not answer within {timeout:?}")]
+    Timeout { subject: String, timeout: Duration },
+    #[error("{subject} answered with error {code}: {message}")]
+    Remote {
+        subject: String,
+        code: u16,
+        message: String,
+    },
+    #[error("cannot decode {what}: {message}")]
+    Decode { what: &'static str, message: String },
+    #[error("JetStream did not store the message on {subject}: {message}")]
+    Publish { subject: String, message: String },
+    #[error("NATS error: {0}")]
+    Nats(String),
+}
+
+impl BusError {
+    fn nats(e: impl std::fmt::Display) -> Self {
+        Self::Nats(e.to_string())
+    }
+}
+
+/// Result of publishing to a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub sequence: u64,
+    /// JetStream had already stored a message with this id.
+    pub duplicate: bool,
+}
+
+/// A connection to NATS scoped to one namespace.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    source: String,
+    request_timeout: Duration,
+}
+
+impl Bus {
+    /// Connects to `config.nats.url` as `service` (used in events and the NATS connection name).
+    pub async fn connect(config: &Config, service: &str) -> Result<Self, BusError> {
+        let ns = Namespace::parse(&config.namespace).map_err(|e| BusError::Nats(e.to_string()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("{}:{service}", config.namespace))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.nats.url.as_str());
+        // retry_on_initial_connect would wait forever; bound it so a missing server is an error.
+        let client = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .map_err(|_| BusError::Connect {
+                url: config.nats.url.clone(),
+                message: "timed out after 10s".into(),
+            })?
+            .map_err(|e| BusError::Connect {
+                url: config.nats.url.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self::from_client(
+            client,
+            ns,
+            service,
+            Duration::from_secs(config.nats.request_timeout_secs.max(1)),
+        ))
+    }
+
+    /// Wraps an existing client.
+    pub fn from_client(
+        client: async_nats::Client,
+        ns: Namespace,
+        service: &str,
+        request_timeout: Duration,
+    ) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            client,
+            js,
+            subjects: Subjects::new(ns),
+            source: service.to_owned(),
+            request_timeout,
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Creates or updates the streams of the namespace. Idempotent; every service calls it at start.
+    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        let s = &self.subjects;
+        let configs = [
+            stream::Config {
+                name: s.inbound_stream(),
+                subjects: vec![s.inbound_all()],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
+            stream::Config {
+                name: s.outbound_stream(),
+                subjects: vec![s.outbound_all()],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
+            stream::Config {
+                name: s.events_stream(),
+                subjects: vec![s.events_all()],
+                storage: stream::StorageType::File,
+                // Bounded: events are for operators, not a ledger.
+                max_age: Duration::from_secs(3 * 24 * 3600),
+                max_messages: 200_000,
+                max_bytes: 256 * 1024 * 1024,
+                discard: stream::DiscardPolicy::Old,
+                ..Default::default()
+            },
+            stream::Config {
+                name: s.deadletter_stream(),
+                subjects: vec![s.deadletter()],
+                storage: stream::StorageType::File,
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                max_bytes: 512 * 1024 * 1024,
+                ..Default::default()
+            },
+        ];
+        for config in configs {
+            let name = config.name.clone();
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| BusError::Nats(format!("stream {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes to a stream subject with an idempotency key and waits for the `PubAck`.
+    pub async fn publish_durable(
+        &self,
+        subject: String,
+        msg_id: &str,
+        trace: &TraceContext,
+        payload: Bytes,
+    ) -> Result<Stored, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, msg_id);
+        headers.insert(TRACEPARENT, trace.header().as_str());
+        let fut = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+        let ack = fut.await.map_err(|e| BusError::Publish {
+            subject,
+            message: e.to_string(),
+        })?;
+        Ok(Stored {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Stores an inbound message in `N_INBOUND` under its id.
+    pub async fn publish_inbound(
+        &self,
+        msg: &v1::InboundMessage,
+        trace: &TraceContext,
+    ) -> Result<Stored, BusError> {
+        let channel = nexus_common::domain::ChannelName::parse(&msg.channel)
+            .map_err(|e| BusError::Nats(e.to_string()))?;
+        self.publish_durable(
+            self.subjects.inbound(&channel),
+            &msg.id,
+            trace,
+            msg.encode_to_vec().into(),
+        )
+        .await
+    }
+
+    /// Stores an outbound message in `N_OUTBOUND` under its id.
+    pub async fn publish_outbound(
+        &self,
+        msg: &v1::OutboundMessage,
+        trace: &TraceContext,
+    ) -> Result<Stored, BusError> {
+        let channel = nexus_common::domain::ChannelName::parse(&msg.channel)
+            .map_err(|e| BusError::Nats(e.to_string()))?;
+        self.publish_durable(
+            self.subjects.outbound(&channel),
+            &msg.id,
+            trace,
+            msg.encode_to_vec().into(),
+        )
+        .await
+    }
+
+    /// Records an event on `N.events.<kind>`. Events are best effort: a failure is logged, not returned.
+    pub async fn emit(&self, kind: event::Kind) {
+        let name = event_name(&kind);
+        let event = Event {
+            at_ms: now_ms(),
+            source: self.source.clone(),
+            kind: Some(kind),
+        };
+        let subject = self.subjects.event(name);
+        let result = async {
+            self.js
+                .publish(subject.clone(), event.encode_to_vec().into())
+                .await
+                .map_err(BusError::nats)?
+                .await
+                .map_err(BusError::nats)
+        };
+        if let Err(error) = tokio::time::timeout(Duration::from_secs(5), result)
+            .await
+            .unwrap_or_else(|_| Err(BusError::Nats("timed out".into())))
+        {
+            tracing::warn!(%error, subject, "event not recorded");
+        }
+    }
+
+    /// Sets a message aside on `N.deadletter` with the reason, and emits a `dead_letter` event.
+    pub async fn dead_letter(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        reason: &str,
+        stream_sequence: u64,
+        deliveries: u64,
+    ) -> Result<(), BusError> {
+        let headers_map: HashMap<String, String> = headers
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| {
+                        let joined = v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",");
+                        (k.to_string(), joined)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dl = DeadLetter {
+            subject: subject.to_owned(),
+            payload: payload.to_vec(),
+            reason: reason.to_owned(),
+            headers: headers_map,
+            stream_sequence,
+            deliveries,
+            at_ms: now_ms(),
+            source: self.source.clone(),
+        };
+        let id = format!("dl:{subject}:{stream_sequence}");
+        self.publish_durable(
+            self.subjects.deadletter(),
+            &id,
+            &TraceContext::from_headers(headers),
+            dl.encode_to_vec().into(),
+        )
+        .await?;
+        tracing::warn!(
+            subject,
+            reason,
+            stream_sequence,
+            deliveries,
+            "message dead-lettered"
+        );
+        self.emit(event::Kind::DeadLetter(DeadLetterNotice {
+            subject: subject.to_owned(),
+            reason: reason.to_owned(),
+            stream_sequence,
+            deliveries,
+        }))
+        .await;
+        Ok(())
+    }
+
+    /// Typed request/reply with timeout, trace propagation and typed errors.
+    #[tracing::instrument(skip_all, fields(subject = %subject))]
+    pub async fn request<Req: Message, Resp: Message + Default>(
+        &self,
+        subject: String,
+        req: &Req,
+        trace: &TraceContext,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, BusError> {
+        let timeout = timeout.unwrap_or(self.request_timeout);
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, trace.header().as_str());
+        let request = async_nats::Request::new()
+            .payload(req.encode_to_vec().into())
+            .headers(headers)
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
+                    service: service_of(&subject),
+                    subject: subject.clone(),
+                },
+                async_nats::RequestErrorKind::TimedOut => BusError::Timeout {
+                    subject: subject.clone(),
+                    timeout,
+                },
+                _ => BusError::nats(e),
+            })?;
+        if let Some(h) = &reply.headers
+            && let Some(err) = h.get(service::NATS_SERVICE_ERROR)
+        {
+            let code = h
+                .get(service::NATS_SERVICE_ERROR_CODE)
+                .and_then(|c| c.as_str().parse().ok())
+                .unwrap_or(500);
+            return Err(BusError::Remote {
+                subject,
+                code,
+                message: err.to_string(),
+            });
+        }
+        Resp::decode(reply.payload).map_err(|e| BusError::Decode {
+            what: std::any::type_name::<Resp>(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Registers this process with the NATS service API so `nats micro ls` and
+    /// `nexus status` see it. The namespace travels in the metadata.
+    pub async fn register_service(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<service::Service, BusError> {
+        let mut metadata = HashMap::new();
+        metadata.insert(
+            "namespace".to_owned(),
+            self.subjects.namespace().to_string(),
+        );
+        self.client
+            .service_builder()
+            .description(description)
+            .metadata(metadata)
+            .queue_group(self.subjects.queue_group(name))
+            .start(name, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| BusError::Nats(format!("service registration of {name}: {e}")))
+    }
+
+    /// Creates (or binds to) a durable pull consumer.
+    pub async fn durable_consumer(
+        &self,
+        stream_name: &str,
+        durable: &str,
+        filter_subject: String,
+        ack_wait: Duration,
+        max_deliver: i64,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+        let stream = self
+            .js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| BusError::Nats(format!("stream {stream_name}: {e}")))?;
+        let config = pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver,
+            // Bounded so one replica cannot hoard the whole backlog.
+            max_ack_pending: 1000,
+            ..Default::default()
+        };
+        match stream.create_consumer(config.clone()).await {
+            Ok(c) => Ok(c),
+            // A consumer that exists with other settings is updated in place.
+            Err(_) => stream
+                .get_consumer(durable)
+                .await
+                .map_err(|e| BusError::Nats(format!("consumer {durable}: {e}"))),
+        }
+    }
+
+    /// Drains the connection: pending publishes are flushed, subscriptions closed.
+    pub async fn drain(&self) {
+        if let Err(error) = self.client.drain().await {
+            tracing::debug!(%error, "drain");
+        }
+    }
+}
+
+/// What a JetStream handler decided for one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The effect is durable: remove the message.
+    Ack,
+    /// Try again later (redelivered until `max_deliver`).
+    Retry { delay: Duration, reason: String },
+    /// Never going to work: dead-letter it and stop redelivery.
+    Poison { reason: String },
+}
+
+/// Applies an outcome to a JetStream message; a retry on the last allowed
+/// delivery becomes a dead letter, so nothing loops forever.
+pub async fn settle(bus: &Bus, msg: &jetstream::Message, outcome: Outcome, max_deliver: i64) {
+    let (seq, delivered) = msg
+        .info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 1));
+    let result = match outcome {
+        Outcome::Ack => msg.double_ack().await,
+        Outcome::Retry { delay, reason } if delivered < max_deliver => {
+            tracing::warn!(subject = %msg.subject, delivered, reason, "will retry");
+            msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await
+        }
+        Outcome::Retry { reason, .. } | Outcome::Poison { reason } => {
+            let reason = if delivered >= max_deliver {
+                format!("gave up after {delivered} deliveries: {reason}")
+            } else {
+                reason
+            };
+            match bus
+                .dead_letter(
+                    msg.subject.as_str(),
+                    &msg.payload,
+                    msg.headers.as_ref(),
+                    &reason,
+                    seq,
+                    delivered as u64,
+                )
+                .await
+            {
+                Ok(()) => msg.ack_with(jetstream::AckKind::Term).await,
+                // Without the dead letter stored, keep the original: losing it is worse.
+                Err(e) => {
+                    tracing::error!(error = %e, "dead letter not stored; message will be redelivered");
+                    msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, subject = %msg.subject, "ack failed; JetStream will redeliver");
+    }
+}
+
+/// Decodes a protobuf payload; the error says what it expected.
+pub fn decode<T: Message + Default>(payload: &[u8]) -> Result<T, BusError> {
+    T::decode(payload).map_err(|e| BusError::Decode {
+        what: std::any::type_name::<T>(),
+        message: e.to_string(),
+    })
+}
+
+/// Maps a service handler result to a service reply (error headers on failure).
+pub fn reply_bytes<M: Message>(
+    result: Result<M, (u16, String)>,
+) -> Result<Bytes, service::error::Error> {
+    result
+        .map(|m| Bytes::from(m.encode_to_vec()))
+        .map_err(|(code, status)| service::error::Error {
+            code: code as usize,
+            status,
+        })
+}
+
+fn event_name(kind: &event::Kind) -> &'static str {
+    match kind {
+        event::Kind::TurnStarted(_) => event_kind::TURN_STARTED,
+        event::Kind::TurnFinished(_) => event_kind::TURN_FINISHED,
+        event::Kind::ToolCalled(_) => event_kind::TOOL_CALLED,
+        event::Kind::LlmUsage(_) => event_kind::LLM_USAGE,
+        event::Kind::Approval(_) => event_kind::APPROVAL,
+        event::Kind::DeadLetter(_) => event_kind::DEAD_LETTER,
+        event::Kind::Service(_) => event_kind::SERVICE,
+    }
+}
+
+/// Best guess at which service serves a subject, for error messages.
+fn service_of(subject: &str) -> String {
+    match subject.split('.').nth(1) {
+        Some("tool") => "tool-runner".into(),
+        Some("memory") => "memory-svc".into(),
+        Some("scheduler") => "scheduler".into(),
+        Some(other) => other.into(),
+        None => subject.into(),
+    }
+}

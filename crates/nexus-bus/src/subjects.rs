@@ -1,0 +1,153 @@
+//! Every subject, stream, consumer, bucket and service name of Nexus, built here
+//! and nowhere else. Version 1 of the layout; a breaking change gets a new module.
+
+use nexus_common::domain::{ChannelName, Namespace, ToolName};
+
+/// Names for one namespace (`NEXUS_NAMESPACE`).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    ns: Namespace,
+}
+
+/// Event kinds, the last token of `N.events.<kind>`.
+pub mod event_kind {
+    pub const TURN_STARTED: &str = "turn_started";
+    pub const TURN_FINISHED: &str = "turn_finished";
+    pub const TOOL_CALLED: &str = "tool_called";
+    pub const LLM_USAGE: &str = "llm_usage";
+    pub const APPROVAL: &str = "approval";
+    pub const DEAD_LETTER: &str = "dead_letter";
+    pub const SERVICE: &str = "service";
+}
+
+/// memory-svc operations, the last token of `N.memory.<op>`.
+pub mod memory_op {
+    pub const CONTEXT: &str = "context";
+    pub const APPEND: &str = "append";
+    pub const ANSWERED: &str = "answered";
+    pub const HISTORY: &str = "history";
+}
+
+impl Subjects {
+    pub fn new(ns: Namespace) -> Self {
+        Self { ns }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// `N.inbound.<channel>`
+    pub fn inbound(&self, channel: &ChannelName) -> String {
+        format!("{}.inbound.{channel}", self.ns)
+    }
+    /// `N.inbound.>`
+    pub fn inbound_all(&self) -> String {
+        format!("{}.inbound.>", self.ns)
+    }
+    /// `N.outbound.<channel>`
+    pub fn outbound(&self, channel: &ChannelName) -> String {
+        format!("{}.outbound.{channel}", self.ns)
+    }
+    /// `N.outbound.>`
+    pub fn outbound_all(&self) -> String {
+        format!("{}.outbound.>", self.ns)
+    }
+    /// `N.tool.<name>`
+    pub fn tool(&self, name: &ToolName) -> String {
+        format!("{}.tool.{name}", self.ns)
+    }
+    /// `N.tool.*`
+    pub fn tool_all(&self) -> String {
+        format!("{}.tool.*", self.ns)
+    }
+    /// `N.memory.<op>`
+    pub fn memory(&self, op: &str) -> String {
+        format!("{}.memory.{op}", self.ns)
+    }
+    /// `N.scheduler.<op>`
+    pub fn scheduler(&self, op: &str) -> String {
+        format!("{}.scheduler.{op}", self.ns)
+    }
+    /// `N.events.<kind>`
+    pub fn event(&self, kind: &str) -> String {
+        format!("{}.events.{kind}", self.ns)
+    }
+    /// `N.events.>`
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.ns)
+    }
+    /// `N.deadletter`
+    pub fn deadletter(&self) -> String {
+        format!("{}.deadletter", self.ns)
+    }
+    /// `N.>`: everything of this namespace, for `nexus tail`.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.ns)
+    }
+
+    pub fn inbound_stream(&self) -> String {
+        format!("{}_INBOUND", self.ns)
+    }
+    pub fn outbound_stream(&self) -> String {
+        format!("{}_OUTBOUND", self.ns)
+    }
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.ns)
+    }
+    pub fn deadletter_stream(&self) -> String {
+        format!("{}_DEADLETTER", self.ns)
+    }
+    /// Durable consumer shared by all agent-core replicas.
+    pub fn agent_consumer(&self) -> String {
+        format!("{}_agent-core", self.ns)
+    }
+    /// Durable consumer of one gateway on `N_OUTBOUND`.
+    pub fn gateway_consumer(&self, channel: &ChannelName) -> String {
+        format!("{}_gateway-{channel}", self.ns)
+    }
+    /// KV bucket where tool-runner publishes its `ToolSpec`s, one key per tool.
+    pub fn tools_bucket(&self) -> String {
+        format!("{}_tools", self.ns)
+    }
+    /// Object store bucket for media.
+    pub fn media_bucket(&self) -> String {
+        format!("{}_media", self.ns)
+    }
+    /// Queue group of a service's request endpoints.
+    pub fn queue_group(&self, service: &str) -> String {
+        format!("{}_{service}", self.ns)
+    }
+
+    /// The last token of a subject of this namespace under `prefix` (e.g. the
+    /// channel of `N.inbound.<channel>`), if it is one.
+    pub fn tail_token<'a>(&self, subject: &'a str, prefix: &str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(self.ns.as_str())?.strip_prefix('.')?;
+        let rest = rest.strip_prefix(prefix)?.strip_prefix('.')?;
+        (!rest.is_empty() && !rest.contains('.')).then_some(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        let s = Subjects::new(Namespace::parse("t1").unwrap());
+        let cli = ChannelName::parse("cli").unwrap();
+        assert_eq!(s.inbound(&cli), "t1.inbound.cli");
+        assert_eq!(s.outbound(&cli), "t1.outbound.cli");
+        assert_eq!(
+            s.tool(&ToolName::parse("read_file").unwrap()),
+            "t1.tool.read_file"
+        );
+        assert_eq!(s.memory(memory_op::CONTEXT), "t1.memory.context");
+        assert_eq!(s.event(event_kind::DEAD_LETTER), "t1.events.dead_letter");
+        assert_eq!(s.deadletter(), "t1.deadletter");
+        assert_eq!(s.inbound_stream(), "t1_INBOUND");
+        assert_eq!(s.tail_token("t1.inbound.cli", "inbound"), Some("cli"));
+        assert_eq!(s.tail_token("t2.inbound.cli", "inbound"), None);
+        assert_eq!(s.tail_token("t1.inbound.a.b", "inbound"), None);
+    }
+}

@@ -1,0 +1,524 @@
+//! Configuration: `nexus.toml` (or `NEXUS_CONFIG`), then environment overrides.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `NEXUS__SECTION__KEY`
+//! variables, then the named variables of the design (`NATS_URL`, `NEXUS_NAMESPACE`,
+//! `NEXUS_WORKSPACE`, `DATABASE_URL`). Provider keys (`OPENAI_API_KEY`, …) are not
+//! part of this struct: the LLM layer reads them directly so they never get printed
+//! with the configuration.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything a Nexus service can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every subject, stream, consumer and bucket (`NEXUS_NAMESPACE`).
+    pub namespace: String,
+    /// The agent's files and Markdown memory (`NEXUS_WORKSPACE`).
+    pub workspace: PathBuf,
+    pub nats: NatsConfig,
+    pub database: DatabaseConfig,
+    pub llm: LlmConfig,
+    pub agent: AgentConfig,
+    pub memory: MemoryConfig,
+    pub tools: ToolsConfig,
+    /// Per-channel settings, keyed by channel name (`cli`, `telegram`, `slack`, …).
+    pub channels: BTreeMap<String, ChannelConfig>,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `NATS_URL`.
+    pub url: String,
+    /// Seconds a request/reply call waits before giving up.
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`. Empty means SQLite at `<workspace>/.nexus/nexus.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Model name as genai understands it (`gpt-4.1-mini`, `claude-…`, `gemini-…`,
+    /// `ollama::llama3`, or `openai::<any>` for an OpenAI-compatible server).
+    pub model: String,
+    /// Upper bound on model calls in one turn.
+    pub max_tool_iterations: u32,
+    /// Seconds one model call may take.
+    pub request_timeout_secs: u64,
+    /// Retries after a 429, a 5xx or a timeout, before the turn fails.
+    pub max_retries: u32,
+    /// First backoff delay; it doubles on each retry (capped at 30 s).
+    pub retry_base_ms: u64,
+    /// Cap on output tokens per call; 0 leaves it to the provider.
+    pub max_output_tokens: u32,
+    /// Stream tokens from the provider (SSE) instead of one response.
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Turns one agent-core replica runs at once (different sessions).
+    pub concurrency: usize,
+    /// Deliveries of one inbound message before it is dead-lettered.
+    pub max_deliver: i64,
+    /// Seconds JetStream waits for an ack before redelivering; kept alive by
+    /// progress acks while a turn runs.
+    pub ack_wait_secs: u64,
+    /// Seconds a turn in flight may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Turns of recent history given to the model.
+    pub history_turns: u32,
+    /// IANA timezone for the prompt's clock and the journals.
+    pub timezone: String,
+    /// MEMORY.md larger than this (bytes) is given as excerpts, not whole.
+    pub max_memory_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Bytes of tool output the model sees at most.
+    pub max_output_bytes: usize,
+    /// Matches grep_search returns at most.
+    pub grep_max_results: usize,
+    /// Files larger than this are not read whole.
+    pub max_file_bytes: u64,
+    /// Tools that are switched off by name.
+    #[serde(deserialize_with = "list")]
+    pub disabled: Vec<String>,
+}
+
+/// Settings of one channel. Gateways read the keys they know.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Who may talk to the agent: sender ids, `"*"` for everyone, empty for nobody.
+    #[serde(deserialize_with = "list")]
+    pub allow_from: Vec<String>,
+    /// Listener address, for channels that receive webhooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Channel-specific keys not modelled here yet.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub grpc_listen: String,
+    /// API key → user id. Never logged.
+    #[serde(skip_serializing)]
+    pub keys: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut channels = BTreeMap::new();
+        // The CLI speaks to NATS directly; whoever can reach NATS is trusted,
+        // so the local channel is open while every network channel starts closed.
+        channels.insert(
+            "cli".to_owned(),
+            ChannelConfig {
+                allow_from: vec!["*".to_owned()],
+                ..Default::default()
+            },
+        );
+        Self {
+            namespace: "nexus".to_owned(),
+            workspace: PathBuf::from("./workspace"),
+            nats: NatsConfig::default(),
+            database: DatabaseConfig::default(),
+            llm: LlmConfig::default(),
+            agent: AgentConfig::default(),
+            memory: MemoryConfig::default(),
+            tools: ToolsConfig::default(),
+            channels,
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            model: "gpt-4.1-mini".to_owned(),
+            max_tool_iterations: 8,
+            request_timeout_secs: 120,
+            max_retries: 3,
+            retry_base_ms: 500,
+            max_output_tokens: 0,
+            stream: true,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_deliver: 5,
+            ack_wait_secs: 30,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            history_turns: 20,
+            timezone: "UTC".to_owned(),
+            max_memory_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            max_output_bytes: 32 * 1024,
+            grep_max_results: 200,
+            max_file_bytes: 10 * 1024 * 1024,
+            disabled: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("grpc_listen", &self.grpc_listen)
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .finish()
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".to_owned(),
+            grpc_listen: "0.0.0.0:50051".to_owned(),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why configuration could not be loaded. Each message names the file or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads from `NEXUS_CONFIG` (or `./nexus.toml` when present) and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let explicit = std::env::var_os("NEXUS_CONFIG").map(PathBuf::from);
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("nexus.toml"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => Some((path, text)),
+            // Only the default location may be missing; a named file must exist.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => None,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let file = text.as_ref().map(|(p, t)| (p.as_path(), t.as_str()));
+        Self::from_sources(file, std::env::vars())
+    }
+
+    /// Builds a config from a TOML document and environment pairs (tests pass their own).
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some((path, text)) = file {
+            let parsed: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut value, parsed);
+        }
+
+        let mut named = Vec::new();
+        for (key, val) in env {
+            if let Some(rest) = key.strip_prefix("NEXUS__") {
+                let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+                if path.iter().any(String::is_empty) {
+                    return Err(ConfigError::Invalid(format!(
+                        "malformed override variable {key}"
+                    )));
+                }
+                set_path(&mut value, &path, &val);
+            } else {
+                let target: &[&str] = match key.as_str() {
+                    "NATS_URL" => &["nats", "url"],
+                    "NEXUS_NAMESPACE" => &["namespace"],
+                    "NEXUS_WORKSPACE" => &["workspace"],
+                    "DATABASE_URL" => &["database", "url"],
+                    _ => continue,
+                };
+                named.push((target, val));
+            }
+        }
+        // The design's named variables win over generic overrides.
+        for (target, val) in named {
+            let path: Vec<String> = target.iter().map(|s| (*s).to_owned()).collect();
+            set_path(&mut value, &path, &val);
+        }
+
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::domain::Namespace::parse(&self.namespace)
+            .map_err(|e| ConfigError::Invalid(format!("namespace: {e}")))?;
+        if self.llm.model.trim().is_empty() {
+            return Err(ConfigError::Invalid("[llm] model must not be empty".into()));
+        }
+        if self.agent.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "[agent] concurrency must be at least 1".into(),
+            ));
+        }
+        if self.agent.max_deliver < 1 {
+            return Err(ConfigError::Invalid(
+                "[agent] max_deliver must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database URL in use: `DATABASE_URL` as given, else SQLite under the workspace.
+    pub fn database_url(&self) -> String {
+        if self.database.url.trim().is_empty() {
+            let path = self.workspace.join(".nexus").join("nexus.db");
+            format!("sqlite://{}?mode=rwc", path.display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Settings of a channel; a channel that is not configured allows nobody.
+    pub fn channel(&self, name: &str) -> ChannelConfig {
+        self.channels.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Sets `path` to `raw`, typed after the value it replaces (lists split on commas).
+fn set_path(root: &mut toml::Value, path: &[String], raw: &str) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = root;
+    for key in parents {
+        let toml::Value::Table(table) = node else {
+            return;
+        };
+        node = table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    let toml::Value::Table(table) = node else {
+        return;
+    };
+    let typed = match table.get(last) {
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse()
+            .map(toml::Value::Integer)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        Some(toml::Value::Float(_)) => raw
+            .trim()
+            .parse()
+            .map(toml::Value::Float)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        Some(toml::Value::Boolean(_)) => raw
+            .trim()
+            .parse()
+            .map(toml::Value::Boolean)
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned())),
+        // Unknown keys stay strings; list fields accept "a,b" (see `list`).
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    table.insert(last.clone(), typed);
+}
+
+/// Accepts a list, or a comma-separated string (as environment overrides give).
+fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.namespace, "nexus");
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.api.listen, "0.0.0.0:8080");
+        assert_eq!(c.api.grpc_listen, "0.0.0.0:50051");
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert!(
+            c.channel("telegram").allow_from.is_empty(),
+            "unknown channels allow nobody"
+        );
+    }
+
+    #[test]
+    fn file_then_generic_then_named_variables_win_in_that_order() {
+        let toml = r#"
+            namespace = "fromfile"
+            [llm]
+            model = "claude-sonnet-4-5"
+            max_retries = 1
+            [channels.telegram]
+            allow_from = ["42"]
+        "#;
+        let c = Config::from_sources(
+            Some((Path::new("nexus.toml"), toml)),
+            env(&[
+                ("NEXUS__LLM__MODEL", "gemini-3-flash"),
+                ("NEXUS__LLM__MAX_RETRIES", "7"),
+                ("NEXUS__LLM__STREAM", "false"),
+                ("NEXUS__CHANNELS__TELEGRAM__ALLOW_FROM", "1, 2,3"),
+                ("NEXUS__CHANNELS__SLACK__ALLOW_FROM", "U1,U2"),
+                ("NEXUS__NAMESPACE", "generic"),
+                ("NEXUS_NAMESPACE", "named"),
+                ("DATABASE_URL", "postgres://localhost/test"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "named");
+        assert_eq!(c.llm.model, "gemini-3-flash");
+        assert_eq!(c.llm.max_retries, 7);
+        assert!(!c.llm.stream);
+        assert_eq!(c.channel("telegram").allow_from, vec!["1", "2", "3"]);
+        assert_eq!(c.channel("slack").allow_from, vec!["U1", "U2"]);
+        assert_eq!(c.database_url(), "postgres://localhost/test");
+    }
+
+    #[test]
+    fn a_bad_file_or_value_is_a_clear_error() {
+        let err =
+            Config::from_sources(Some((Path::new("x.toml"), "[llm\n")), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("x.toml"), "{err}");
+
+        let err =
+            Config::from_sources(None, env(&[("NEXUS__LLM__MAX_RETRIES", "many")])).unwrap_err();
+        assert!(err.to_string().contains("invalid"), "{err}");
+
+        let err = Config::from_sources(None, env(&[("NEXUS_NAMESPACE", "a.b")])).unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+
+        let err = Config::from_sources(
+            Some((Path::new("x.toml"), "[llm]\nmodle = \"typo\"\n")),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_are_never_serialized() {
+        let toml = "[api.keys]\nsecret-key = \"alice\"\n";
+        let c = Config::from_sources(Some((Path::new("n.toml"), toml)), env(&[])).unwrap();
+        assert_eq!(
+            c.api.keys.get("secret-key").map(String::as_str),
+            Some("alice")
+        );
+        let out = toml::to_string(&c).unwrap();
+        assert!(!out.contains("secret-key"));
+    }
+}
