@@ -15,6 +15,7 @@ use async_nats::{
     service::{self, ServiceExt},
 };
 use bytes::Bytes;
+use futures::StreamExt;
 use nexus_common::{Config, domain::Namespace, now_ms};
 use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
 use prost::Message;
@@ -404,6 +405,43 @@ impl Bus {
             .map_err(|e| BusError::Nats(format!("service registration of {name}: {e}")))
     }
 
+    /// Live service instances of this namespace, gathered from `$SRV.PING` replies within `wait`.
+    pub async fn discover_services(
+        &self,
+        wait: Duration,
+    ) -> Result<Vec<ServiceInstance>, BusError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        self.client
+            .publish_with_reply("$SRV.PING", inbox, Bytes::new())
+            .await
+            .map_err(BusError::nats)?;
+        let mut found = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::select! {
+                m = sub.next() => m,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(msg) = msg else { break };
+            let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload) else {
+                continue;
+            };
+            if ping.metadata.get("namespace").map(String::as_str)
+                == Some(self.subjects.namespace().as_str())
+            {
+                found.push(ping);
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        found.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(found)
+    }
+
     /// Creates (or binds to) a durable pull consumer.
     pub async fn durable_consumer(
         &self,
@@ -444,6 +482,16 @@ impl Bus {
             tracing::debug!(%error, "drain");
         }
     }
+}
+
+/// One live replica, as the NATS service API reports it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct ServiceInstance {
+    pub name: String,
+    pub id: String,
+    pub version: String,
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
 }
 
 /// What a JetStream handler decided for one message.

@@ -119,6 +119,25 @@ impl Subjects {
         format!("{}_{service}", self.ns)
     }
 
+    /// The fully qualified protobuf type carried on a subject of this namespace
+    /// (requests, for request/reply subjects), for tools that decode traffic.
+    pub fn payload_type(&self, subject: &str) -> Option<&'static str> {
+        let rest = subject.strip_prefix(self.ns.as_str())?.strip_prefix('.')?;
+        let mut parts = rest.split('.');
+        Some(match (parts.next()?, parts.next()) {
+            ("inbound", Some(_)) => "nexus.v1.InboundMessage",
+            ("outbound", Some(_)) => "nexus.v1.OutboundMessage",
+            ("tool", Some(_)) => "nexus.v1.ToolCall",
+            ("events", Some(_)) => "nexus.v1.Event",
+            ("deadletter", None) => "nexus.v1.DeadLetter",
+            ("memory", Some(memory_op::CONTEXT)) => "nexus.v1.ContextRequest",
+            ("memory", Some(memory_op::APPEND)) => "nexus.v1.AppendTurnRequest",
+            ("memory", Some(memory_op::ANSWERED)) => "nexus.v1.AnsweredRequest",
+            ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
+            _ => return None,
+        })
+    }
+
     /// The last token of a subject of this namespace under `prefix` (e.g. the
     /// channel of `N.inbound.<channel>`), if it is one.
     pub fn tail_token<'a>(&self, subject: &'a str, prefix: &str) -> Option<&'a str> {
@@ -149,5 +168,19 @@ mod tests {
         assert_eq!(s.tail_token("t1.inbound.cli", "inbound"), Some("cli"));
         assert_eq!(s.tail_token("t2.inbound.cli", "inbound"), None);
         assert_eq!(s.tail_token("t1.inbound.a.b", "inbound"), None);
+        assert_eq!(
+            s.payload_type("t1.inbound.cli"),
+            Some("nexus.v1.InboundMessage")
+        );
+        assert_eq!(
+            s.payload_type("t1.events.llm_usage"),
+            Some("nexus.v1.Event")
+        );
+        assert_eq!(s.payload_type("t1.deadletter"), Some("nexus.v1.DeadLetter"));
+        assert_eq!(
+            s.payload_type("t1.memory.context"),
+            Some("nexus.v1.ContextRequest")
+        );
+        assert_eq!(s.payload_type("t2.inbound.cli"), None);
     }
 }

@@ -1,1 +1,66 @@
-fn main() {}
+//! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
+//! agent, `tail` shows the traffic, `status` shows replicas and backlogs.
+
+mod chat;
+mod status;
+mod tail;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nexus",
+    version,
+    about = "Nexus: an enterprise AI agent over NATS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack on this machine (NATS, agent-core, tool-runner, memory-svc, configured gateways).
+    Up(up::UpArgs),
+    /// Talk to the agent: one message with -m, or an interactive chat.
+    Chat(chat::ChatArgs),
+    /// Print every message of the namespace, decoded from protobuf, as JSON lines.
+    Tail(tail::TailArgs),
+    /// List live service replicas and stream backlogs.
+    Status(status::StatusArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The CLI is quiet unless RUST_LOG asks otherwise; `up` shows its children's logs.
+    let level = if matches!(cli.command, Command::Up(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    nexus_common::telemetry::init_with_default("nexus", level);
+    let config = match nexus_common::Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nexus: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Up(a) => up::run(config, a).await,
+        Command::Chat(a) => chat::run(config, a).await,
+        Command::Tail(a) => tail::run(config, a).await,
+        Command::Status(a) => status::run(config, a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nexus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

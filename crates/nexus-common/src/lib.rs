@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod process;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -15,8 +15,14 @@ use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 /// Installs the global subscriber for a service. Safe to call more than once.
 pub fn init(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn,genai=warn"));
+    init_with_default(service, "info");
+}
+
+/// Like [`init`], with `level` as the default when `RUST_LOG` is unset.
+pub fn init_with_default(service: &'static str, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn,genai=warn"))
+    });
     let json = std::env::var("NEXUS_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,1 +1,154 @@
+//! Test harness shared by every suite: a fresh namespace and workspace per test,
+//! the built binaries started as real processes, and fakes of external services
+//! (LLM providers) served on loopback in their own wire format.
+//!
+//! Our own infrastructure is never faked: tests use the NATS at `NATS_URL`
+//! (default `nats://127.0.0.1:4222`) and the PostgreSQL at `TEST_POSTGRES_URL`.
 
+pub mod fake_openai;
+pub mod process;
+pub mod stack;
+
+use std::{path::Path, time::Duration};
+
+use nexus_bus::Bus;
+use nexus_common::{Config, domain::Namespace};
+
+pub use process::{ServiceProcess, bin_path};
+pub use stack::{Stack, nexus};
+
+/// NATS URL used by tests.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// PostgreSQL URL used by tests (trust auth on the local server).
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Prints logs only when `TEST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "debug,async_nats=info,sqlx=info,hyper=info".into()),
+            ))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// One test's private world: namespace, workspace, config.
+pub struct TestEnv {
+    pub namespace: String,
+    pub workspace: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestEnv {
+    /// A fresh namespace (`t<random>`) and an empty workspace directory.
+    pub fn new() -> Self {
+        init_logging();
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let workspace = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let env = vec![
+            ("NATS_URL".to_owned(), nats_url()),
+            ("NEXUS_NAMESPACE".to_owned(), namespace.clone()),
+            (
+                "NEXUS_WORKSPACE".to_owned(),
+                workspace.path().display().to_string(),
+            ),
+        ];
+        let mut config = Config::from_sources(None, env).unwrap_or_else(|e| panic!("config: {e}"));
+        config.nats.request_timeout_secs = 10;
+        Self {
+            namespace,
+            workspace,
+            config,
+        }
+    }
+
+    pub fn workspace_path(&self) -> &Path {
+        self.workspace.path()
+    }
+
+    /// Writes a file into the workspace, creating directories.
+    pub fn write(&self, rel: &str, contents: &str) {
+        let path = self.workspace.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+        }
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// A bus connection in this namespace, with streams created.
+    pub async fn bus(&self, service: &str) -> Bus {
+        let ns = Namespace::parse(&self.namespace).unwrap_or_else(|e| panic!("{e}"));
+        let client = async_nats::connect(nats_url())
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {} must be running for tests: {e}", nats_url()));
+        let bus = Bus::from_client(client, ns, service, Duration::from_secs(10));
+        bus.ensure_streams()
+            .await
+            .unwrap_or_else(|e| panic!("streams: {e}"));
+        bus
+    }
+
+    /// Environment for a service process of this test (namespace, workspace, NATS).
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("NATS_URL".into(), nats_url()),
+            ("NEXUS_NAMESPACE".into(), self.namespace.clone()),
+            (
+                "NEXUS_WORKSPACE".into(),
+                self.workspace.path().display().to_string(),
+            ),
+            (
+                "NEXUS_CONFIG".into(),
+                self.config_path().display().to_string(),
+            ),
+            (
+                "RUST_LOG".into(),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ]
+    }
+
+    /// Path of this test's `nexus.toml` (created empty so a stray one in the cwd is never read).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        let path = self.workspace.path().join(".test-nexus.toml");
+        if !path.exists() {
+            let _ = std::fs::write(&path, "");
+        }
+        path
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+/// Timeouts here bound a wait; they never assert on speed.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,150 @@
+//! Retries with exponential backoff for 429s, 5xx, timeouts and junk responses.
+//! A turn never loops forever: after `max_retries` the last error is returned.
+
+use std::time::Duration;
+
+use super::{ChatModel, LlmError, LlmRequest, LlmResponse, TextSink};
+
+/// How many times and how patiently to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `attempt` (1-based), honouring a provider's Retry-After.
+    pub fn delay(&self, attempt: u32, err: &LlmError) -> Duration {
+        if let LlmError::RateLimited {
+            retry_after: Some(d),
+        } = err
+        {
+            return (*d).min(self.max_delay);
+        }
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        exp.min(self.max_delay)
+    }
+}
+
+/// The response, and how many attempts it took.
+pub async fn chat_with_retry(
+    model: &dyn ChatModel,
+    policy: RetryPolicy,
+    req: &LlmRequest,
+    on_text: &TextSink,
+) -> (Result<LlmResponse, LlmError>, u32) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match model.chat(req, on_text).await {
+            Ok(r) => return (Ok(r), attempt),
+            Err(e) if e.retryable() && attempt <= policy.max_retries => {
+                let delay = policy.delay(attempt, &e);
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, model = %req.model, "LLM call failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return (Err(e), attempt),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    struct Flaky {
+        fail_first: u32,
+        calls: Arc<AtomicU32>,
+        err: LlmError,
+    }
+
+    #[async_trait]
+    impl ChatModel for Flaky {
+        async fn chat(&self, _req: &LlmRequest, _on: &TextSink) -> Result<LlmResponse, LlmError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                Err(self.err.clone())
+            } else {
+                Ok(LlmResponse {
+                    text: "ok".into(),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    fn req() -> LlmRequest {
+        LlmRequest {
+            model: "m".into(),
+            system: String::new(),
+            messages: vec![],
+            tools: vec![],
+            max_output_tokens: 0,
+        }
+    }
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(30),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_errors_are_retried_until_success() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let m = Flaky {
+            fail_first: 2,
+            calls: calls.clone(),
+            err: LlmError::RateLimited { retry_after: None },
+        };
+        let (r, attempts) = chat_with_retry(&m, POLICY, &req(), &|_| {}).await;
+        assert_eq!(r.unwrap().text, "ok");
+        assert_eq!(attempts, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_after_the_budget_and_rejections_are_not_retried() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let m = Flaky {
+            fail_first: u32::MAX,
+            calls: calls.clone(),
+            err: LlmError::Upstream {
+                status: 500,
+                detail: String::new(),
+            },
+        };
+        let (r, attempts) = chat_with_retry(&m, POLICY, &req(), &|_| {}).await;
+        assert!(matches!(r, Err(LlmError::Upstream { status: 500, .. })));
+        assert_eq!(attempts, 4);
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let m = Flaky {
+            fail_first: u32::MAX,
+            calls: calls.clone(),
+            err: LlmError::Rejected {
+                status: 401,
+                detail: String::new(),
+            },
+        };
+        let (_, attempts) = chat_with_retry(&m, POLICY, &req(), &|_| {}).await;
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let e = LlmError::Timeout(Duration::from_secs(1));
+        assert_eq!(POLICY.delay(1, &e), Duration::from_millis(100));
+        assert_eq!(POLICY.delay(3, &e), Duration::from_millis(400));
+        assert_eq!(POLICY.delay(30, &e), Duration::from_secs(30));
+    }
+}

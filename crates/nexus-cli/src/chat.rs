@@ -1,0 +1,196 @@
+//! `nexus chat`: the CLI channel. Publishes `InboundMessage`s on `N.inbound.cli`
+//! and waits for the matching `OutboundMessage` on `N.outbound.cli`; shows tool
+//! activity from `N.events.tool_called` on stderr.
+
+use std::{io::Write as _, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use clap::Args;
+use futures::StreamExt;
+use nexus_bus::{Bus, TraceContext, event_kind};
+use nexus_common::{
+    Config,
+    domain::{ChannelName, inbound_id},
+    now_ms,
+};
+use nexus_proto::v1::{
+    ChatRef, Event, InboundKind, InboundMessage, OutboundKind, OutboundMessage, Sender, event,
+};
+use prost::Message as _;
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// Send one message, print the reply and exit.
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Session (chat) id; the same id continues the same conversation.
+    #[arg(long, default_value = "default")]
+    session: String,
+    /// Seconds to wait for a reply.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Do not show tool activity.
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Channel {
+    bus: Bus,
+    replies: pull::Ordered,
+    events: async_nats::Subscriber,
+    session: String,
+    sender: String,
+    timeout: Duration,
+    quiet: bool,
+}
+
+pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&config, "nexus-cli").await?;
+    bus.ensure_streams().await?;
+    let alive = bus.discover_services(Duration::from_millis(750)).await?;
+    if !alive.iter().any(|s| s.name == "agent-core") {
+        bail!(
+            "no agent-core is running in namespace \"{}\" on {}. Start the stack with `nexus up` (or `just up`) in \
+             another terminal.",
+            config.namespace,
+            config.nats.url
+        );
+    }
+    let cli = ChannelName::parse("cli")?;
+    let s = bus.subjects();
+    // Subscribe before publishing so the reply cannot slip past.
+    let replies = bus
+        .jetstream()
+        .get_stream(s.outbound_stream())
+        .await
+        .context("outbound stream")?
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: s.outbound(&cli),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .context("reply consumer")?
+        .messages()
+        .await
+        .context("reply consumer")?;
+    let events = bus
+        .client()
+        .subscribe(s.event(event_kind::TOOL_CALLED))
+        .await?;
+    let sender = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let mut ch = Channel {
+        bus,
+        replies,
+        events,
+        session: args.session,
+        sender,
+        timeout: Duration::from_secs(args.timeout),
+        quiet: args.quiet,
+    };
+
+    if let Some(text) = args.message {
+        let reply = ch.ask(&text).await?;
+        return Ok(print_reply(&reply));
+    }
+
+    eprintln!(
+        "Nexus chat (session \"{}\"). Type a message and press Enter; Ctrl-D or /exit to leave.",
+        ch.session
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        eprint!("you> ");
+        let _ = std::io::stderr().flush();
+        let Some(line) = lines.next_line().await? else {
+            break;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "/exit" || line == "/quit" {
+            break;
+        }
+        match ch.ask(line).await {
+            Ok(reply) => {
+                print_reply(&reply);
+            }
+            Err(e) => eprintln!("nexus: {e:#}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_reply(reply: &OutboundMessage) -> ExitCode {
+    if reply.kind == OutboundKind::Error as i32 {
+        eprintln!("{}", reply.text);
+        ExitCode::FAILURE
+    } else {
+        println!("{}", reply.text);
+        ExitCode::SUCCESS
+    }
+}
+
+impl Channel {
+    async fn ask(&mut self, text: &str) -> anyhow::Result<OutboundMessage> {
+        let cli = ChannelName::parse("cli")?;
+        let upstream = uuid::Uuid::new_v4().to_string();
+        let id = inbound_id(&cli, &upstream);
+        let msg = InboundMessage {
+            id: id.clone(),
+            channel: cli.to_string(),
+            chat: Some(ChatRef {
+                chat_id: self.session.clone(),
+                ..Default::default()
+            }),
+            sender: Some(Sender {
+                id: self.sender.clone(),
+                display_name: self.sender.clone(),
+                user_id: String::new(),
+            }),
+            text: text.to_owned(),
+            upstream_id: upstream,
+            sent_at_ms: now_ms(),
+            received_at_ms: now_ms(),
+            kind: InboundKind::User as i32,
+            ..Default::default()
+        };
+        self.bus
+            .publish_inbound(&msg, &TraceContext::new_root())
+            .await?;
+
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    bail!("no reply within {}s; the turn may still finish (see `nexus tail`)", self.timeout.as_secs())
+                }
+                m = self.replies.next() => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => bail!("reading replies: {e}"),
+                        None => bail!("the reply stream closed"),
+                    };
+                    if let Ok(reply) = OutboundMessage::decode(m.payload.clone())
+                        && reply.in_reply_to == id
+                    {
+                        return Ok(reply);
+                    }
+                }
+                e = self.events.next() => {
+                    if let Some(e) = e
+                        && !self.quiet
+                        && let Ok(Event { kind: Some(event::Kind::ToolCalled(t)), .. }) = Event::decode(e.payload)
+                        && t.turn_id == id
+                    {
+                        let status = if t.ok { "ok".to_owned() } else { format!("failed: {}", t.error_kind) };
+                        eprintln!("  [tool] {} {} ({status}, {} ms)", t.name, t.arguments_json, t.duration_ms);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! `nexus status`: live replicas (NATS service API) and stream backlogs.
+
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+
+use clap::Args;
+use nexus_bus::Bus;
+use nexus_common::Config;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Milliseconds to wait for replicas to answer.
+    #[arg(long, default_value_t = 750)]
+    wait_ms: u64,
+}
+
+pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let bus = Bus::connect(&config, "nexus-status").await?;
+    let instances = bus
+        .discover_services(Duration::from_millis(args.wait_ms))
+        .await?;
+    let mut by_name: BTreeMap<&str, Vec<&nexus_bus::ServiceInstance>> = BTreeMap::new();
+    for i in &instances {
+        by_name.entry(i.name.as_str()).or_default().push(i);
+    }
+
+    let s = bus.subjects();
+    let mut streams = Vec::new();
+    for name in [
+        s.inbound_stream(),
+        s.outbound_stream(),
+        s.events_stream(),
+        s.deadletter_stream(),
+    ] {
+        let info = match bus.jetstream().get_stream(&name).await {
+            Ok(mut st) => st
+                .info()
+                .await
+                .ok()
+                .map(|i| (i.state.messages, i.state.bytes)),
+            Err(_) => None,
+        };
+        streams.push((name, info));
+    }
+    let consumer = match bus.jetstream().get_stream(s.inbound_stream()).await {
+        Ok(st) => match st
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&s.agent_consumer())
+            .await
+        {
+            Ok(mut c) => c
+                .info()
+                .await
+                .ok()
+                .map(|i| (i.num_pending, i.num_ack_pending, i.num_redelivered)),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+
+    if args.json {
+        let out = json!({
+            "namespace": config.namespace,
+            "nats": config.nats.url,
+            "services": instances,
+            "streams": streams.iter().map(|(n, i)| json!({"name": n, "messages": i.map(|x| x.0), "bytes": i.map(|x| x.1)})).collect::<Vec<_>>(),
+            "agent_consumer": consumer.map(|(p, a, r)| json!({"pending": p, "ack_pending": a, "redelivered": r})),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    println!("namespace {}  nats {}", config.namespace, config.nats.url);
+    println!();
+    println!("{:<18} {:>9}  {:<10} ids", "SERVICE", "REPLICAS", "VERSION");
+    if by_name.is_empty() {
+        println!("(no live services; start them with `nexus up`)");
+    }
+    for (name, list) in &by_name {
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        println!(
+            "{:<18} {:>9}  {:<10} {}",
+            name,
+            list.len(),
+            list[0].version,
+            ids.join(",")
+        );
+    }
+    println!();
+    println!("{:<22} {:>10} {:>12}", "STREAM", "MESSAGES", "BYTES");
+    for (name, info) in &streams {
+        match info {
+            Some((m, b)) => println!("{name:<22} {m:>10} {b:>12}"),
+            None => println!("{name:<22} {:>10} {:>12}", "-", "-"),
+        }
+    }
+    if let Some((pending, ack_pending, redelivered)) = consumer {
+        println!();
+        println!(
+            "agent-core backlog: {pending} waiting, {ack_pending} in progress, {redelivered} redelivered"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,146 @@
+//! Docker cannot run in CI, so the compose file and Dockerfile are checked by
+//! reading them: every binary has a service, state has volumes, agent-core scales.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn compose() -> Value {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    v.apply_merge().unwrap();
+    // Merges nest (service → environment); apply them inside every service too.
+    if let Some(services) = v.get_mut("services").and_then(Value::as_mapping_mut) {
+        for (_, s) in services.iter_mut() {
+            s.apply_merge().unwrap();
+            if let Some(env) = s.get_mut("environment") {
+                env.apply_merge().unwrap();
+            }
+        }
+    }
+    v
+}
+
+/// Service binaries of the workspace: every crate with a `src/main.rs`, except the CLI and benchmarks.
+fn service_binaries() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if dir.join("src/main.rs").exists() && !matches!(name.as_str(), "nexus-cli" | "nexus-bench")
+        {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_service_binary_has_a_compose_service_running_it() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let bins = service_binaries();
+    assert!(
+        bins.contains("agent-core") && bins.contains("tool-runner") && bins.contains("memory-svc")
+    );
+    for bin in &bins {
+        let svc = services
+            .get(bin.as_str())
+            .unwrap_or_else(|| panic!("no compose service for {bin}"));
+        let cmd = svc["command"].as_sequence().unwrap();
+        assert_eq!(
+            cmd[0].as_str(),
+            Some(bin.as_str()),
+            "{bin} runs the wrong command"
+        );
+        assert_eq!(
+            svc["build"]["dockerfile"].as_str(),
+            Some("deploy/Dockerfile")
+        );
+        assert_eq!(
+            svc["environment"]["NATS_URL"].as_str(),
+            Some("nats://nats:4222")
+        );
+        assert!(
+            svc["environment"]["DATABASE_URL"]
+                .as_str()
+                .unwrap()
+                .starts_with("postgres://")
+        );
+    }
+}
+
+#[test]
+fn nats_runs_jetstream_on_a_volume_and_postgres_keeps_its_data() {
+    let c = compose();
+    let nats = &c["services"]["nats"];
+    let cmd: Vec<&str> = nats["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(cmd.contains(&"-js"), "JetStream must be on: {cmd:?}");
+    let sd = cmd.iter().position(|a| *a == "-sd").expect("a store dir");
+    let store = cmd[sd + 1];
+    let vols: Vec<&str> = nats["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        vols.iter().any(|v| v.ends_with(&format!(":{store}"))),
+        "store {store} not on a volume: {vols:?}"
+    );
+    assert!(nats["healthcheck"].is_mapping());
+
+    let pg = &c["services"]["postgres"];
+    let vols: Vec<&str> = pg["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        vols.iter()
+            .any(|v| v.ends_with(":/var/lib/postgresql/data"))
+    );
+    let named = c["volumes"].as_mapping().unwrap();
+    for v in ["nats-data", "postgres-data", "workspace"] {
+        assert!(named.contains_key(v), "volume {v} not declared");
+    }
+}
+
+#[test]
+fn agent_core_can_be_scaled_because_nothing_pins_it() {
+    let c = compose();
+    let agent = &c["services"]["agent-core"];
+    for key in ["container_name", "ports", "volumes", "hostname"] {
+        assert!(
+            agent.get(key).is_none(),
+            "agent-core sets {key}, which breaks --scale"
+        );
+    }
+    assert_eq!(
+        agent["depends_on"]["nats"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert!(agent["environment"]["OPENAI_API_KEY"].as_str().is_some());
+}
+
+#[test]
+fn the_image_builds_every_binary_and_runs_unprivileged() {
+    let d = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    assert!(d.contains("cargo build --release --workspace --bins"));
+    assert!(d.contains("USER nexus"));
+    assert!(
+        d.contains("tini"),
+        "SIGTERM must reach the service for a graceful stop"
+    );
+}

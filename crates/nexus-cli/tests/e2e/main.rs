@@ -1,0 +1,414 @@
+//! End to end: the built binaries as processes, real NATS, and a fake OpenAI
+//! server on loopback that speaks the real wire format (JSON and SSE).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use nexus_common::domain::ChannelName;
+use nexus_proto::v1::{DeadLetter, Event, event};
+use nexus_testkit::{
+    Stack, TestEnv,
+    fake_openai::{FakeOpenAi, Reply},
+    nexus,
+};
+use prost::Message;
+use serde_json::json;
+
+fn llm_env(fake: &FakeOpenAi, stream: bool) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENAI_API_KEY", "sk-test-key-000000".into()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
+        ("NEXUS__LLM__STREAM", stream.to_string()),
+        ("NEXUS__LLM__RETRY_BASE_MS", "20".into()),
+    ]
+}
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn read_file_slice(stream: bool) {
+    let test = TestEnv::new();
+    test.write("notes.txt", "The launch code word is PELICAN-42.\n");
+    let fake = FakeOpenAi::start(Reply::Text("unexpected".into())).await;
+    fake.push([
+        Reply::ToolCalls(vec![("read_file".into(), json!({"path": "notes.txt"}))]),
+        Reply::EchoLastTool("notes.txt says: ".into()),
+    ]);
+    let env = llm_env(&fake, stream);
+    let stack = Stack::start(&test, &refs(&env)).await;
+
+    let out = nexus(
+        stack.env(),
+        &[
+            "chat",
+            "-m",
+            "What does notes.txt in the workspace say?",
+            "--session",
+            "s1",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "chat failed: {stderr}");
+    assert!(stdout.contains("PELICAN-42"), "reply was: {stdout}");
+    assert!(
+        stderr.contains("[tool] read_file"),
+        "tool activity not shown: {stderr}"
+    );
+
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one call to choose the tool, one to answer"
+    );
+    let first = &requests[0];
+    assert_eq!(first["stream"].as_bool().unwrap_or(false), stream);
+    let tool_names: Vec<&str> = first["tools"]
+        .as_array()
+        .expect("tools offered")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    for t in [
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_dir",
+        "grep_search",
+        "delete_file",
+    ] {
+        assert!(tool_names.contains(&t), "{t} not offered: {tool_names:?}");
+    }
+    let system = first["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("AGENTS.md"),
+        "AGENTS.md template missing from the prompt"
+    );
+    let tool_msg = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("tool result sent back to the model");
+    let content = tool_msg["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("<untrusted-data") && content.contains("PELICAN-42"),
+        "{content}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_answers_from_a_file_it_read_with_a_tool() {
+    read_file_slice(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_handles_streamed_tool_call_deltas() {
+    read_file_slice(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_survives_a_restart_of_agent_core_and_memory_svc() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::EchoUserMessages).await;
+    let env = llm_env(&fake, true);
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+
+    let out = nexus(
+        stack.env(),
+        &[
+            "chat",
+            "-m",
+            "Remember the colour teal.",
+            "--session",
+            "same-id",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    // Graceful stop: SIGTERM must end each service with status 0.
+    let agent = stack.agent.take().unwrap();
+    let memory = stack.memory.take().unwrap();
+    assert!(agent.terminate(Duration::from_secs(30)).await.success());
+    assert!(memory.terminate(Duration::from_secs(30)).await.success());
+    stack.memory = Some(stack.spawn("memory-svc"));
+    stack.agent = Some(stack.spawn("agent-core"));
+    stack.wait_ready(&test, &["memory-svc", "agent-core"]).await;
+
+    let out = nexus(
+        stack.env(),
+        &[
+            "chat",
+            "-m",
+            "What did I just ask you?",
+            "--session",
+            "same-id",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Remember the colour teal.") && stdout.contains("What did I just ask you?"),
+        "the second turn did not see the first: {stdout}"
+    );
+
+    // Another session does not see it.
+    let out = nexus(stack.env(), &["chat", "-m", "Hello?", "--session", "other"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        !stdout.contains("teal"),
+        "history leaked across sessions: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_inbound_payload_is_dead_lettered_and_good_messages_still_get_answers() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("still here".into())).await;
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+    let subject = bus.subjects().inbound(&ChannelName::parse("cli").unwrap());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "cli:garbage-1");
+    bus.jetstream()
+        .publish_with_headers(
+            subject.clone(),
+            headers,
+            vec![0xff, 0x01, 0x02, 0x03].into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let out = nexus(stack.env(), &["chat", "-m", "are you alive?"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("still here"));
+
+    let dl: DeadLetter = first_in_stream(
+        &bus,
+        &bus.subjects().deadletter_stream(),
+        &bus.subjects().deadletter(),
+    )
+    .await;
+    assert_eq!(dl.subject, subject);
+    assert_eq!(dl.payload, vec![0xff, 0x01, 0x02, 0x03]);
+    assert!(dl.reason.contains("decode"), "reason: {}", dl.reason);
+
+    let ev: Event = first_in_stream(
+        &bus,
+        &bus.subjects().events_stream(),
+        &bus.subjects().event(nexus_bus::event_kind::DEAD_LETTER),
+    )
+    .await;
+    assert!(matches!(ev.kind, Some(event::Kind::DeadLetter(d)) if d.subject == subject));
+}
+
+async fn first_in_stream<T: Message + Default>(
+    bus: &nexus_bus::Bus,
+    stream: &str,
+    subject: &str,
+) -> T {
+    let stream = bus.jetstream().get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(30), msgs.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing on {subject}"))
+        .unwrap()
+        .unwrap();
+    T::decode(msg.payload.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_are_retried_and_the_user_gets_the_answer() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("unexpected".into())).await;
+    fake.push([
+        Reply::Status(429),
+        Reply::Status(429),
+        Reply::Text("worth the wait".into()),
+    ]);
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let out = nexus(stack.env(), &["chat", "-m", "hi"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("worth the wait"));
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_that_keeps_failing_gives_a_clear_message_and_no_loop() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Status(500)).await;
+    let mut env = llm_env(&fake, false);
+    env.push(("NEXUS__LLM__MAX_RETRIES", "2".into()));
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let out = nexus(stack.env(), &["chat", "-m", "hi"]).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("HTTP 500"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+    assert_eq!(fake.requests().len(), 3, "one call and two retries");
+
+    // The failed turn was acked, not redelivered into another round of calls.
+    let bus = test.bus("test").await;
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.subjects().inbound_stream())
+        .await
+        .unwrap();
+    let consumer_name = bus.subjects().agent_consumer();
+    let info = nexus_testkit::eventually(
+        "the inbound message to be acked",
+        Duration::from_secs(30),
+        || {
+            let stream = stream.clone();
+            let name = consumer_name.clone();
+            async move {
+                let mut c: jetstream::consumer::PullConsumer =
+                    stream.get_consumer(&name).await.ok()?;
+                let i = c.info().await.ok()?.clone();
+                (i.num_ack_pending == 0 && i.num_pending == 0).then_some(i)
+            }
+        },
+    )
+    .await;
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_provider_key_chat_names_the_settings_to_set() {
+    let test = TestEnv::new();
+    let stack = Stack::start(&test, &[("NEXUS__LLM__MODEL", "gpt-4.1-mini")]).await;
+    let out = nexus(stack.env(), &["chat", "-m", "hello"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}");
+    assert!(
+        stderr.contains("OPENAI_API_KEY") && stderr.contains("OPENAI_BASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_without_a_running_agent_says_how_to_start_one() {
+    let test = TestEnv::new();
+    let out = nexus(&test.process_env(), &["chat", "-m", "hello"]).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("nexus up"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_live_services_and_tail_decodes_the_exchange() {
+    let test = TestEnv::new();
+    test.write("notes.txt", "tail me\n");
+    let fake = FakeOpenAi::start(Reply::Text("done".into())).await;
+    fake.push([Reply::ToolCalls(vec![(
+        "read_file".into(),
+        json!({"path": "notes.txt"}),
+    )])]);
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+
+    let out = nexus(stack.env(), &["status", "--json"]).await;
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for n in ["agent-core", "tool-runner", "memory-svc"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+
+    let mut tail = tokio::process::Command::new(nexus_testkit::bin_path("nexus"))
+        .arg("tail")
+        .env_clear()
+        .envs(stack.env().iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // tail prints a banner on stderr once subscribed.
+    let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap());
+    let mut banner = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut err, &mut banner)
+        .await
+        .unwrap();
+    assert!(banner.contains("tailing"));
+
+    let out = nexus(stack.env(), &["chat", "-m", "read notes please"]).await;
+    assert!(out.status.success());
+
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+    let mut seen = std::collections::BTreeSet::new();
+    let wanted = [
+        "InboundMessage",
+        "OutboundMessage",
+        "ToolCall",
+        "tool_called",
+        "turn_finished",
+        "llm_usage",
+    ];
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(t) = v["type"].as_str() {
+                seen.insert(t.trim_start_matches("nexus.v1.").to_owned());
+            }
+            if let Some(obj) = v["message"].as_object() {
+                for k in obj.keys() {
+                    seen.insert(k.clone());
+                }
+            }
+            if v["type"] == "nexus.v1.Event" {
+                let kind = v["subject"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                seen.insert(kind);
+            }
+            if wanted.iter().all(|w| seen.contains(*w)) {
+                break;
+            }
+        }
+    })
+    .await;
+    for w in wanted {
+        assert!(seen.contains(w), "tail never showed {w}; saw {seen:?}");
+    }
+    let _ = tail.kill().await;
+}

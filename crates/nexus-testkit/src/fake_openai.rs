@@ -1,0 +1,240 @@
+//! A fake OpenAI Chat Completions server on loopback, speaking the real wire
+//! format: JSON responses, and SSE streams with content and tool-call deltas.
+//!
+//! Behaviour is scripted per request; every request body is logged so tests can
+//! check what the model was shown.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+
+/// What the fake does for one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A plain text answer.
+    Text(String),
+    /// Tool calls: (name, arguments as JSON).
+    ToolCalls(Vec<(String, Value)>),
+    /// Answers with the content of the last tool message it was sent, prefixed.
+    EchoLastTool(String),
+    /// Answers with every earlier user message it was sent, joined by " | ".
+    EchoUserMessages,
+    /// An HTTP error with an OpenAI-style error body.
+    Status(u16),
+    /// A 200 whose body is not a valid completion.
+    Junk,
+}
+
+#[derive(Default)]
+struct Inner {
+    script: VecDeque<Reply>,
+    fallback: Option<Reply>,
+    requests: Vec<Value>,
+}
+
+/// The running fake. Dropping it does not stop the server; tests end with the runtime.
+#[derive(Clone)]
+pub struct FakeOpenAi {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeOpenAi {
+    /// Starts on `127.0.0.1:0`. `fallback` answers when the script is empty.
+    pub async fn start(fallback: Reply) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            fallback: Some(fallback),
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind fake OpenAI: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, inner }
+    }
+
+    /// `OPENAI_BASE_URL` for this fake, deliberately without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Queues replies, used in order before the fallback.
+    pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.script.extend(replies);
+        }
+    }
+
+    pub fn set_fallback(&self, reply: Reply) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.fallback = Some(reply);
+        }
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.inner
+            .lock()
+            .map(|i| i.requests.clone())
+            .unwrap_or_default()
+    }
+}
+
+async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
+    let reply = {
+        let Ok(mut i) = inner.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        i.requests.push(body.clone());
+        i.script
+            .pop_front()
+            .or_else(|| i.fallback.clone())
+            .unwrap_or(Reply::Text("ok".into()))
+    };
+    let model = body["model"].as_str().unwrap_or("fake").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let (text, calls) = match reply {
+        Reply::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let err = json!({"error": {"message": format!("fake failure {code}"), "type": "server_error", "code": null}});
+            return (status, Json(err)).into_response();
+        }
+        Reply::Junk => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"choices\": 42}",
+            )
+                .into_response();
+        }
+        Reply::Text(t) => (t, vec![]),
+        Reply::ToolCalls(c) => (String::new(), c),
+        Reply::EchoLastTool(prefix) => {
+            let last = body["messages"]
+                .as_array()
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "tool"))
+                .and_then(|m| m["content"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "(no tool output)".into());
+            (format!("{prefix}{last}"), vec![])
+        }
+        Reply::EchoUserMessages => {
+            let users: Vec<String> = body["messages"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| m["role"] == "user")
+                        .filter_map(|m| m["content"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (format!("You said: {}", users.join(" | ")), vec![])
+        }
+    };
+    let seq = inner.lock().map(|i| i.requests.len()).unwrap_or(0);
+    if stream {
+        sse(&model, &text, &calls, seq)
+    } else {
+        Json(full(&model, &text, &calls, seq)).into_response()
+    }
+}
+
+fn tool_call_json(i: usize, seq: usize, name: &str, args: &Value) -> Value {
+    json!({"id": format!("call_{seq}_{i}"), "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+}
+
+fn usage() -> Value {
+    json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49})
+}
+
+fn full(model: &str, text: &str, calls: &[(String, Value)], seq: usize) -> Value {
+    let mut message = json!({"role": "assistant", "content": if calls.is_empty() { json!(text) } else { Value::Null }});
+    if !calls.is_empty() {
+        message["tool_calls"] = calls
+            .iter()
+            .enumerate()
+            .map(|(i, (n, a))| tool_call_json(i, seq, n, a))
+            .collect();
+    }
+    json!({
+        "id": format!("chatcmpl-{seq}"),
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": if calls.is_empty() { "stop" } else { "tool_calls" }}],
+        "usage": usage(),
+    })
+}
+
+/// The stream OpenAI sends: role, content in pieces, tool calls with their
+/// arguments split across deltas, finish reason, usage, `[DONE]`.
+fn sse(model: &str, text: &str, calls: &[(String, Value)], seq: usize) -> Response {
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": format!("chatcmpl-{seq}"), "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(8) {
+        events.push(chunk(
+            json!({"content": piece.iter().collect::<String>()}),
+            Value::Null,
+        ));
+    }
+    for (i, (name, args)) in calls.iter().enumerate() {
+        let args = args.to_string();
+        events.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": format!("call_{seq}_{i}"), "type": "function",
+                   "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        let a: Vec<char> = args.chars().collect();
+        for piece in a.chunks(5) {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": i, "function": {"arguments": piece.iter().collect::<String>()}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    events.push(chunk(
+        json!({}),
+        json!(if calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }),
+    ));
+    let mut body = String::new();
+    for e in events {
+        body.push_str(&format!("data: {e}\n\n"));
+    }
+    let usage_chunk = json!({"id": format!("chatcmpl-{seq}"), "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": model, "choices": [], "usage": usage()});
+    body.push_str(&format!("data: {usage_chunk}\n\ndata: [DONE]\n\n"));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

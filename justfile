@@ -1,0 +1,36 @@
+# Nexus tasks. `just` lists them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Reuse one target directory across clones and runs (builds are slow on small machines).
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
+
+default:
+    @just --list
+
+# Build every binary (debug).
+build:
+    cargo build --workspace --bins
+
+# Run the whole stack on this machine: NATS (started if none answers), agent-core, tool-runner, memory-svc.
+up *ARGS: build
+    "$CARGO_TARGET_DIR/debug/nexus" up {{ARGS}}
+
+# Talk to the running stack.
+chat *ARGS:
+    "$CARGO_TARGET_DIR/debug/nexus" chat {{ARGS}}
+
+# Formatting, lints and every test. Needs NATS (JetStream) on 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432.
+test:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo build --workspace --bins
+    cargo test --workspace
+
+# Measure per-turn overhead, throughput, memory and start-up time (release build).
+bench:
+    cargo build --release --workspace --bins
+    "$CARGO_TARGET_DIR/release/nexus-bench"
+
+# Format the code.
+fmt:
+    cargo fmt --all
