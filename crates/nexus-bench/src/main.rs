@@ -1,0 +1,309 @@
+//! `just bench`: figures for the README's performance table. Not a test: it
+//! asserts nothing about speed, it measures and prints.
+//!
+//! Runs `nexus up` (release build) against the NATS at `NATS_URL`, with a fake
+//! OpenAI server that answers instantly, and drives it through JetStream the
+//! way a gateway does.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures::StreamExt;
+use nexus_bus::{Bus, TraceContext};
+use nexus_common::{
+    domain::{ChannelName, Namespace, inbound_id},
+    now_ms,
+};
+use nexus_proto::v1::{ChatRef, Event, InboundKind, InboundMessage, OutboundMessage, Sender, event};
+use nexus_testkit::fake_openai::{FakeOpenAi, Reply};
+use prost::Message as _;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+    sync::oneshot,
+};
+
+const CHANNEL: &str = "bench";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let warm_turns: usize = env_or("BENCH_WARMUP", 20);
+    let seq_turns: usize = env_or("BENCH_TURNS", 300);
+    let sessions: usize = env_or("BENCH_SESSIONS", 100);
+    let per_session: usize = env_or("BENCH_PER_SESSION", 5);
+
+    let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    let workspace = tempfile::tempdir()?;
+    let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let config_file = workspace.path().join("bench.toml");
+    std::fs::write(&config_file, "")?;
+
+    let bin = sibling("nexus")?;
+    let started = Instant::now();
+    let mut up = Command::new(&bin)
+        .arg("up")
+        .env("NATS_URL", &nats_url)
+        .env("NEXUS_NAMESPACE", &namespace)
+        .env("NEXUS_WORKSPACE", workspace.path())
+        .env("NEXUS_CONFIG", &config_file)
+        .env("OPENAI_API_KEY", "sk-bench-00000000")
+        .env("OPENAI_BASE_URL", fake.base_url())
+        .env("NEXUS__LLM__MODEL", "gpt-4.1-mini")
+        .env("NEXUS__LLM__STREAM", "false")
+        .env("NEXUS__AGENT__CONCURRENCY", "64")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nexus up")?;
+    let stdout = up.stdout.take().context("stdout")?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(ready_tx);
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("] ready in ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(120), ready_rx)
+        .await
+        .context("nexus up did not become ready within 120s")??;
+    let startup = started.elapsed();
+    let up_pid = up.id().context("nexus up pid")?;
+
+    let client = async_nats::connect(&nats_url).await?;
+    let bus = Bus::from_client(client, Namespace::parse(&namespace)?, "bench", Duration::from_secs(10));
+    let driver = Driver::start(bus).await?;
+
+    // Warm-up, then one session at a time: latency without queueing.
+    for i in 0..warm_turns {
+        driver.turn(&format!("warm-{}", i % 4)).await?;
+    }
+    let mut overhead = Vec::with_capacity(seq_turns);
+    for _ in 0..seq_turns {
+        let (total, llm) = driver.turn("seq").await?;
+        overhead.push(total.saturating_sub(llm));
+    }
+    overhead.sort();
+
+    // Throughput: many sessions at once, each sending its messages in order.
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..sessions {
+        let d = driver.clone();
+        tasks.spawn(async move {
+            for _ in 0..per_session {
+                d.turn(&format!("load-{s}")).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let elapsed = t0.elapsed();
+    let turns = sessions * per_session;
+
+    let rss = peak_rss_of_children(up_pid);
+    nexus_common::process::terminate(up_pid);
+    let _ = tokio::time::timeout(Duration::from_secs(40), up.wait()).await;
+
+    println!("Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)", cpus());
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| per-turn overhead p50 (publish → reply, LLM time excluded, {seq_turns} sequential turns) | {:.2} ms |",
+        ms(percentile(&overhead, 50.0))
+    );
+    println!("| per-turn overhead p99 | {:.2} ms |", ms(percentile(&overhead, 99.0)));
+    println!(
+        "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {:.0} turns/s |",
+        turns as f64 / elapsed.as_secs_f64()
+    );
+    for (name, kb) in &rss {
+        println!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
+    }
+    println!("| `nexus up` to ready (NATS already running) | {} ms |", startup.as_millis());
+    Ok(())
+}
+
+/// Sends inbound messages and matches replies by `in_reply_to`.
+#[derive(Clone)]
+struct Driver {
+    bus: Bus,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    llm_ms: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Driver {
+    async fn start(bus: Bus) -> anyhow::Result<Self> {
+        let s = bus.subjects();
+        let channel = ChannelName::parse(CHANNEL)?;
+        let mut replies = bus
+            .jetstream()
+            .get_stream(s.outbound_stream())
+            .await?
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: s.outbound(&channel),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?
+            .messages()
+            .await?;
+        let mut usage = bus.client().subscribe(s.event(nexus_bus::event_kind::LLM_USAGE)).await?;
+        let d = Self {
+            bus: bus.clone(),
+            waiting: Arc::default(),
+            llm_ms: Arc::default(),
+        };
+        let waiting = d.waiting.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = replies.next().await {
+                if let Ok(r) = OutboundMessage::decode(m.payload.clone())
+                    && let Ok(mut w) = waiting.lock()
+                    && let Some(tx) = w.remove(&r.in_reply_to)
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let llm = d.llm_ms.clone();
+        tokio::spawn(async move {
+            while let Some(m) = usage.next().await {
+                if let Ok(Event {
+                    kind: Some(event::Kind::LlmUsage(u)),
+                    ..
+                }) = Event::decode(m.payload)
+                    && let Ok(mut l) = llm.lock()
+                {
+                    *l.entry(u.turn_id).or_default() += u.duration_ms;
+                }
+            }
+        });
+        Ok(d)
+    }
+
+    /// One turn; returns (publish → reply, time spent in LLM calls).
+    async fn turn(&self, session: &str) -> anyhow::Result<(Duration, Duration)> {
+        let channel = ChannelName::parse(CHANNEL)?;
+        let upstream = uuid::Uuid::new_v4().to_string();
+        let id = inbound_id(&channel, &upstream);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(id.clone(), tx);
+        }
+        let msg = InboundMessage {
+            id: id.clone(),
+            channel: CHANNEL.into(),
+            chat: Some(ChatRef {
+                chat_id: session.into(),
+                ..Default::default()
+            }),
+            sender: Some(Sender {
+                id: "bench".into(),
+                ..Default::default()
+            }),
+            text: "ping".into(),
+            upstream_id: upstream,
+            sent_at_ms: now_ms(),
+            received_at_ms: now_ms(),
+            kind: InboundKind::User as i32,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        self.bus.publish_inbound(&msg, &TraceContext::new_root()).await?;
+        tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .context("no reply within 120s")??;
+        let total = t.elapsed();
+        // The usage event is emitted before the reply is published, but may arrive just after it.
+        let mut llm = None;
+        for _ in 0..50 {
+            llm = self.llm_ms.lock().ok().and_then(|mut l| l.remove(&id));
+            if llm.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok((total, Duration::from_millis(llm.unwrap_or(0))))
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join(name);
+    if !p.exists() {
+        bail!("{} not found; run `cargo build --release --workspace --bins`", p.display());
+    }
+    Ok(p)
+}
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Peak resident memory (VmHWM, KiB) of each direct child of `parent`, by program name.
+fn peak_rss_of_children(parent: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        if field("PPid:").and_then(|p| p.parse::<u32>().ok()) != Some(parent) {
+            continue;
+        }
+        let name = field("Name:").unwrap_or_default();
+        let hwm = field("VmHWM:")
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        out.push((name, hwm));
+    }
+    out.sort();
+    out
+}
