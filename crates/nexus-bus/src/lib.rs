@@ -86,12 +86,12 @@ impl Bus {
     /// Connects to `config.nats.url` as `service` (used in events and the NATS connection name).
     pub async fn connect(config: &Config, service: &str) -> Result<Self, BusError> {
         let ns = Namespace::parse(&config.namespace).map_err(|e| BusError::Nats(e.to_string()))?;
+        // No retry_on_initial_connect: a missing server must be an error at start,
+        // not a timeout on the first request. Supervisors (nexus up, compose) restart us.
         let client = async_nats::ConnectOptions::new()
             .name(format!("{}:{service}", config.namespace))
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(config.nats.url.as_str());
-        // retry_on_initial_connect would wait forever; bound it so a missing server is an error.
         let client = tokio::time::timeout(Duration::from_secs(10), client)
             .await
             .map_err(|_| BusError::Connect {
@@ -440,6 +440,46 @@ impl Bus {
         let _ = sub.unsubscribe().await;
         found.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         Ok(found)
+    }
+
+    /// Opens a KV bucket, creating it (with `history` revisions per key) if missing.
+    ///
+    /// Not `create_key_value`: async-nats 0.51 first queries the account and cannot
+    /// parse a 2.9 server's answer (no `reserved_memory`), so the bucket's backing
+    /// stream is created here with the KV layout, which every server version accepts.
+    pub async fn ensure_kv_bucket(
+        &self,
+        bucket: &str,
+        history: i64,
+        description: &str,
+    ) -> Result<jetstream::kv::Store, BusError> {
+        if let Ok(store) = self.js.get_key_value(bucket).await {
+            return Ok(store);
+        }
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history.max(1),
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        // Another replica may create it at the same moment; opening afterwards decides.
+        let created = self.js.create_stream(config).await;
+        self.js.get_key_value(bucket).await.map_err(|e| {
+            BusError::Nats(format!(
+                "KV bucket {bucket}: {e}{}",
+                created
+                    .err()
+                    .map(|c| format!(" (create: {c})"))
+                    .unwrap_or_default()
+            ))
+        })
     }
 
     /// Creates (or binds to) a durable pull consumer.

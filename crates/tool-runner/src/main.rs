@@ -1,0 +1,35 @@
+//! The `tool-runner` binary: loads config, starts telemetry, and runs the
+//! service until SIGINT/SIGTERM. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus_common::{Config, shutdown, telemetry};
+
+/// Executes the agent's tools inside the workspace sandbox, over NATS.
+///
+/// Configured by nexus.toml (NEXUS_CONFIG) and the environment: NATS_URL,
+/// NEXUS_NAMESPACE, NEXUS_WORKSPACE, NEXUS__TOOLS__*.
+#[derive(Parser)]
+#[command(name = "tool-runner", version, about)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _cli = Cli::parse();
+    telemetry::init("tool-runner");
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tool-runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tool_runner::run(config, shutdown::on_signals()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tool-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
