@@ -1,1 +1,62 @@
+//! memory-svc: session history in SQL and the Markdown memory of the workspace,
+//! served on `N.memory.<op>` through the NATS service API.
+//!
+//! It owns the session store (`store`), the workspace's Markdown files
+//! (`files`), the meaning of each operation (`ops`) and the request loop
+//! (`server`). agent-core builds prompts from what it answers and never reads
+//! the disk itself.
+//!
+//! It must never call an LLM or a tool, never publish to a stream, and never
+//! exit or panic because of one bad request.
 
+pub mod files;
+pub mod ops;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use nexus_bus::Bus;
+use nexus_common::Config;
+use tokio_util::sync::CancellationToken;
+
+pub use files::MarkdownFiles;
+pub use ops::{Memory, Op, OpError};
+pub use store::{SessionStore, StoreError};
+
+/// Runs memory-svc until `shutdown` is cancelled: templates, database,
+/// NATS, then requests. Returns once every request in flight has answered.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let files = MarkdownFiles::new(&config.workspace);
+    let written = files.ensure_templates().await.with_context(|| {
+        format!(
+            "cannot prepare the workspace {}",
+            config.workspace.display()
+        )
+    })?;
+    if !written.is_empty() {
+        tracing::info!(files = ?written, workspace = %config.workspace.display(), "wrote missing templates");
+    }
+
+    let url = config.database_url();
+    let store = SessionStore::connect(&url)
+        .await
+        .context("cannot open the session store")?;
+    tracing::info!(
+        backend = store.backend(),
+        database = %store::redact_url(&url),
+        "session store ready"
+    );
+
+    let result = async {
+        let bus = Bus::connect(&config, server::SERVICE_NAME).await?;
+        let memory = Arc::new(Memory::new(store.clone(), files, &config.memory));
+        let served = server::serve(&bus, memory, shutdown).await;
+        bus.drain().await;
+        served
+    }
+    .await;
+    store.close().await;
+    result
+}

@@ -1,0 +1,247 @@
+//! The Markdown memory of the workspace: AGENTS.md, SOUL.md, USER.md,
+//! `USER_<id>.md` and MEMORY.md.
+//!
+//! Files are read fresh on every request, because people edit them while the
+//! service runs, and every read is bounded so a huge file cannot blow up memory
+//! or a NATS reply. On start the templates are written where a file is missing.
+//!
+//! It must never overwrite a file that exists, and never build a path from a
+//! user id that is not file-safe.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use tokio::io::AsyncReadExt;
+
+/// The templates a fresh workspace starts with, written only where missing.
+const TEMPLATES: [(&str, &str); 4] = [
+    ("AGENTS.md", include_str!("../../../workspace/AGENTS.md")),
+    ("SOUL.md", include_str!("../../../workspace/SOUL.md")),
+    ("USER.md", include_str!("../../../workspace/USER.md")),
+    ("MEMORY.md", include_str!("../../../workspace/MEMORY.md")),
+];
+
+/// AGENTS.md, SOUL.md and profiles are instructions, not archives: past this
+/// size they are shortened like a large MEMORY.md.
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+
+/// The Markdown part of a context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Markdown {
+    pub agents_md: String,
+    pub soul_md: String,
+    /// `USER_<id>.md`, falling back to USER.md.
+    pub user_profile_md: String,
+    /// MEMORY.md, shortened when larger than the configured limit.
+    pub memory_md: String,
+}
+
+/// The workspace directory, seen as Markdown memory.
+#[derive(Debug, Clone)]
+pub struct MarkdownFiles {
+    root: PathBuf,
+}
+
+impl MarkdownFiles {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Creates the workspace and writes each missing template. Returns the
+    /// names written; a file that exists is left exactly as it is.
+    pub async fn ensure_templates(&self) -> io::Result<Vec<&'static str>> {
+        tokio::fs::create_dir_all(&self.root).await?;
+        let mut written = Vec::new();
+        for (name, text) in TEMPLATES {
+            // create_new: even a file created a moment ago by someone else wins.
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.root.join(name))
+                .await;
+            match file {
+                Ok(mut file) => {
+                    tokio::io::AsyncWriteExt::write_all(&mut file, text.as_bytes()).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+                    written.push(name);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Reads the Markdown of a context for `user_id`. Missing files read as empty.
+    pub async fn read(&self, user_id: &str, max_memory_bytes: usize) -> io::Result<Markdown> {
+        let profile = async {
+            if is_file_safe(user_id) {
+                let own = format!("USER_{user_id}.md");
+                if let Some(text) = self.read_bounded(&own, MAX_PROFILE_BYTES).await? {
+                    return Ok(Some(text));
+                }
+            }
+            self.read_bounded("USER.md", MAX_PROFILE_BYTES).await
+        };
+        let (agents_md, soul_md, user_profile_md, memory_md) = tokio::try_join!(
+            self.read_bounded("AGENTS.md", MAX_PROFILE_BYTES),
+            self.read_bounded("SOUL.md", MAX_PROFILE_BYTES),
+            profile,
+            self.read_bounded("MEMORY.md", max_memory_bytes),
+        )?;
+        Ok(Markdown {
+            agents_md: agents_md.unwrap_or_default(),
+            soul_md: soul_md.unwrap_or_default(),
+            user_profile_md: user_profile_md.unwrap_or_default(),
+            memory_md: memory_md.unwrap_or_default(),
+        })
+    }
+
+    /// The file's text, shortened past `limit` bytes; `None` when it does not exist.
+    async fn read_bounded(&self, name: &str, limit: usize) -> io::Result<Option<String>> {
+        let path = self.root.join(name);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(with_path(e, &path)),
+        };
+        let total = file
+            .metadata()
+            .await
+            .map_err(|e| with_path(e, &path))?
+            .len();
+        let mut head = Vec::with_capacity(limit.min(total as usize) + 1);
+        // One byte past the limit tells "exactly at the limit" from "longer".
+        file.take(limit as u64 + 1)
+            .read_to_end(&mut head)
+            .await
+            .map_err(|e| with_path(e, &path))?;
+        if head.len() <= limit {
+            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
+        }
+        // The file may have grown since `metadata`; never report fewer bytes than we saw.
+        let total = total.max(head.len() as u64);
+        Ok(Some(shorten(name, &head[..limit], total)))
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Whether a user id can name `USER_<id>.md`: 1 to 128 of `[A-Za-z0-9_-]`.
+pub fn is_file_safe(user_id: &str) -> bool {
+    !user_id.is_empty()
+        && user_id.len() <= 128
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Cuts `head` (the first bytes of a file of `total` bytes) at the last
+/// paragraph break in its second half, else at the last line break, and says
+/// how much was left out.
+pub fn shorten(name: &str, head: &[u8], total: u64) -> String {
+    let half = head.len() / 2;
+    let paragraph = find_last(head, b"\n\n").filter(|&at| at >= half);
+    let cut = paragraph
+        .or_else(|| head.iter().rposition(|&b| b == b'\n'))
+        // One long line: cut at the last whole character.
+        .unwrap_or_else(|| match std::str::from_utf8(head) {
+            Ok(_) => head.len(),
+            Err(e) => e.valid_up_to(),
+        });
+    let kept = String::from_utf8_lossy(&head[..cut]);
+    let remaining = total.saturating_sub(cut as u64);
+    format!(
+        "{}\n\n[{name} was shortened here: {remaining} more bytes not shown]\n",
+        kept.trim_end()
+    )
+}
+
+fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_plain_ids_may_name_a_profile_file() {
+        for ok in ["telegram_42", "cli_bob", "A-z_09"] {
+            assert!(is_file_safe(ok), "{ok}");
+        }
+        for bad in ["", "../etc", "a/b", "a.b", "ü", "a b", &"x".repeat(129)] {
+            assert!(!is_file_safe(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_memory_is_cut_at_a_paragraph_and_says_how_much_is_missing() {
+        let text = "# Memory\n\nfirst paragraph\n\nsecond paragraph\nstill second\n\nthird";
+        let limit = text.find("still").unwrap() + 3;
+        let out = shorten("MEMORY.md", &text.as_bytes()[..limit], text.len() as u64);
+        let cut = text.find("\n\nsecond").unwrap();
+        assert!(out.starts_with("# Memory\n\nfirst paragraph\n\n["), "{out}");
+        assert!(
+            out.contains(&format!("{} more bytes not shown", text.len() - cut)),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn without_a_late_paragraph_break_the_cut_falls_on_a_line() {
+        let text = "a\n\nbbbbbbbbbbbbbbbbbbbb\ncccccccccccccccccccc\ndddd";
+        let limit = text.find("dd").unwrap() + 2;
+        let out = shorten("MEMORY.md", &text.as_bytes()[..limit], text.len() as u64);
+        assert!(out.starts_with(
+            "a\n\nbbbbbbbbbbbbbbbbbbbb\ncccccccccccccccccccc\n\n[MEMORY.md was shortened"
+        ));
+        assert!(out.contains("5 more bytes"), "{out}");
+    }
+
+    #[test]
+    fn one_long_line_is_cut_on_a_character_boundary() {
+        let text = "ääääää";
+        let out = shorten("MEMORY.md", &text.as_bytes()[..5], 12);
+        assert!(out.starts_with("ää\n\n["), "{out}");
+        assert!(out.contains("8 more bytes"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn templates_fill_gaps_but_never_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MarkdownFiles::new(dir.path().join("ws"));
+        std::fs::create_dir_all(dir.path().join("ws")).unwrap();
+        std::fs::write(dir.path().join("ws/SOUL.md"), "my own soul").unwrap();
+
+        let written = files.ensure_templates().await.unwrap();
+        assert_eq!(written, vec!["AGENTS.md", "USER.md", "MEMORY.md"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ws/SOUL.md")).unwrap(),
+            "my own soul"
+        );
+        assert!(files.ensure_templates().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_memory_exactly_at_the_limit_is_given_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("MEMORY.md"), "0123456789").unwrap();
+        let files = MarkdownFiles::new(dir.path());
+        assert_eq!(files.read("u", 10).await.unwrap().memory_md, "0123456789");
+        assert!(
+            files
+                .read("u", 9)
+                .await
+                .unwrap()
+                .memory_md
+                .contains("1 more bytes")
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The session store: sessions, turns and their history entries in SQL.
+//!
+//! It owns the schema (embedded migrations, one set per backend) and the two
+//! explicit backends, SQLite (the default, a file under the workspace) and
+//! PostgreSQL (any `postgres://` URL, used as given). Appending a turn is one
+//! transaction, and a turn id that is already stored is a no-op: this table is
+//! the second line of defence against answering one message twice.
+//!
+//! It must never see protobuf types or NATS: callers hand it validated domain
+//! values and opaque reply bytes.
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::{str::FromStr, time::Duration};
+
+use nexus_common::domain::{InvalidValue, SessionKey};
+use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// How long a connection waits for a lock or a free pool slot before failing.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who spoke an entry. The numbers are the stored values and equal the proto `Role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User = 1,
+    Assistant = 2,
+    Tool = 3,
+    System = 4,
+}
+
+impl Role {
+    /// The stored (and wire) number.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The role stored as `code`; `None` for anything else, `0` included.
+    pub fn from_code(code: i32) -> Option<Self> {
+        match code {
+            1 => Some(Self::User),
+            2 => Some(Self::Assistant),
+            3 => Some(Self::Tool),
+            4 => Some(Self::System),
+            _ => None,
+        }
+    }
+}
+
+/// One message of a turn, as it goes into the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub role: Role,
+    pub text: String,
+    /// For [`Role::Tool`]: which tool and which call; empty otherwise.
+    pub tool_name: String,
+    pub tool_call_id: String,
+    pub at_ms: i64,
+}
+
+/// An entry read back from history, with the turn it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastEntry {
+    pub turn_id: TurnId,
+    pub entry: Entry,
+}
+
+/// The id of a turn: the inbound message id it answers (`<channel>:<upstream id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TurnId(String);
+
+impl TurnId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let bad = |why| InvalidValue {
+            what: "turn id",
+            value: s.chars().take(80).collect(),
+            why,
+        };
+        if s.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if s.len() > 512 || s.chars().any(char::is_control) {
+            return Err(bad("it is too long or holds control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A finished turn to store atomically.
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    pub session: SessionKey,
+    pub turn_id: TurnId,
+    pub user_id: String,
+    /// In conversation order.
+    pub entries: Vec<Entry>,
+    /// The reply that went out, encoded by the caller; the store never looks inside.
+    pub reply: Option<Vec<u8>>,
+    pub at_ms: i64,
+}
+
+/// A turn that is already stored: the message it answers was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub reply: Option<Vec<u8>>,
+}
+
+/// Why the store failed. Every variant is the service's fault, not the caller's.
+///
+/// Each message carries its cause in its own text, so the one line that ends
+/// up in a service error header or a log is enough to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "DATABASE_URL {0} is not supported: use sqlite://<file> or postgres://… (postgresql://…)"
+    )]
+    UnsupportedUrl(String),
+    #[error("DATABASE_URL {url} is invalid: {error}")]
+    BadUrl { url: String, error: sqlx::Error },
+    #[error("cannot create the database directory {path}: {error}")]
+    CreateDir { path: String, error: std::io::Error },
+    #[error("cannot open the {backend} database at {url}: {error}")]
+    Connect {
+        backend: &'static str,
+        url: String,
+        error: sqlx::Error,
+    },
+    #[error("cannot migrate the {backend} database: {error}")]
+    Migrate {
+        backend: &'static str,
+        error: sqlx::migrate::MigrateError,
+    },
+    #[error("database error: {0}")]
+    Query(sqlx::Error),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Query(error)
+    }
+}
+
+/// Sessions, turns and history, on one of the two backends.
+#[derive(Debug, Clone)]
+pub enum SessionStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl SessionStore {
+    /// Opens the database at `url` and brings its schema up to date.
+    /// `sqlite:` URLs get their directory created; `postgres://` and
+    /// `postgresql://` URLs are used as given.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let bad_url = |error| StoreError::BadUrl {
+            url: redact_url(url),
+            error,
+        };
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).map_err(bad_url)?;
+            Self::open_sqlite(options).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(bad_url)?;
+            Self::open_postgres(options).await
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// Opens a SQLite database (WAL, busy timeout, foreign keys) and migrates it.
+    pub async fn open_sqlite(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        SqliteStore::open(options).await.map(Self::Sqlite)
+    }
+
+    /// Opens a PostgreSQL database and migrates it.
+    pub async fn open_postgres(options: PgConnectOptions) -> Result<Self, StoreError> {
+        PgStore::open(options).await.map(Self::Postgres)
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => sqlite::BACKEND,
+            Self::Postgres(_) => postgres::BACKEND,
+        }
+    }
+
+    /// Stores a finished turn in one transaction. Returns `false`, changing
+    /// nothing, when a turn with this id is already stored.
+    pub async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.append(turn).await,
+            Self::Postgres(s) => s.append(turn).await,
+        }
+    }
+
+    /// Entries of the last `turns` turns of a session, oldest first.
+    pub async fn history(
+        &self,
+        session: &SessionKey,
+        turns: u32,
+    ) -> Result<Vec<PastEntry>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.history(session, turns).await,
+            Self::Postgres(s) => s.history(session, turns).await,
+        }
+    }
+
+    /// The stored turn with this id, if the message it answers was answered.
+    pub async fn answered(&self, turn_id: &TurnId) -> Result<Option<Answered>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.answered(turn_id).await,
+            Self::Postgres(s) => s.answered(turn_id).await,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// SQL both backends accept as written (`$n` parameters and `ON CONFLICT` work
+/// in SQLite ≥ 3.24 and PostgreSQL alike); only the schema differs.
+mod sql {
+    pub const UPSERT_SESSION: &str = "INSERT INTO sessions (id, channel, chat_id, thread_id, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $5) \
+         ON CONFLICT (id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms";
+
+    pub const INSERT_TURN: &str = "INSERT INTO turns (turn_id, session_id, user_id, created_at_ms, reply) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (turn_id) DO NOTHING";
+
+    pub const INSERT_ENTRY: &str = "INSERT INTO entries (session_id, turn_id, seq, role, text, tool_name, tool_call_id, at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+    // A turn's position is that of its last entry: entry ids grow with every
+    // append, while clocks of different replicas may disagree.
+    pub const HISTORY: &str = "SELECT turn_id, role, text, tool_name, tool_call_id, at_ms FROM entries \
+         WHERE session_id = $1 AND turn_id IN ( \
+             SELECT turn_id FROM entries WHERE session_id = $1 \
+             GROUP BY turn_id ORDER BY MAX(id) DESC LIMIT $2) \
+         ORDER BY id";
+
+    pub const ANSWERED: &str = "SELECT reply FROM turns WHERE turn_id = $1";
+}
+
+/// Builds a [`PastEntry`] from the columns of [`sql::HISTORY`].
+fn past_entry(
+    turn_id: String,
+    role: i32,
+    text: String,
+    tool_name: String,
+    tool_call_id: String,
+    at_ms: i64,
+) -> Result<PastEntry, StoreError> {
+    let role = Role::from_code(role).ok_or_else(|| {
+        StoreError::Corrupt(format!("turn {turn_id} has an entry with role {role}"))
+    })?;
+    let turn_id = TurnId::parse(&turn_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(PastEntry {
+        turn_id,
+        entry: Entry {
+            role,
+            text,
+            tool_name,
+            tool_call_id,
+            at_ms,
+        },
+    })
+}
+
+/// A database URL fit for logs and errors: no password, no query string.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // `sqlite:file.db` and the like carry no credentials.
+        return url.split('?').next().unwrap_or_default().to_owned();
+    };
+    let rest = rest.split('?').next().unwrap_or_default();
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_and_query_strings_never_reach_an_error_message() {
+        assert_eq!(
+            redact_url("postgres://bob:s3cret@db.example:5432/nexus?password=x"),
+            "postgres://bob@db.example:5432/nexus"
+        );
+        assert_eq!(
+            redact_url("sqlite:///w/.nexus/nexus.db?mode=rwc"),
+            "sqlite:///w/.nexus/nexus.db"
+        );
+        assert_eq!(redact_url("sqlite:x.db"), "sqlite:x.db");
+    }
+}

@@ -1,0 +1,145 @@
+//! The PostgreSQL backend: any `postgres://` URL, used as given, so replicas on
+//! different machines share one history. The primary key on the turn id makes a
+//! concurrent duplicate append wait for the first and then do nothing. It must
+//! never rewrite the URL it was given (search_path, TLS and pooling are the operator's).
+
+use sqlx::{
+    ConnectOptions as _, Connection as _, PgPool, Row,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{Answered, LOCK_TIMEOUT, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql};
+use nexus_common::domain::SessionKey;
+
+pub(super) const BACKEND: &str = "postgres";
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Sessions in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub(super) async fn open(options: PgConnectOptions) -> Result<Self, StoreError> {
+        let url = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let connect_error = |error| StoreError::Connect {
+            backend: BACKEND,
+            url: url.clone(),
+            error,
+        };
+        // One direct connection first: a pool only reports "timed out" and
+        // hides why (refused, unknown database, authentication).
+        options
+            .connect()
+            .await
+            .map_err(connect_error)?
+            .close()
+            .await
+            .map_err(connect_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(LOCK_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|error| StoreError::Migrate {
+                backend: BACKEND,
+                error,
+            })?;
+        Ok(Self { pool })
+    }
+
+    pub(super) async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
+        let session_id = turn.session.id();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::UPSERT_SESSION)
+            .bind(&session_id)
+            .bind(turn.session.channel().as_str())
+            .bind(turn.session.chat_id())
+            .bind(turn.session.thread_id())
+            .bind(turn.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(sql::INSERT_TURN)
+            .bind(turn.turn_id.as_str())
+            .bind(&session_id)
+            .bind(&turn.user_id)
+            .bind(turn.at_ms)
+            .bind(turn.reply.as_deref())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (seq, entry) in turn.entries.iter().enumerate() {
+            sqlx::query(sql::INSERT_ENTRY)
+                .bind(&session_id)
+                .bind(turn.turn_id.as_str())
+                .bind(seq as i32)
+                .bind(entry.role.code())
+                .bind(&entry.text)
+                .bind(&entry.tool_name)
+                .bind(&entry.tool_call_id)
+                .bind(entry.at_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub(super) async fn history(
+        &self,
+        session: &SessionKey,
+        turns: u32,
+    ) -> Result<Vec<PastEntry>, StoreError> {
+        let rows = sqlx::query(sql::HISTORY)
+            .bind(session.id())
+            .bind(i64::from(turns))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                past_entry(
+                    row.try_get("turn_id")?,
+                    row.try_get("role")?,
+                    row.try_get("text")?,
+                    row.try_get("tool_name")?,
+                    row.try_get("tool_call_id")?,
+                    row.try_get("at_ms")?,
+                )
+            })
+            .collect()
+    }
+
+    pub(super) async fn answered(&self, turn_id: &TurnId) -> Result<Option<Answered>, StoreError> {
+        let row = sqlx::query(sql::ANSWERED)
+            .bind(turn_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Answered {
+                reply: row.try_get("reply")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,289 @@
+//! Store logic, run against both backends: a SQLite file in a temp directory
+//! and the local PostgreSQL, each test in a schema of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{future::Future, panic::AssertUnwindSafe, str::FromStr};
+
+use futures::FutureExt as _;
+use nexus_common::domain::{ChannelName, SessionKey};
+use sqlx::{
+    Connection as _, Executor as _, postgres::PgConnectOptions, postgres::PgConnection,
+    sqlite::SqliteConnectOptions,
+};
+
+use super::{Answered, Entry, NewTurn, Role, SessionStore, TurnId};
+
+/// Runs `body` on a fresh SQLite file.
+async fn on_sqlite<F, Fut>(body: F)
+where
+    F: FnOnce(SessionStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet: the store must create it.
+    let options = SqliteConnectOptions::new().filename(dir.path().join(".nexus/nexus.db"));
+    let store = SessionStore::open_sqlite(options).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    body(store.clone()).await;
+    store.close().await;
+}
+
+/// Runs `body` in a fresh PostgreSQL schema, dropped afterwards even when `body` panics.
+async fn on_postgres<F, Fut>(body: F)
+where
+    F: FnOnce(SessionStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = nexus_testkit::postgres_url();
+    let schema = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut admin = PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} must be running for tests: {e}"));
+    admin
+        .execute(format!("CREATE SCHEMA {schema}").as_str())
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let outcome = AssertUnwindSafe(async {
+        let store = SessionStore::open_postgres(options).await.unwrap();
+        assert_eq!(store.backend(), "postgres");
+        body(store.clone()).await;
+        store.close().await;
+    })
+    .catch_unwind()
+    .await;
+    admin
+        .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Each body becomes one test per backend: `sqlite::<body>` and `postgres::<body>`.
+macro_rules! on_both_backends {
+    ($($body:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $body() {
+                    super::on_sqlite(super::$body).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $body() {
+                    super::on_postgres(super::$body).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    history_is_the_entries_of_the_last_n_turns_oldest_first,
+    appending_a_stored_turn_id_again_changes_nothing,
+    answered_returns_the_stored_reply_or_nothing,
+    entries_keep_their_order_and_fields,
+    sessions_and_threads_keep_separate_histories,
+    concurrent_appends_of_one_turn_store_it_once,
+);
+
+fn session(chat: &str, thread: &str) -> SessionKey {
+    SessionKey::new(ChannelName::parse("cli").unwrap(), chat, thread).unwrap()
+}
+
+fn entry(role: Role, text: &str, at_ms: i64) -> Entry {
+    Entry {
+        role,
+        text: text.to_owned(),
+        tool_name: String::new(),
+        tool_call_id: String::new(),
+        at_ms,
+    }
+}
+
+/// A user message and the assistant's answer.
+fn turn(session: &SessionKey, id: &str, at_ms: i64) -> NewTurn {
+    NewTurn {
+        session: session.clone(),
+        turn_id: TurnId::parse(id).unwrap(),
+        user_id: "cli_alice".to_owned(),
+        entries: vec![
+            entry(Role::User, &format!("question {id}"), at_ms),
+            entry(Role::Assistant, &format!("answer {id}"), at_ms + 1),
+        ],
+        reply: Some(format!("reply to {id}").into_bytes()),
+        at_ms,
+    }
+}
+
+fn texts(history: &[super::PastEntry]) -> Vec<String> {
+    history.iter().map(|p| p.entry.text.clone()).collect()
+}
+
+async fn history_is_the_entries_of_the_last_n_turns_oldest_first(store: SessionStore) {
+    let s = session("c1", "");
+    for (i, id) in ["cli:1", "cli:2", "cli:3", "cli:4"].into_iter().enumerate() {
+        // Clocks may disagree between replicas: order must not depend on them.
+        let at_ms = 1_000 - i as i64;
+        assert!(store.append(&turn(&s, id, at_ms)).await.unwrap());
+    }
+
+    let last_two = store.history(&s, 2).await.unwrap();
+    assert_eq!(
+        texts(&last_two),
+        [
+            "question cli:3",
+            "answer cli:3",
+            "question cli:4",
+            "answer cli:4"
+        ]
+    );
+    let turn_ids: Vec<&str> = last_two.iter().map(|p| p.turn_id.as_str()).collect();
+    assert_eq!(turn_ids, ["cli:3", "cli:3", "cli:4", "cli:4"]);
+
+    assert_eq!(store.history(&s, 10).await.unwrap().len(), 8);
+    assert!(store.history(&s, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .history(&session("never-seen", ""), 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn appending_a_stored_turn_id_again_changes_nothing(store: SessionStore) {
+    let s = session("c1", "");
+    assert!(store.append(&turn(&s, "cli:1", 10)).await.unwrap());
+
+    let mut again = turn(&s, "cli:1", 20);
+    again.entries.push(entry(Role::User, "sneaked in", 21));
+    again.reply = Some(b"a second reply".to_vec());
+    assert!(!store.append(&again).await.unwrap());
+
+    assert_eq!(
+        texts(&store.history(&s, 10).await.unwrap()),
+        ["question cli:1", "answer cli:1"]
+    );
+    let answered = store
+        .answered(&TurnId::parse("cli:1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        answered,
+        Some(Answered {
+            reply: Some(b"reply to cli:1".to_vec())
+        })
+    );
+
+    // The same id from another session is the same message: still a no-op.
+    assert!(
+        !store
+            .append(&turn(&session("c2", ""), "cli:1", 30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .history(&session("c2", ""), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn answered_returns_the_stored_reply_or_nothing(store: SessionStore) {
+    let s = session("c1", "");
+    let unknown = TurnId::parse("cli:unknown").unwrap();
+    assert_eq!(store.answered(&unknown).await.unwrap(), None);
+
+    store.append(&turn(&s, "cli:1", 10)).await.unwrap();
+    let mut no_reply = turn(&s, "cli:2", 20);
+    no_reply.reply = None;
+    store.append(&no_reply).await.unwrap();
+
+    assert_eq!(
+        store
+            .answered(&TurnId::parse("cli:1").unwrap())
+            .await
+            .unwrap(),
+        Some(Answered {
+            reply: Some(b"reply to cli:1".to_vec())
+        })
+    );
+    assert_eq!(
+        store
+            .answered(&TurnId::parse("cli:2").unwrap())
+            .await
+            .unwrap(),
+        Some(Answered { reply: None })
+    );
+}
+
+async fn entries_keep_their_order_and_fields(store: SessionStore) {
+    let s = session("c1", "");
+    let mut t = turn(&s, "cli:1", 100);
+    t.entries = vec![
+        entry(Role::System, "notice", 5),
+        entry(Role::User, "read notes.txt", 4),
+        Entry {
+            role: Role::Tool,
+            text: "The review is on Thursday. ünïcode ✓".to_owned(),
+            tool_name: "read_file".to_owned(),
+            tool_call_id: "call_1".to_owned(),
+            at_ms: 3,
+        },
+        entry(Role::Assistant, "", 2),
+        entry(Role::Assistant, "Thursday.", 1),
+    ];
+    store.append(&t).await.unwrap();
+
+    let history = store.history(&s, 1).await.unwrap();
+    let got: Vec<Entry> = history.into_iter().map(|p| p.entry).collect();
+    assert_eq!(got, t.entries);
+}
+
+async fn sessions_and_threads_keep_separate_histories(store: SessionStore) {
+    let main = session("c1", "");
+    let thread = session("c1", "t1");
+    store.append(&turn(&main, "cli:1", 1)).await.unwrap();
+    store.append(&turn(&thread, "cli:2", 2)).await.unwrap();
+    store.append(&turn(&main, "cli:3", 3)).await.unwrap();
+
+    assert_eq!(
+        texts(&store.history(&main, 10).await.unwrap()),
+        [
+            "question cli:1",
+            "answer cli:1",
+            "question cli:3",
+            "answer cli:3"
+        ]
+    );
+    assert_eq!(
+        texts(&store.history(&thread, 10).await.unwrap()),
+        ["question cli:2", "answer cli:2"]
+    );
+}
+
+async fn concurrent_appends_of_one_turn_store_it_once(store: SessionStore) {
+    let s = session("c1", "");
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        let t = turn(&s, "cli:race", i);
+        tokio::spawn(async move { store.append(&t).await.unwrap() })
+    });
+    let stored: Vec<bool> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored.iter().filter(|s| **s).count(), 1, "{stored:?}");
+    assert_eq!(store.history(&s, 10).await.unwrap().len(), 2);
+}
