@@ -21,11 +21,14 @@ use crate::llm::LlmTool;
 /// How long a discovered list of tools is reused before the bucket is read again.
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// Tool specs by name.
+pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
+
 /// Cached tool specs.
 #[derive(Clone)]
 pub struct ToolDirectory {
     bus: Bus,
-    cache: Arc<Mutex<Option<(Instant, Arc<BTreeMap<String, ToolSpec>>)>>>,
+    cache: Arc<Mutex<Option<(Instant, Specs)>>>,
 }
 
 impl ToolDirectory {
@@ -37,7 +40,7 @@ impl ToolDirectory {
     }
 
     /// The tools available now. An unreadable bucket means no tools, not a failed turn.
-    pub async fn specs(&self) -> Arc<BTreeMap<String, ToolSpec>> {
+    pub async fn specs(&self) -> Specs {
         let mut cache = self.cache.lock().await;
         if let Some((at, specs)) = cache.as_ref()
             && at.elapsed() < REFRESH

@@ -21,7 +21,9 @@ use nexus_common::{
     domain::{ChannelName, Namespace, inbound_id},
     now_ms,
 };
-use nexus_proto::v1::{ChatRef, Event, InboundKind, InboundMessage, OutboundMessage, Sender, event};
+use nexus_proto::v1::{
+    ChatRef, Event, InboundKind, InboundMessage, OutboundMessage, Sender, event,
+};
 use nexus_testkit::fake_openai::{FakeOpenAi, Reply};
 use prost::Message as _;
 use tokio::{
@@ -85,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
     let up_pid = up.id().context("nexus up pid")?;
 
     let client = async_nats::connect(&nats_url).await?;
-    let bus = Bus::from_client(client, Namespace::parse(&namespace)?, "bench", Duration::from_secs(10));
+    let bus = Bus::from_client(
+        client,
+        Namespace::parse(&namespace)?,
+        "bench",
+        Duration::from_secs(10),
+    );
     let driver = Driver::start(bus).await?;
 
     // Warm-up, then one session at a time: latency without queueing.
@@ -121,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
     nexus_common::process::terminate(up_pid);
     let _ = tokio::time::timeout(Duration::from_secs(40), up.wait()).await;
 
-    println!("Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)", cpus());
+    println!(
+        "Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)",
+        cpus()
+    );
     println!();
     println!("| figure | value |");
     println!("|---|---|");
@@ -129,7 +139,10 @@ async fn main() -> anyhow::Result<()> {
         "| per-turn overhead p50 (publish → reply, LLM time excluded, {seq_turns} sequential turns) | {:.2} ms |",
         ms(percentile(&overhead, 50.0))
     );
-    println!("| per-turn overhead p99 | {:.2} ms |", ms(percentile(&overhead, 99.0)));
+    println!(
+        "| per-turn overhead p99 | {:.2} ms |",
+        ms(percentile(&overhead, 99.0))
+    );
     println!(
         "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {:.0} turns/s |",
         turns as f64 / elapsed.as_secs_f64()
@@ -137,7 +150,10 @@ async fn main() -> anyhow::Result<()> {
     for (name, kb) in &rss {
         println!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
     }
-    println!("| `nexus up` to ready (NATS already running) | {} ms |", startup.as_millis());
+    println!(
+        "| `nexus up` to ready (NATS already running) | {} ms |",
+        startup.as_millis()
+    );
     Ok(())
 }
 
@@ -165,7 +181,10 @@ impl Driver {
             .await?
             .messages()
             .await?;
-        let mut usage = bus.client().subscribe(s.event(nexus_bus::event_kind::LLM_USAGE)).await?;
+        let mut usage = bus
+            .client()
+            .subscribe(s.event(nexus_bus::event_kind::LLM_USAGE))
+            .await?;
         let d = Self {
             bus: bus.clone(),
             waiting: Arc::default(),
@@ -226,7 +245,9 @@ impl Driver {
             ..Default::default()
         };
         let t = Instant::now();
-        self.bus.publish_inbound(&msg, &TraceContext::new_root()).await?;
+        self.bus
+            .publish_inbound(&msg, &TraceContext::new_root())
+            .await?;
         tokio::time::timeout(Duration::from_secs(120), rx)
             .await
             .context("no reply within 120s")??;
@@ -250,13 +271,19 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
         .context("exe dir")?
         .join(name);
     if !p.exists() {
-        bail!("{} not found; run `cargo build --release --workspace --bins`", p.display());
+        bail!(
+            "{} not found; run `cargo build --release --workspace --bins`",
+            p.display()
+        );
     }
     Ok(p)
 }
 
 fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -272,7 +299,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Peak resident memory (VmHWM, KiB) of each direct child of `parent`, by program name.

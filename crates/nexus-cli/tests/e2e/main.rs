@@ -358,13 +358,21 @@ async fn status_lists_live_services_and_tail_decodes_the_exchange() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // tail prints a banner on stderr once subscribed.
-    let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap());
+    // tail prints a banner on stderr once subscribed (log lines may come first).
+    let mut err =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stderr.take().unwrap()));
     let mut banner = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut err, &mut banner)
-        .await
-        .unwrap();
-    assert!(banner.contains("tailing"));
+    while let Some(line) = err.next_line().await.unwrap() {
+        if line.starts_with("tailing ") {
+            banner = line;
+            break;
+        }
+    }
+    assert!(
+        banner.contains(&format!("tailing {}.>", test.namespace)),
+        "no banner from tail"
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
 
     let out = nexus(stack.env(), &["chat", "-m", "read notes please"]).await;
     assert!(out.status.success());
