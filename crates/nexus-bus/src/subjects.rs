@@ -106,6 +106,14 @@ impl Subjects {
     pub fn gateway_consumer(&self, channel: &ChannelName) -> String {
         format!("{}_gateway-{channel}", self.ns)
     }
+    /// KV bucket of outbound ids a gateway has delivered upstream (delivery dedupe).
+    pub fn delivered_bucket(&self, channel: &ChannelName) -> String {
+        format!("{}_delivered_{channel}", self.ns)
+    }
+    /// KV bucket of senders a gateway has already told they are not allowed.
+    pub fn denied_bucket(&self, channel: &ChannelName) -> String {
+        format!("{}_denied_{channel}", self.ns)
+    }
     /// KV bucket where tool-runner publishes its `ToolSpec`s, one key per tool.
     pub fn tools_bucket(&self) -> String {
         format!("{}_tools", self.ns)

@@ -151,6 +151,7 @@ async fn publish_specs(bus: &Bus, registry: &Registry) -> anyhow::Result<()> {
         .ensure_kv_bucket(
             &bucket,
             1,
+            None,
             "Tool specs published by tool-runner, one key per tool",
         )
         .await?;

@@ -1,0 +1,290 @@
+//! The channel-independent half of every gateway.
+//!
+//! A gateway crate (`gateway-telegram`, `gateway-slack`, …) knows its platform's
+//! payloads; this crate knows the guarantees around them:
+//! - [`Gateway::intake`] returns only after JetStream stored the message, so the
+//!   caller acknowledges upstream (Telegram offset, Slack 200, WhatsApp receipt) after it;
+//! - the idempotency key is `<channel>:<upstream id>`, so platform retries start no second turn;
+//! - [`Gateway::access`] applies `[channels.<name>] allow_from` (empty = nobody, `"*"` = everyone);
+//! - [`Gateway::deliver`] drains `N.outbound.<channel>` through a durable consumer,
+//!   acks after the platform accepted a reply, and skips replies it already delivered.
+//!
+//! It must never know a platform's wire format.
+
+use std::{future::Future, time::Duration};
+
+use async_nats::{jetstream, service::Service};
+use futures::StreamExt;
+use nexus_bus::{Bus, BusError, Outcome, Stored, TraceContext, settle};
+use nexus_common::{
+    Config,
+    config::ChannelConfig,
+    domain::{ChannelName, default_user_id, inbound_id},
+    now_ms,
+    shutdown::CancellationToken,
+};
+use nexus_proto::v1::{InboundMessage, OutboundMessage};
+use prost::Message as _;
+
+/// How long delivered-reply ids are remembered (longer than any redelivery).
+const DELIVERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether a sender may talk to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    Denied,
+}
+
+/// Why a reply could not be handed to the platform.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later (rate limit, platform down, network).
+    #[error("{reason}")]
+    Retry { reason: String, after: Duration },
+    /// Will never work (chat gone, bot blocked): dead-letter it.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// A connected gateway for one channel.
+pub struct Gateway {
+    bus: Bus,
+    channel: ChannelName,
+    settings: ChannelConfig,
+    max_deliver: i64,
+    service: Service,
+}
+
+impl Gateway {
+    /// Connects, creates the streams, and registers `gateway-<channel>` with the service API.
+    pub async fn connect(config: &Config, channel: &str) -> anyhow::Result<Self> {
+        let channel = ChannelName::parse(channel)?;
+        let service_name = format!("gateway-{channel}");
+        let bus = Bus::connect(config, &service_name).await?;
+        bus.ensure_streams().await?;
+        let service = bus
+            .register_service(&service_name, &format!("{channel} ↔ NATS"))
+            .await?;
+        Ok(Self {
+            bus,
+            settings: config.channel(channel.as_str()),
+            channel,
+            max_deliver: 10,
+            service,
+        })
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+    /// This channel's `[channels.<name>]` table.
+    pub fn settings(&self) -> &ChannelConfig {
+        &self.settings
+    }
+
+    /// Applies the allow-list to a sender id (and any alias the channel knows, e.g. phone and LID).
+    pub fn access(&self, sender_ids: &[&str]) -> Access {
+        access(&self.settings.allow_from, sender_ids)
+    }
+
+    /// True the first time a denied sender is seen, so the notice with their id is sent once.
+    pub async fn first_denial(&self, sender_id: &str) -> bool {
+        let bucket = self.bus.subjects().denied_bucket(&self.channel);
+        let key = kv_key(sender_id);
+        match self
+            .bus
+            .ensure_kv_bucket(
+                &bucket,
+                1,
+                None,
+                "senders already told they are not allowed",
+            )
+            .await
+        {
+            // `create` fails when the key exists: exactly one notice even across replicas.
+            Ok(kv) => kv.create(&key, now_ms().to_string().into()).await.is_ok(),
+            Err(error) => {
+                tracing::warn!(%error, "denied-sender bucket unavailable; sending the notice");
+                true
+            }
+        }
+    }
+
+    /// Builds the inbound message for an upstream message (ids derived here).
+    pub fn inbound(&self, upstream_id: &str) -> InboundMessage {
+        InboundMessage {
+            id: inbound_id(&self.channel, upstream_id),
+            channel: self.channel.to_string(),
+            upstream_id: upstream_id.to_owned(),
+            received_at_ms: now_ms(),
+            kind: nexus_proto::v1::InboundKind::User as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The default user id for a sender of this channel.
+    pub fn user_id(&self, sender_id: &str) -> String {
+        default_user_id(&self.channel, sender_id)
+    }
+
+    /// Stores an inbound message in `N_INBOUND`. Acknowledge upstream only after `Ok`.
+    /// A duplicate (platform retry) is `Ok` with `duplicate = true`.
+    pub async fn intake(&self, msg: &InboundMessage) -> Result<Stored, BusError> {
+        let stored = self
+            .bus
+            .publish_inbound(msg, &TraceContext::new_root())
+            .await?;
+        if stored.duplicate {
+            tracing::info!(id = %msg.id, "duplicate upstream message ignored");
+        }
+        Ok(stored)
+    }
+
+    /// Delivers replies until `shutdown`: `send` hands one to the platform.
+    /// Replies wait in `N_OUTBOUND` while the gateway is down, and are delivered in order.
+    pub async fn deliver<F, Fut>(&self, shutdown: CancellationToken, send: F) -> anyhow::Result<()>
+    where
+        F: Fn(OutboundMessage) -> Fut,
+        Fut: Future<Output = Result<(), DeliveryError>>,
+    {
+        let s = self.bus.subjects();
+        let consumer = self
+            .bus
+            .durable_consumer(
+                &s.outbound_stream(),
+                &s.gateway_consumer(&self.channel),
+                s.outbound(&self.channel),
+                Duration::from_secs(60),
+                self.max_deliver,
+            )
+            .await?;
+        let delivered = self
+            .bus
+            .ensure_kv_bucket(
+                &s.delivered_bucket(&self.channel),
+                1,
+                Some(DELIVERED_TTL),
+                "reply ids delivered upstream",
+            )
+            .await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = messages.next() => match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pulling replies failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let outcome = self.deliver_one(&msg, &delivered, &send).await;
+            settle(&self.bus, &msg, outcome, self.max_deliver).await;
+        }
+        Ok(())
+    }
+
+    async fn deliver_one<F, Fut>(
+        &self,
+        msg: &jetstream::Message,
+        delivered: &jetstream::kv::Store,
+        send: &F,
+    ) -> Outcome
+    where
+        F: Fn(OutboundMessage) -> Fut,
+        Fut: Future<Output = Result<(), DeliveryError>>,
+    {
+        let reply = match OutboundMessage::decode(msg.payload.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Poison {
+                    reason: format!("cannot decode OutboundMessage: {e}"),
+                };
+            }
+        };
+        let key = kv_key(&reply.id);
+        if let Ok(Some(_)) = delivered.get(&key).await {
+            tracing::info!(id = %reply.id, "reply already delivered; not sending it twice");
+            return Outcome::Ack;
+        }
+        let id = reply.id.clone();
+        match send(reply).await {
+            Ok(()) => {
+                if let Err(error) = delivered.put(&key, now_ms().to_string().into()).await {
+                    tracing::warn!(%error, id, "delivered, but the record of it was not stored");
+                }
+                Outcome::Ack
+            }
+            Err(DeliveryError::Retry { reason, after }) => Outcome::Retry {
+                delay: after,
+                reason,
+            },
+            Err(DeliveryError::Permanent(reason)) => Outcome::Poison { reason },
+        }
+    }
+
+    /// Stops the service registration and drains the connection.
+    pub async fn close(self) {
+        let _ = self.service.stop().await;
+        self.bus.drain().await;
+    }
+}
+
+/// The allow-list rule of the design: empty allows nobody, `"*"` everyone.
+pub fn access(allow_from: &[String], sender_ids: &[&str]) -> Access {
+    let ok = allow_from
+        .iter()
+        .any(|a| a == "*" || sender_ids.iter().any(|id| !id.is_empty() && a == id));
+    if ok { Access::Allowed } else { Access::Denied }
+}
+
+/// KV keys allow `[-/_=.a-zA-Z0-9]`; anything else is hex-escaped so distinct ids stay distinct.
+fn kv_key(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'=') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!(".{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_allow_list_denies_everyone_and_a_star_allows_everyone() {
+        assert_eq!(access(&[], &["42"]), Access::Denied);
+        assert_eq!(access(&["*".into()], &["42"]), Access::Allowed);
+        assert_eq!(access(&["42".into()], &["7", "42"]), Access::Allowed);
+        assert_eq!(access(&["42".into()], &["7"]), Access::Denied);
+        assert_eq!(access(&["".into()], &[""]), Access::Denied);
+    }
+
+    #[test]
+    fn kv_keys_are_valid_and_distinct() {
+        assert_eq!(kv_key("reply:telegram:12"), "reply.3atelegram.3a12");
+        assert_ne!(kv_key("a:b"), kv_key("a.3ab"));
+        assert!(
+            kv_key("+49 151@s.whatsapp.net")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_/=.".contains(&b))
+        );
+    }
+}
