@@ -84,6 +84,46 @@ pub fn history_messages(history: &[HistoryEntry]) -> Vec<LlmMessage> {
         .collect()
 }
 
+/// A cautious token estimate (about 3 bytes a token, plus framing), so trimming errs
+/// toward leaving room rather than overflowing the window.
+pub fn estimate_tokens(text: &str) -> u32 {
+    (text.len() / 3) as u32 + 4
+}
+
+fn message_tokens(m: &LlmMessage) -> u32 {
+    match m {
+        LlmMessage::User(t) => estimate_tokens(t),
+        LlmMessage::Assistant { text, tool_calls } => {
+            estimate_tokens(text)
+                + tool_calls
+                    .iter()
+                    .map(|c| estimate_tokens(&c.arguments.to_string()) + estimate_tokens(&c.name))
+                    .sum::<u32>()
+        }
+        LlmMessage::Tool { content, .. } => estimate_tokens(content),
+    }
+}
+
+/// Keeps the newest history that fits in `budget` tokens. Whole messages are dropped,
+/// oldest first, and the kept part starts at a user message, so no message is cut and
+/// no answer loses its question. Returns the kept messages and how many were dropped.
+pub fn fit_history(history: Vec<LlmMessage>, budget: u32) -> (Vec<LlmMessage>, usize) {
+    let mut used = 0u32;
+    let mut start = history.len();
+    for (i, m) in history.iter().enumerate().rev() {
+        used = used.saturating_add(message_tokens(m));
+        if used > budget {
+            break;
+        }
+        start = i;
+    }
+    while start < history.len() && !matches!(history[start], LlmMessage::User(_)) {
+        start += 1;
+    }
+    let dropped = start;
+    (history.into_iter().skip(start).collect(), dropped)
+}
+
 /// Fences text a tool brought back as untrusted data. The closing tag cannot be
 /// forged from inside because any occurrence is neutralised.
 pub fn fence_untrusted(tool: &str, text: &str) -> String {
@@ -126,6 +166,28 @@ mod tests {
         ] {
             assert!(p.contains(needle), "{needle} missing from {p}");
         }
+    }
+
+    #[test]
+    fn history_is_trimmed_whole_messages_oldest_first_starting_at_a_question() {
+        let a = |t: &str| LlmMessage::Assistant {
+            text: t.into(),
+            tool_calls: vec![],
+        };
+        let u = |t: &str| LlmMessage::User(t.into());
+        let long = "x".repeat(3000);
+        let history = vec![u(&long), a(&long), u("q2"), a("a2"), u("q3"), a("a3")];
+        let (kept, dropped) = fit_history(history.clone(), 100);
+        assert_eq!(kept, vec![u("q2"), a("a2"), u("q3"), a("a3")]);
+        assert_eq!(dropped, 2);
+        let (kept, _) = fit_history(history.clone(), 10);
+        assert_eq!(kept, vec![u("q3"), a("a3")]);
+        // A budget that would split an answer from its question drops the answer too.
+        let (kept, dropped) = fit_history(history.clone(), 6);
+        assert!(kept.is_empty());
+        assert_eq!(dropped, 6);
+        let (kept, dropped) = fit_history(history.clone(), 1_000_000);
+        assert_eq!((kept.len(), dropped), (6, 0));
     }
 
     #[test]

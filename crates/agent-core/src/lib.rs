@@ -1,9 +1,15 @@
-//! agent-core: the brain. Consumes `N.inbound.*` through one durable JetStream
-//! consumer shared by all replicas, runs turns, and publishes replies.
+//! agent-core: the brain. Consumes `N_INBOUND`, runs turns, publishes replies.
+//!
+//! Ordering: `N_INBOUND` is split into `INBOUND_PARTITIONS` partitions by session
+//! (`N.inbound.<channel>.<p>`). Each partition has one durable consumer with
+//! `max_ack_pending = 1`, shared by every replica: a session's turns run one at a
+//! time and in order, whichever replica takes them, even across crashes; different
+//! partitions run in parallel on all replicas.
 //!
 //! It holds no state and touches no disk: context comes from memory-svc and
 //! tools run in tool-runner, both over NATS. That is what makes replicas free.
 
+pub mod commands;
 pub mod context;
 pub mod llm;
 pub mod tools;
@@ -16,18 +22,20 @@ use std::{
 };
 
 use anyhow::Context as _;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use nexus_bus::{Bus, Outcome, TraceContext, settle};
+use nexus_bus::{Bus, INBOUND_PARTITIONS, Outcome, TraceContext, settle};
 use nexus_common::{Config, shutdown::CancellationToken};
 use nexus_proto::v1::InboundMessage;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
+    commands::Command,
     llm::{
         ChatModel,
         genai_model::{GenaiModel, ProviderEnv},
         retry::RetryPolicy,
+        router::ModelRouter,
     },
     tools::ToolDirectory,
     turn::{Agent, Turn},
@@ -58,222 +66,194 @@ pub async fn run_with_model(
         )
         .await?;
 
-    let s = bus.subjects();
-    let ack_wait = Duration::from_secs(config.agent.ack_wait_secs.max(5));
-    let consumer = bus
-        .durable_consumer(
-            &s.inbound_stream(),
-            &s.agent_consumer(),
-            s.inbound_all(),
-            ack_wait,
-            config.agent.max_deliver,
-        )
-        .await
-        .context("creating the inbound consumer")?;
-
+    let ack_wait = Duration::from_secs(config.agent.ack_wait_secs.max(2));
     let agent = Arc::new(Agent {
         bus: bus.clone(),
         model,
+        router: ModelRouter::new(
+            RetryPolicy {
+                max_retries: config.llm.max_retries,
+                base_delay: Duration::from_millis(config.llm.retry_base_ms),
+                max_delay: Duration::from_secs(30),
+            },
+            Duration::from_secs(config.llm.cooldown_secs),
+        ),
         tools: ToolDirectory::new(bus.clone()),
-        retry: RetryPolicy {
-            max_retries: config.llm.max_retries,
-            base_delay: Duration::from_millis(config.llm.retry_base_ms),
-            max_delay: Duration::from_secs(30),
-        },
+        providers: ProviderEnv::from_env(),
         config: Arc::new(config.clone()),
     });
+    let running = Running::default();
 
-    let concurrency = config.agent.concurrency;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
+    let s = bus.subjects();
+    let mut consumers = Vec::with_capacity(INBOUND_PARTITIONS as usize);
+    for p in 0..INBOUND_PARTITIONS {
+        consumers.push(
+            bus.durable_consumer(
+                &s.inbound_stream(),
+                &s.agent_consumer(p),
+                s.inbound_partition_filter(p),
+                ack_wait,
+                config.agent.max_deliver,
+                1,
+            )
+            .await
+            .with_context(|| format!("creating the consumer of inbound partition {p}"))?,
+        );
+    }
+    let router = bus
+        .durable_consumer(
+            &s.inbound_stream(),
+            &s.router_consumer(),
+            s.inbound_unpartitioned(),
+            ack_wait,
+            config.agent.max_deliver,
+            1,
+        )
         .await
-        .context("starting to pull inbound messages")?;
+        .context("creating the inbound router consumer")?;
+    // Every inbound message is also seen live, so /stop can cancel a turn in flight
+    // even though it queues behind that turn in its partition.
+    let live = bus
+        .client()
+        .subscribe(s.inbound_all())
+        .await
+        .context("subscribing to inbound traffic")?;
+
+    let slots = Arc::new(Semaphore::new(config.agent.concurrency));
+    let mut tasks = JoinSet::new();
+    for consumer in consumers {
+        tasks.spawn(partition_loop(
+            agent.clone(),
+            consumer,
+            slots.clone(),
+            running.clone(),
+            ack_wait,
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(router_loop(agent.clone(), router, shutdown.clone()));
+    let watcher = tokio::spawn(watch_for_stop(live, running.clone(), shutdown.clone()));
     tracing::info!(namespace = %config.namespace, model = %config.llm.model, "agent-core ready");
 
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let sessions = SessionQueues::default();
-    let mut workers = JoinSet::new();
-    loop {
-        // A slot is taken before pulling, so a replica holds at most `concurrency` messages.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => m,
-        };
-        let msg = match next {
-            Some(Ok(m)) => m,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "pulling inbound messages failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            None => break,
-        };
-        let job = Job {
-            msg,
-            _permit: permit,
-            _heartbeat: None,
-        };
-        dispatch(job, &agent, &sessions, &mut workers, ack_wait);
-        // Reap finished workers so the set does not grow without bound.
-        while let Some(r) = workers.try_join_next() {
+    shutdown.cancelled().await;
+    // Loops stop pulling; turns in flight finish within the grace period.
+    let grace = Duration::from_secs(config.agent.shutdown_grace_secs);
+    tracing::info!(grace_secs = grace.as_secs(), "draining");
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(r) = tasks.join_next().await {
             if let Err(error) = r {
-                tracing::error!(%error, "turn worker panicked");
+                tracing::error!(%error, "consumer task failed");
             }
         }
-    }
-
-    // Stop pulling; let turns in flight finish within the grace period.
-    drop(messages);
-    let grace = Duration::from_secs(config.agent.shutdown_grace_secs);
-    tracing::info!(
-        in_flight = workers.len(),
-        grace_secs = grace.as_secs(),
-        "draining"
-    );
-    sessions.close();
-    let drained = tokio::time::timeout(grace, async {
-        while workers.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         // Unacked messages are redelivered to another replica: nothing is lost.
-        tracing::warn!("grace period over; abandoning turns in flight to redelivery");
-        workers.shutdown().await;
+        tracing::warn!("grace period over; leaving turns in flight to redelivery");
+        tasks.shutdown().await;
     }
+    let _ = watcher.await;
     let _ = service.stop().await;
     bus.drain().await;
     tracing::info!("agent-core stopped");
     Ok(())
 }
 
-/// One pulled message, its concurrency slot, and its ack-progress heartbeat.
-struct Job {
-    msg: jetstream::Message,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _heartbeat: Option<AbortOnDrop>,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Per-session FIFO queues: turns of one session run one at a time, in order;
-/// different sessions run in parallel.
+/// Turns running on this replica, by session, so /stop can cancel them.
 #[derive(Default, Clone)]
-struct SessionQueues {
-    inner: Arc<Mutex<SessionMap>>,
-}
+struct Running(Arc<Mutex<HashMap<String, CancellationToken>>>);
 
-#[derive(Default)]
-struct SessionMap {
-    queues: HashMap<String, mpsc::UnboundedSender<Job>>,
-    closed: bool,
-}
-
-impl SessionQueues {
-    fn close(&self) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.closed = true;
-            m.queues.clear();
+impl Running {
+    fn start(&self, session: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(session.to_owned(), token.clone());
         }
+        token
+    }
+    fn finish(&self, session: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(session);
+        }
+    }
+    fn stop(&self, session: &str) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(session).cloned())
+            .map(|t| t.cancel())
+            .is_some()
     }
 }
 
-fn dispatch(
-    mut job: Job,
-    agent: &Arc<Agent>,
-    sessions: &SessionQueues,
-    workers: &mut JoinSet<()>,
-    ack_wait: Duration,
+async fn watch_for_stop(
+    mut live: async_nats::Subscriber,
+    running: Running,
+    shutdown: CancellationToken,
 ) {
-    // Keep the message alive in JetStream while it waits or runs.
-    let progress = job.msg.clone();
-    job._heartbeat = Some(AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ack_wait / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if progress
-                .ack_with(jetstream::AckKind::Progress)
-                .await
-                .is_err()
-            {
-                return;
-            }
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = live.next() => match m { Some(m) => m, None => break },
+        };
+        if let Ok(m) = nexus_bus::decode::<InboundMessage>(&msg.payload)
+            && Command::is_stop(&m.text)
+            && let Ok(turn) = Turn::parse(m, TraceContext::new_root())
+            && running.stop(&turn.session.id())
+        {
+            tracing::info!(session = %turn.session, "turn cancelled by /stop");
         }
-    })));
+    }
+    let _ = live.unsubscribe().await;
+}
 
-    let key = session_key_of(&job.msg);
-    let Ok(mut map) = sessions.inner.lock() else {
-        return;
+/// Pulls one partition until shutdown. `max_ack_pending = 1` on the consumer means at
+/// most one of its messages is in flight across all replicas.
+async fn partition_loop(
+    agent: Arc<Agent>,
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    running: Running,
+    ack_wait: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(error) => {
+            tracing::error!(%error, "cannot pull an inbound partition");
+            return;
+        }
     };
-    if map.closed {
-        return;
-    }
-    if let Some(tx) = map.queues.get(&key) {
-        match tx.send(job) {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(j)) => job = j,
-        }
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-    let _ = tx.send(job);
-    map.queues.insert(key.clone(), tx);
-    drop(map);
-
-    let agent = agent.clone();
-    let sessions = sessions.clone();
-    workers.spawn(async move {
-        loop {
-            let job = match rx.try_recv() {
-                Ok(j) => j,
-                Err(_) => {
-                    // Leave only when nothing is queued, checked under the lock the dispatcher uses.
-                    let Ok(mut map) = sessions.inner.lock() else {
-                        return;
-                    };
-                    match rx.try_recv() {
-                        Ok(j) => j,
-                        Err(_) => {
-                            map.queues.remove(&key);
-                            return;
-                        }
-                    }
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling inbound messages failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
                 }
-            };
-            process(&agent, job).await;
-        }
-    });
-}
-
-/// The session a raw message belongs to, for ordering. Undecodable messages get
-/// a key of their own: they are dead-lettered without waiting on anyone.
-fn session_key_of(msg: &jetstream::Message) -> String {
-    match nexus_bus::decode::<InboundMessage>(&msg.payload) {
-        Ok(m) => {
-            let chat = m.chat.unwrap_or_default();
-            format!(
-                "{}\u{1f}{}\u{1f}{}",
-                m.channel, chat.chat_id, chat.thread_id
-            )
-        }
-        Err(_) => format!("\u{1f}poison\u{1f}{}", msg.subject),
+                None => break,
+            },
+        };
+        // Keep the message ours in JetStream while it waits for a slot and runs.
+        let _heartbeat = heartbeat(msg.clone(), ack_wait);
+        let Ok(_permit) = slots.acquire().await else {
+            break;
+        };
+        process(&agent, &msg, &running).await;
     }
 }
 
-async fn process(agent: &Agent, job: Job) {
-    let msg = &job.msg;
+async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
     let trace = TraceContext::from_headers(msg.headers.as_ref());
     let outcome = match nexus_bus::decode::<InboundMessage>(&msg.payload) {
         Err(e) => Outcome::Poison {
@@ -281,8 +261,97 @@ async fn process(agent: &Agent, job: Job) {
         },
         Ok(inbound) => match Turn::parse(inbound, trace) {
             Err(reason) => Outcome::Poison { reason },
-            Ok(turn) => agent.run_turn(&turn).await,
+            Ok(turn) => {
+                let session = turn.session.id();
+                let stop = if Command::is_stop(&turn.msg.text) {
+                    CancellationToken::new()
+                } else {
+                    running.start(&session)
+                };
+                let outcome = agent.run_turn(&turn, &stop).await;
+                if !Command::is_stop(&turn.msg.text) {
+                    running.finish(&session);
+                }
+                outcome
+            }
         },
     };
     settle(&agent.bus, msg, outcome, agent.config.agent.max_deliver).await;
+}
+
+/// Moves messages published on the plain `N.inbound.<channel>` to their partition
+/// (their id gets a `#routed` suffix, since the original id is already in the stream);
+/// undecodable ones are dead-lettered.
+async fn router_loop(agent: Arc<Agent>, consumer: PullConsumer, shutdown: CancellationToken) {
+    let mut messages = match consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+    {
+        Ok(m) => m,
+        Err(error) => {
+            tracing::error!(%error, "cannot pull unpartitioned inbound messages");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling unpartitioned messages failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let trace = TraceContext::from_headers(msg.headers.as_ref());
+        let outcome = match nexus_bus::decode::<InboundMessage>(&msg.payload) {
+            Err(e) => Outcome::Poison {
+                reason: e.to_string(),
+            },
+            Ok(inbound) => match Turn::parse(inbound.clone(), trace.clone()) {
+                Err(reason) => Outcome::Poison { reason },
+                Ok(_) => match agent
+                    .bus
+                    .publish_inbound_as(&inbound, &format!("{}#routed", inbound.id), &trace)
+                    .await
+                {
+                    Ok(_) => Outcome::Ack,
+                    Err(e) => Outcome::Retry {
+                        delay: Duration::from_secs(1),
+                        reason: e.to_string(),
+                    },
+                },
+            },
+        };
+        settle(&agent.bus, &msg, outcome, agent.config.agent.max_deliver).await;
+    }
+}
+
+/// Sends progress acks every third of `ack_wait` until dropped.
+fn heartbeat(msg: jetstream::Message, ack_wait: Duration) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ack_wait / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if msg.ack_with(jetstream::AckKind::Progress).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -20,15 +20,20 @@ use nexus_common::{
 use nexus_proto::v1::{
     AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
     ContextResponse, HistoryEntry, InboundMessage, LlmUsage as LlmUsageEvent, OutboundKind,
-    OutboundMessage, Role, SessionRef, ToolCall, ToolCalled, ToolContext, TurnFinished,
-    TurnStarted, event,
+    OutboundMessage, Role, SessionCommandRequest, SessionCommandResponse, SessionRef, ToolCall,
+    ToolCalled, ToolContext, TurnFinished, TurnStarted, event, session_command_request,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
-    context::{TurnFacts, fence_untrusted, history_messages, system_prompt},
+    commands::Command,
+    context::{
+        TurnFacts, estimate_tokens, fence_untrusted, fit_history, history_messages, system_prompt,
+    },
     llm::{
         ChatModel, LlmError, LlmMessage, LlmRequest, LlmToolCall,
-        retry::{RetryPolicy, chat_with_retry},
+        genai_model::ProviderEnv,
+        router::{ModelRouter, chain},
     },
     tools::{ToolDirectory, result_text, to_llm_tool},
 };
@@ -37,9 +42,25 @@ use crate::{
 pub struct Agent {
     pub bus: Bus,
     pub model: Arc<dyn ChatModel>,
+    pub router: ModelRouter,
     pub tools: ToolDirectory,
     pub config: Arc<Config>,
-    pub retry: RetryPolicy,
+    /// Which providers are configured, to check `/model <name>` before accepting it.
+    pub providers: ProviderEnv,
+}
+
+/// Why a turn ended without an answer from the model.
+#[derive(Debug)]
+enum TurnError {
+    Llm(LlmError),
+    /// The user sent /stop.
+    Stopped,
+}
+
+impl From<LlmError> for TurnError {
+    fn from(e: LlmError) -> Self {
+        Self::Llm(e)
+    }
 }
 
 /// A validated inbound message.
@@ -95,7 +116,7 @@ struct LoopResult {
 impl Agent {
     /// Runs a turn to its durable reply, and says how the inbound message is settled.
     #[tracing::instrument(skip_all, fields(turn = %turn.msg.id, session = %turn.session))]
-    pub async fn run_turn(&self, turn: &Turn) -> Outcome {
+    pub async fn run_turn(&self, turn: &Turn, stop: &CancellationToken) -> Outcome {
         let started = Instant::now();
         match self.answered(turn).await {
             Ok(Some(reply)) => {
@@ -115,24 +136,48 @@ impl Agent {
             }))
             .await;
 
-        let ctx = match self.context(turn).await {
-            Ok(c) => c,
-            Err(e) => return retry(format!("memory-svc: {e}")),
-        };
-
-        let (reply, stored_entries, counts) = match self.tool_loop(turn, &ctx).await {
-            Ok(r) => {
-                let reply = self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
-                (
-                    reply,
-                    Some(r.entries),
-                    (r.llm_calls, r.tool_calls, String::new()),
-                )
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "turn failed; telling the user");
-                let reply = self.outbound(turn, e.user_message(), OutboundKind::Error, "");
-                (reply, None, (0, 0, e.to_string()))
+        let (reply, stored_entries, counts) = if let Some(cmd) = Command::parse(&turn.msg.text) {
+            // Commands are answered without the model; stored with their reply only,
+            // so a redelivery is answered from the store and history stays clean.
+            let text = match self.command(turn, cmd).await {
+                Ok(t) => t,
+                Err(e) => return retry(format!("memory-svc: {e}")),
+            };
+            let reply = self.outbound(turn, text, OutboundKind::Reply, "");
+            (reply, Some(Vec::new()), (0, 0, String::new()))
+        } else {
+            let ctx = match self.context(turn).await {
+                Ok(c) => c,
+                Err(e) => return retry(format!("memory-svc: {e}")),
+            };
+            let result = tokio::select! {
+                r = self.tool_loop(turn, &ctx) => r,
+                _ = stop.cancelled() => Err(TurnError::Stopped),
+            };
+            match result {
+                Ok(r) => {
+                    let reply = self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
+                    (
+                        reply,
+                        Some(r.entries),
+                        (r.llm_calls, r.tool_calls, String::new()),
+                    )
+                }
+                Err(TurnError::Stopped) => {
+                    tracing::info!("turn stopped by the user");
+                    let reply = self.outbound(
+                        turn,
+                        "Stopped, as you asked. I did not finish that request.".into(),
+                        OutboundKind::Notice,
+                        "",
+                    );
+                    (reply, None, (0, 0, "stopped".into()))
+                }
+                Err(TurnError::Llm(e)) => {
+                    tracing::warn!(error = %e, "turn failed; telling the user");
+                    let reply = self.outbound(turn, e.user_message(), OutboundKind::Error, "");
+                    (reply, None, (0, 0, e.to_string()))
+                }
             }
         };
 
@@ -206,6 +251,79 @@ impl Agent {
             .await
     }
 
+    async fn session_command(
+        &self,
+        turn: &Turn,
+        command: session_command_request::Command,
+    ) -> Result<SessionCommandResponse, BusError> {
+        self.bus
+            .request(
+                self.bus.subjects().memory(memory_op::SESSION),
+                &SessionCommandRequest {
+                    session: Some(turn.session_ref()),
+                    command: Some(command),
+                },
+                &turn.trace,
+                None,
+            )
+            .await
+    }
+
+    /// Runs a chat command and returns the text to answer with.
+    async fn command(&self, turn: &Turn, cmd: Command) -> Result<String, BusError> {
+        use session_command_request::Command as Op;
+        Ok(match cmd {
+            Command::Help => crate::commands::HELP.to_owned(),
+            Command::New => {
+                let r = self.session_command(turn, Op::Reset(true)).await?;
+                format!(
+                    "Started a new conversation. The previous one ({} turn{}) is archived.",
+                    r.archived_turns,
+                    if r.archived_turns == 1 { "" } else { "s" }
+                )
+            }
+            // The turn it stops was cancelled when the command was seen on the wire.
+            Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
+            Command::ShowModel => {
+                let ctx = self.context(turn).await?;
+                let current = if ctx.model_override.is_empty() {
+                    format!("{} (configured)", self.config.llm.model)
+                } else {
+                    format!("{} (chosen with /model)", ctx.model_override)
+                };
+                let fallbacks = if self.config.llm.fallbacks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.config.llm.fallbacks.join(", ")
+                };
+                format!(
+                    "Model for this conversation: {current}. Fallbacks: {fallbacks}. Change it with /model <name>, or /model default."
+                )
+            }
+            Command::SetModel(name) => {
+                let name = if name == "default" {
+                    String::new()
+                } else {
+                    name
+                };
+                if !name.is_empty()
+                    && let Err(e) = self.providers.check(&name)
+                {
+                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
+                }
+                let r = self.session_command(turn, Op::SetModel(name)).await?;
+                if r.model_override.is_empty() {
+                    format!(
+                        "This conversation uses the configured model again ({}).",
+                        self.config.llm.model
+                    )
+                } else {
+                    format!("This conversation now uses {}.", r.model_override)
+                }
+            }
+        })
+    }
+
     async fn publish_reply(&self, turn: &Turn, reply: &OutboundMessage) -> Outcome {
         match self.bus.publish_outbound(reply, &turn.trace.child()).await {
             Ok(_) => Outcome::Ack,
@@ -242,7 +360,7 @@ impl Agent {
     }
 
     /// The model decides; tools run; repeat until it answers or the budget is spent.
-    async fn tool_loop(&self, turn: &Turn, ctx: &ContextResponse) -> Result<LoopResult, LlmError> {
+    async fn tool_loop(&self, turn: &Turn, ctx: &ContextResponse) -> Result<LoopResult, TurnError> {
         let specs = self.tools.specs().await;
         let tools: Vec<_> = specs.values().map(to_llm_tool).collect();
         let names: Vec<String> = specs.keys().cloned().collect();
@@ -257,10 +375,40 @@ impl Agent {
                 .unwrap_or(""),
             now_utc: now_utc_text(),
         };
+        let primary = if ctx.model_override.is_empty() {
+            self.config.llm.model.as_str()
+        } else {
+            ctx.model_override.as_str()
+        };
+        let models = chain(primary, &self.config.llm.fallbacks);
+        let mut system = system_prompt(ctx, &facts, &names);
+        // History gets what the window leaves after the prompt, the tools, the
+        // message and the room kept for the answer.
+        let fixed = estimate_tokens(&system)
+            + tools
+                .iter()
+                .map(|t| {
+                    estimate_tokens(&t.parameters.to_string()) + estimate_tokens(&t.description)
+                })
+                .sum::<u32>()
+            + estimate_tokens(&turn.msg.text);
+        let budget = self
+            .config
+            .llm
+            .context_tokens
+            .saturating_sub(self.config.llm.answer_reserve_tokens)
+            .saturating_sub(fixed);
+        let (history, dropped) = fit_history(history_messages(&ctx.history), budget);
+        if dropped > 0 {
+            tracing::info!(dropped, "history trimmed to fit the context window");
+            system.push_str(&format!(
+                "\n({dropped} older messages of this conversation were left out to fit the context window.)\n"
+            ));
+        }
         let mut req = LlmRequest {
-            model: self.config.llm.model.clone(),
-            system: system_prompt(ctx, &facts, &names),
-            messages: history_messages(&ctx.history),
+            model: primary.to_owned(),
+            system,
+            messages: history,
             tools,
             max_output_tokens: self.config.llm.max_output_tokens,
         };
@@ -287,22 +435,19 @@ impl Agent {
                 );
             }
             let started = Instant::now();
-            let (resp, attempts) =
-                chat_with_retry(self.model.as_ref(), self.retry, &req, &|_| {}).await;
+            let routed = self
+                .router
+                .chat(self.model.as_ref(), &models, req.clone(), &|_| {})
+                .await;
             llm_calls += 1;
-            let resp = resp?;
+            let routed = routed?;
+            let attempts = routed.attempts;
+            let resp = routed.response;
             self.bus
                 .emit(event::Kind::LlmUsage(LlmUsageEvent {
                     turn_id: turn.msg.id.clone(),
-                    model: resp.model.clone(),
-                    provider: self
-                        .config
-                        .llm
-                        .model
-                        .split("::")
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
+                    model: routed.model.clone(),
+                    provider: provider_of(&routed.model),
                     input_tokens: resp.usage.input_tokens,
                     output_tokens: resp.usage.output_tokens,
                     duration_ms: started.elapsed().as_millis() as u64,
@@ -310,7 +455,7 @@ impl Agent {
                 }))
                 .await;
             tracing::info!(
-                gen_ai.request.model = %req.model,
+                gen_ai.request.model = %routed.model,
                 gen_ai.response.model = %resp.model,
                 gen_ai.usage.input_tokens = resp.usage.input_tokens,
                 gen_ai.usage.output_tokens = resp.usage.output_tokens,
@@ -422,6 +567,14 @@ impl Agent {
             }))
             .await;
         (ok, text)
+    }
+}
+
+/// The provider part of a model name (`openai::x` → `openai`), or the name's family.
+fn provider_of(model: &str) -> String {
+    match model.split_once("::") {
+        Some((p, _)) => p.to_owned(),
+        None => model.split(['-', ':']).next().unwrap_or(model).to_owned(),
     }
 }
 

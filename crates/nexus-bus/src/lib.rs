@@ -21,7 +21,7 @@ use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
 use prost::Message;
 
 pub use async_nats;
-pub use subjects::{Subjects, event_kind, memory_op};
+pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, memory_op};
 pub use trace::TraceContext;
 
 /// Header carrying the idempotency key.
@@ -166,8 +166,9 @@ impl Bus {
                 storage: stream::StorageType::File,
                 // Bounded: events are for operators, not a ledger.
                 max_age: Duration::from_secs(3 * 24 * 3600),
+                // Bounded by count and age, not bytes: a byte limit is reserved up front
+                // against the account's JetStream storage even while the stream is empty.
                 max_messages: 200_000,
-                max_bytes: 256 * 1024 * 1024,
                 discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             },
@@ -176,7 +177,8 @@ impl Bus {
                 subjects: vec![s.deadletter()],
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(30 * 24 * 3600),
-                max_bytes: 512 * 1024 * 1024,
+                max_messages: 100_000,
+                discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             },
         ];
@@ -219,17 +221,30 @@ impl Bus {
         })
     }
 
-    /// Stores an inbound message in `N_INBOUND` under its id.
+    /// Stores an inbound message in `N_INBOUND` under its id, on its session's partition.
     pub async fn publish_inbound(
         &self,
         msg: &v1::InboundMessage,
         trace: &TraceContext,
     ) -> Result<Stored, BusError> {
+        self.publish_inbound_as(msg, &msg.id, trace).await
+    }
+
+    /// Like [`Bus::publish_inbound`] with an explicit idempotency key (for routing a
+    /// message that already sits in the stream under its own id).
+    pub async fn publish_inbound_as(
+        &self,
+        msg: &v1::InboundMessage,
+        msg_id: &str,
+        trace: &TraceContext,
+    ) -> Result<Stored, BusError> {
         let channel = nexus_common::domain::ChannelName::parse(&msg.channel)
             .map_err(|e| BusError::Nats(e.to_string()))?;
+        let chat = msg.chat.clone().unwrap_or_default();
+        let partition = Subjects::partition_of(channel.as_str(), &chat.chat_id, &chat.thread_id);
         self.publish_durable(
-            self.subjects.inbound(&channel),
-            &msg.id,
+            self.subjects.inbound_partition(&channel, partition),
+            msg_id,
             trace,
             msg.encode_to_vec().into(),
         )
@@ -563,7 +578,8 @@ impl Bus {
         Ok(out)
     }
 
-    /// Creates (or binds to) a durable pull consumer.
+    /// Creates (or binds to) a durable pull consumer. `max_ack_pending = 1` makes it
+    /// strictly serial across every process that pulls from it.
     pub async fn durable_consumer(
         &self,
         stream_name: &str,
@@ -571,6 +587,7 @@ impl Bus {
         filter_subject: String,
         ack_wait: Duration,
         max_deliver: i64,
+        max_ack_pending: i64,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
         let stream = self
             .js
@@ -583,8 +600,7 @@ impl Bus {
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait,
             max_deliver,
-            // Bounded so one replica cannot hoard the whole backlog.
-            max_ack_pending: 1000,
+            max_ack_pending,
             ..Default::default()
         };
         match stream.create_consumer(config.clone()).await {

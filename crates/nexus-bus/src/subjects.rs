@@ -3,6 +3,11 @@
 
 use nexus_common::domain::{ChannelName, Namespace, ToolName};
 
+/// Partitions of `N_INBOUND`. A session always maps to the same partition, and each
+/// partition is consumed one message at a time (across all agent-core replicas), which
+/// is what keeps a session's turns in order. Changing it re-maps sessions: drain first.
+pub const INBOUND_PARTITIONS: u32 = 32;
+
 /// Names for one namespace (`NEXUS_NAMESPACE`).
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -26,6 +31,7 @@ pub mod memory_op {
     pub const APPEND: &str = "append";
     pub const ANSWERED: &str = "answered";
     pub const HISTORY: &str = "history";
+    pub const SESSION: &str = "session";
 }
 
 impl Subjects {
@@ -44,6 +50,19 @@ impl Subjects {
     /// `N.inbound.>`
     pub fn inbound_all(&self) -> String {
         format!("{}.inbound.>", self.ns)
+    }
+    /// `N.inbound.<channel>.<partition>`: where `Bus::publish_inbound` stores messages.
+    pub fn inbound_partition(&self, channel: &ChannelName, partition: u32) -> String {
+        format!("{}.inbound.{channel}.{partition}", self.ns)
+    }
+    /// `N.inbound.*.<partition>`: the filter of one partition's consumer.
+    pub fn inbound_partition_filter(&self, partition: u32) -> String {
+        format!("{}.inbound.*.{partition}", self.ns)
+    }
+    /// `N.inbound.*`: messages published without a partition (by producers outside
+    /// Nexus that follow the plain subject); agent-core routes them to their partition.
+    pub fn inbound_unpartitioned(&self) -> String {
+        format!("{}.inbound.*", self.ns)
     }
     /// `N.outbound.<channel>`
     pub fn outbound(&self, channel: &ChannelName) -> String {
@@ -98,9 +117,13 @@ impl Subjects {
     pub fn deadletter_stream(&self) -> String {
         format!("{}_DEADLETTER", self.ns)
     }
-    /// Durable consumer shared by all agent-core replicas.
-    pub fn agent_consumer(&self) -> String {
-        format!("{}_agent-core", self.ns)
+    /// Durable consumer of one inbound partition, shared by all agent-core replicas.
+    pub fn agent_consumer(&self, partition: u32) -> String {
+        format!("{}_agent-core-p{partition}", self.ns)
+    }
+    /// Durable consumer that routes unpartitioned inbound messages to their partition.
+    pub fn router_consumer(&self) -> String {
+        format!("{}_agent-core-router", self.ns)
     }
     /// Durable consumer of one gateway on `N_OUTBOUND`.
     pub fn gateway_consumer(&self, channel: &ChannelName) -> String {
@@ -127,6 +150,22 @@ impl Subjects {
         format!("{}_{service}", self.ns)
     }
 
+    /// The partition of a session (`channel`, `chat_id`, `thread_id`): FNV-1a, stable across releases.
+    pub fn partition_of(channel: &str, chat_id: &str, thread_id: &str) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in channel
+            .bytes()
+            .chain([0x1f])
+            .chain(chat_id.bytes())
+            .chain([0x1f])
+            .chain(thread_id.bytes())
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % INBOUND_PARTITIONS
+    }
+
     /// The fully qualified protobuf type carried on a subject of this namespace
     /// (requests, for request/reply subjects), for tools that decode traffic.
     pub fn payload_type(&self, subject: &str) -> Option<&'static str> {
@@ -142,6 +181,7 @@ impl Subjects {
             ("memory", Some(memory_op::APPEND)) => "nexus.v1.AppendTurnRequest",
             ("memory", Some(memory_op::ANSWERED)) => "nexus.v1.AnsweredRequest",
             ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
+            ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
             _ => return None,
         })
     }
@@ -160,10 +200,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(
+            Subjects::partition_of("cli", "s1", ""),
+            Subjects::partition_of("cli", "s1", "")
+        );
+        let used: std::collections::BTreeSet<u32> = (0..500)
+            .map(|i| Subjects::partition_of("telegram", &i.to_string(), ""))
+            .collect();
+        assert_eq!(
+            used.len() as u32,
+            INBOUND_PARTITIONS,
+            "500 sessions should touch every partition"
+        );
+        assert!(used.iter().all(|p| *p < INBOUND_PARTITIONS));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(
+            Subjects::partition_of("x", "ab", "c"),
+            Subjects::partition_of("x", "a", "bc")
+        );
+    }
+
+    #[test]
     fn names_follow_the_design() {
         let s = Subjects::new(Namespace::parse("t1").unwrap());
         let cli = ChannelName::parse("cli").unwrap();
         assert_eq!(s.inbound(&cli), "t1.inbound.cli");
+        assert_eq!(s.inbound_partition(&cli, 7), "t1.inbound.cli.7");
+        assert_eq!(s.inbound_partition_filter(7), "t1.inbound.*.7");
+        assert_eq!(s.agent_consumer(7), "t1_agent-core-p7");
+        assert_eq!(
+            s.payload_type("t1.inbound.cli.7"),
+            Some("nexus.v1.InboundMessage")
+        );
         assert_eq!(s.outbound(&cli), "t1.outbound.cli");
         assert_eq!(
             s.tool(&ToolName::parse("read_file").unwrap()),

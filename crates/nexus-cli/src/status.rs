@@ -45,21 +45,28 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         };
         streams.push((name, info));
     }
+    // The agent's backlog is spread over the inbound partitions' consumers.
     let consumer = match bus.jetstream().get_stream(s.inbound_stream()).await {
-        Ok(st) => match st
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&s.agent_consumer())
-            .await
-        {
-            Ok(mut c) => c
-                .info()
-                .await
-                .ok()
-                .map(|i| (i.num_pending, i.num_ack_pending, i.num_redelivered)),
-            Err(_) => None,
-        },
+        Ok(st) => {
+            let mut total: Option<(u64, usize, usize)> = None;
+            for p in 0..nexus_bus::INBOUND_PARTITIONS {
+                if let Ok(mut c) = st
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                        &s.agent_consumer(p),
+                    )
+                    .await
+                    && let Ok(i) = c.info().await
+                {
+                    let t = total.get_or_insert((0, 0, 0));
+                    t.0 += i.num_pending;
+                    t.1 += i.num_ack_pending;
+                    t.2 += i.num_redelivered;
+                }
+            }
+            total
+        }
         Err(_) => None,
     };
-
     if args.json {
         let out = json!({
             "namespace": config.namespace,

@@ -66,6 +66,15 @@ pub struct LlmConfig {
     pub max_output_tokens: u32,
     /// Stream tokens from the provider (SSE) instead of one response.
     pub stream: bool,
+    /// Models tried in order when the current one keeps failing (429, 5xx, timeouts).
+    #[serde(deserialize_with = "list")]
+    pub fallbacks: Vec<String>,
+    /// Seconds a model that failed is skipped before it is tried again.
+    pub cooldown_secs: u64,
+    /// Tokens of the model's context window; history is trimmed to fit it.
+    pub context_tokens: u32,
+    /// Tokens kept free for the answer.
+    pub answer_reserve_tokens: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +187,10 @@ impl Default for LlmConfig {
             retry_base_ms: 500,
             max_output_tokens: 0,
             stream: true,
+            fallbacks: Vec::new(),
+            cooldown_secs: 60,
+            context_tokens: 128_000,
+            answer_reserve_tokens: 4_096,
         }
     }
 }
@@ -319,6 +332,11 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("namespace: {e}")))?;
         if self.llm.model.trim().is_empty() {
             return Err(ConfigError::Invalid("[llm] model must not be empty".into()));
+        }
+        if self.llm.context_tokens <= self.llm.answer_reserve_tokens {
+            return Err(ConfigError::Invalid(
+                "[llm] context_tokens must be larger than answer_reserve_tokens".into(),
+            ));
         }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(

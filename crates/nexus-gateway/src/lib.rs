@@ -160,6 +160,8 @@ impl Gateway {
                 s.outbound(&self.channel),
                 Duration::from_secs(60),
                 self.max_deliver,
+                // One reply at a time keeps replies in order per channel.
+                1,
             )
             .await?;
         let delivered = self

@@ -128,6 +128,41 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Deletes the namespace's streams, buckets and object stores, so test runs do not
+    /// pile up JetStream state on the shared server.
+    fn drop(&mut self) {
+        let ns = self.namespace.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = async_nats::connect(nats_url()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client.clone());
+                let mut names = js.stream_names();
+                let mut doomed = Vec::new();
+                while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+                    let bare = name.trim_start_matches("KV_").trim_start_matches("OBJ_");
+                    if bare.starts_with(&format!("{ns}_")) {
+                        doomed.push(name);
+                    }
+                }
+                for name in doomed {
+                    let _ = js.delete_stream(&name).await;
+                }
+                let _ = client.drain().await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 impl Default for TestEnv {
     fn default() -> Self {
         Self::new()

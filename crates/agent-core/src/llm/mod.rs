@@ -7,6 +7,7 @@
 
 pub mod genai_model;
 pub mod retry;
+pub mod router;
 
 use std::time::Duration;
 

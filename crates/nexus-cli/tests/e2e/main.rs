@@ -281,23 +281,32 @@ async fn a_provider_that_keeps_failing_gives_a_clear_message_and_no_loop() {
         .get_stream(bus.subjects().inbound_stream())
         .await
         .unwrap();
-    let consumer_name = bus.subjects().agent_consumer();
-    let info = nexus_testkit::eventually(
+    let names: Vec<String> = (0..nexus_bus::INBOUND_PARTITIONS)
+        .map(|p| bus.subjects().agent_consumer(p))
+        .collect();
+    let redelivered = nexus_testkit::eventually(
         "the inbound message to be acked",
         Duration::from_secs(30),
         || {
             let stream = stream.clone();
-            let name = consumer_name.clone();
+            let names = names.clone();
             async move {
-                let mut c: jetstream::consumer::PullConsumer =
-                    stream.get_consumer(&name).await.ok()?;
-                let i = c.info().await.ok()?.clone();
-                (i.num_ack_pending == 0 && i.num_pending == 0).then_some(i)
+                let mut redelivered = 0;
+                for name in &names {
+                    let mut c: jetstream::consumer::PullConsumer =
+                        stream.get_consumer(name).await.ok()?;
+                    let i = c.info().await.ok()?;
+                    if i.num_ack_pending != 0 || i.num_pending != 0 {
+                        return None;
+                    }
+                    redelivered += i.num_redelivered;
+                }
+                Some(redelivered)
             }
         },
     )
     .await;
-    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(redelivered, 0);
     assert_eq!(fake.requests().len(), 3);
 }
 
