@@ -463,11 +463,19 @@ impl Agent {
                 "llm call"
             );
 
-            if resp.tool_calls.is_empty() {
-                let text = if resp.text.trim().is_empty() {
-                    "(The model returned an empty answer.)".to_owned()
-                } else {
+            // The budget is spent when the last call still asks for tools: answer with
+            // what there is instead of looping.
+            let exhausted = llm_calls >= max_iterations;
+            if resp.tool_calls.is_empty() || exhausted {
+                let text = if !resp.text.trim().is_empty() {
                     resp.text
+                } else if exhausted {
+                    format!(
+                        "I reached the limit of {max_iterations} steps for one request before finishing. \
+                         I ran {tool_calls} tool call(s) so far; ask me to continue and I will pick it up from here."
+                    )
+                } else {
+                    "(The model returned an empty answer.)".to_owned()
                 };
                 entries.push(HistoryEntry {
                     role: Role::Assistant as i32,

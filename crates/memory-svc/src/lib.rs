@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use files::MarkdownFiles;
 pub use ops::{Memory, Op, OpError};
-pub use store::{SessionStore, StoreError};
+pub use store::{ModelOverride, SessionStore, StoreError};
 
 /// Runs memory-svc until `shutdown` is cancelled: templates, database,
 /// NATS, then requests. Returns once every request in flight has answered.

@@ -1,4 +1,4 @@
-//! The four memory operations, from request bytes to reply bytes: decode the
+//! The memory operations, from request bytes to reply bytes: decode the
 //! proto, turn it into validated domain values, ask the store and the files,
 //! encode the answer. Errors become service error codes here and only here:
 //! 400 for a request that can never succeed, 500 for our own failure.
@@ -18,13 +18,13 @@ use nexus_proto::{
     v1::{
         AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
         ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, OutboundMessage,
-        SessionRef,
+        SessionCommandRequest, SessionCommandResponse, SessionRef, session_command_request,
     },
 };
 
 use crate::{
     files::MarkdownFiles,
-    store::{Entry, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId},
+    store::{Entry, ModelOverride, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId},
 };
 
 /// Most turns one request may ask history for; keeps a reply under NATS' payload limit.
@@ -41,10 +41,17 @@ pub enum Op {
     Append,
     Answered,
     History,
+    Session,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [Op::Context, Op::Append, Op::Answered, Op::History];
+    pub const ALL: [Op; 5] = [
+        Op::Context,
+        Op::Append,
+        Op::Answered,
+        Op::History,
+        Op::Session,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +59,7 @@ impl Op {
             Op::Append => memory_op::APPEND,
             Op::Answered => memory_op::ANSWERED,
             Op::History => memory_op::HISTORY,
+            Op::Session => memory_op::SESSION,
         }
     }
 }
@@ -110,6 +118,7 @@ impl Memory {
             Op::Append => reply(op, self.append(payload).await),
             Op::Answered => reply(op, self.answered(payload).await),
             Op::History => reply(op, self.history(payload).await),
+            Op::Session => reply(op, self.session(payload).await),
         }
     }
 
@@ -117,9 +126,10 @@ impl Memory {
         let req: ContextRequest = decode(payload)?;
         let session = session_key(req.session.as_ref())?;
         let turns = self.turns(req.history_turns);
-        let (markdown, history) = tokio::join!(
+        let (markdown, history, model_override) = tokio::join!(
             self.files.read(&req.user_id, self.max_memory_bytes),
             self.store.history(&session, turns),
+            self.store.model_override(&session),
         );
         let markdown = markdown?;
         Ok(ContextResponse {
@@ -130,6 +140,7 @@ impl Memory {
             history: history?.into_iter().map(history_entry).collect(),
             session_id: session.id(),
             timezone: self.timezone.clone(),
+            model_override: model_override?,
         })
     }
 
@@ -202,6 +213,37 @@ impl Memory {
         Ok(HistoryResponse {
             entries: entries.into_iter().map(history_entry).collect(),
         })
+    }
+
+    async fn session(&self, payload: &[u8]) -> Result<SessionCommandResponse, OpError> {
+        use session_command_request::Command;
+        let req: SessionCommandRequest = decode(payload)?;
+        let session = session_key(req.session.as_ref())?;
+        match req.command {
+            Some(Command::Reset(true)) => {
+                let archived_turns = self.store.reset(&session).await?;
+                tracing::info!(session = %session, archived_turns, "session reset");
+                Ok(SessionCommandResponse {
+                    model_override: self.store.model_override(&session).await?,
+                    archived_turns,
+                })
+            }
+            Some(Command::SetModel(name)) => {
+                let model = ModelOverride::parse(&name).map_err(bad)?;
+                self.store.set_model(&session, &model).await?;
+                tracing::info!(session = %session, model = model.as_str(), "session model set");
+                Ok(SessionCommandResponse {
+                    model_override: model.into_string(),
+                    archived_turns: 0,
+                })
+            }
+            Some(Command::Reset(false)) => Err(OpError::BadRequest(
+                "reset is false: send reset = true or set_model".into(),
+            )),
+            None => Err(OpError::BadRequest(
+                "command is missing; expected reset or set_model".into(),
+            )),
+        }
     }
 
     fn turns(&self, requested: u32) -> u32 {

@@ -80,7 +80,9 @@ pub struct LlmConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Turns one agent-core replica runs at once (different sessions).
+    /// Turns one agent-core replica runs at once (different sessions). A replica takes
+    /// a message before it has a free slot, so below the number of inbound partitions
+    /// (32) a busy replica may hold messages another could have started.
     pub concurrency: usize,
     /// Deliveries of one inbound message before it is dead-lettered.
     pub max_deliver: i64,
@@ -198,7 +200,7 @@ impl Default for LlmConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 32,
             max_deliver: 5,
             ack_wait_secs: 30,
             shutdown_grace_secs: 20,

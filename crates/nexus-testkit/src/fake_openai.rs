@@ -31,6 +31,8 @@ pub enum Reply {
     EchoLastTool(String),
     /// Answers with every earlier user message it was sent, joined by " | ".
     EchoUserMessages,
+    /// Answers with the prefix and the last user message.
+    EchoLastUser(String),
     /// An HTTP error with an OpenAI-style error body.
     Status(u16),
     /// A 200 whose body is not a valid completion.
@@ -41,6 +43,12 @@ pub enum Reply {
 struct Inner {
     script: VecDeque<Reply>,
     fallback: Option<Reply>,
+    /// Replies by requested model name; they win over the script and the fallback.
+    per_model: std::collections::HashMap<String, Reply>,
+    /// Added before every answer, to stand for a model that takes its time.
+    delay: std::time::Duration,
+    /// Requests being answered right now, by requested model.
+    in_flight: std::collections::HashMap<String, usize>,
     requests: Vec<Value>,
 }
 
@@ -89,6 +97,29 @@ impl FakeOpenAi {
         }
     }
 
+    /// Makes every request for `model` answer with `reply`.
+    pub fn set_model_reply(&self, model: &str, reply: Reply) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.per_model.insert(model.to_owned(), reply);
+        }
+    }
+
+    /// Delays every answer by `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.delay = delay;
+        }
+    }
+
+    /// Requests for `model` that have arrived and not been answered yet.
+    pub fn in_flight(&self, model: &str) -> usize {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|i| i.in_flight.get(model).copied())
+            .unwrap_or(0)
+    }
+
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.inner
@@ -99,16 +130,31 @@ impl FakeOpenAi {
 }
 
 async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let reply = {
+    let (reply, delay, requested) = {
         let Ok(mut i) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
         i.requests.push(body.clone());
-        i.script
-            .pop_front()
-            .or_else(|| i.fallback.clone())
-            .unwrap_or(Reply::Text("ok".into()))
+        let requested = body["model"].as_str().unwrap_or_default().to_owned();
+        let reply = match i.per_model.get(&requested) {
+            Some(r) => r.clone(),
+            None => i
+                .script
+                .pop_front()
+                .or_else(|| i.fallback.clone())
+                .unwrap_or(Reply::Text("ok".into())),
+        };
+        *i.in_flight.entry(requested.clone()).or_default() += 1;
+        (reply, i.delay, requested)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Ok(mut i) = inner.lock()
+        && let Some(n) = i.in_flight.get_mut(&requested)
+    {
+        *n = n.saturating_sub(1);
+    }
     let model = body["model"].as_str().unwrap_or("fake").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
     let (text, calls) = match reply {
@@ -133,6 +179,14 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
                 .and_then(|m| m.iter().rev().find(|m| m["role"] == "tool"))
                 .and_then(|m| m["content"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| "(no tool output)".into());
+            (format!("{prefix}{last}"), vec![])
+        }
+        Reply::EchoLastUser(prefix) => {
+            let last = body["messages"]
+                .as_array()
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                .and_then(|m| m["content"].as_str().map(str::to_owned))
+                .unwrap_or_default();
             (format!("{prefix}{last}"), vec![])
         }
         Reply::EchoUserMessages => {

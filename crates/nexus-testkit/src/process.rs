@@ -67,7 +67,7 @@ impl ServiceProcess {
         .into_iter()
         .flatten()
         {
-            let prefix = name.to_owned();
+            let prefix = format!("{name}#{}", child.id().unwrap_or_default());
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {

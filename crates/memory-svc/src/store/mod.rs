@@ -4,7 +4,9 @@
 //! explicit backends, SQLite (the default, a file under the workspace) and
 //! PostgreSQL (any `postgres://` URL, used as given). Appending a turn is one
 //! transaction, and a turn id that is already stored is a no-op: this table is
-//! the second line of defence against answering one message twice.
+//! the second line of defence against answering one message twice. A session
+//! reset (/new) only moves the start of its history: turns are never deleted,
+//! so an archived turn still counts as answered.
 //!
 //! It must never see protobuf types or NATS: callers hand it validated domain
 //! values and opaque reply bytes.
@@ -16,7 +18,10 @@ mod tests;
 
 use std::{str::FromStr, time::Duration};
 
-use nexus_common::domain::{InvalidValue, SessionKey};
+use nexus_common::{
+    domain::{InvalidValue, SessionKey},
+    now_ms,
+};
 use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
 pub use postgres::PgStore;
@@ -92,6 +97,40 @@ impl TurnId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The model chosen for a session with /model: trimmed, at most
+/// [`ModelOverride::MAX_CHARS`] characters, no control characters. Empty means
+/// none (the configured route); whether a provider knows the name is the caller's check.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelOverride(String);
+
+impl ModelOverride {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let s = s.trim();
+        let bad = |why| InvalidValue {
+            what: "model",
+            value: s.chars().take(80).collect(),
+            why,
+        };
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(bad("it is longer than 200 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(bad("it holds control characters"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -205,7 +244,8 @@ impl SessionStore {
         }
     }
 
-    /// Entries of the last `turns` turns of a session, oldest first.
+    /// Entries of the last `turns` turns of a session that are not archived
+    /// (see [`Self::reset`]), oldest first.
     pub async fn history(
         &self,
         session: &SessionKey,
@@ -222,6 +262,40 @@ impl SessionStore {
         match self {
             Self::Sqlite(s) => s.answered(turn_id).await,
             Self::Postgres(s) => s.answered(turn_id).await,
+        }
+    }
+
+    /// Archives every turn of the session so far: later history starts after
+    /// them, while they stay stored and answered. Returns how many turns were
+    /// archived by this call (0 when none came since the last reset). Turns
+    /// without entries (chat commands) are not counted: they are not history.
+    pub async fn reset(&self, session: &SessionKey) -> Result<u32, StoreError> {
+        let at_ms = now_ms();
+        let archived = match self {
+            Self::Sqlite(s) => s.reset(session, at_ms).await,
+            Self::Postgres(s) => s.reset(session, at_ms).await,
+        }?;
+        Ok(u32::try_from(archived).unwrap_or(u32::MAX))
+    }
+
+    /// Stores the session's model override; an empty one clears it.
+    pub async fn set_model(
+        &self,
+        session: &SessionKey,
+        model: &ModelOverride,
+    ) -> Result<(), StoreError> {
+        let at_ms = now_ms();
+        match self {
+            Self::Sqlite(s) => s.set_model(session, model, at_ms).await,
+            Self::Postgres(s) => s.set_model(session, model, at_ms).await,
+        }
+    }
+
+    /// The session's model override; empty when none was set (or the session is unknown).
+    pub async fn model_override(&self, session: &SessionKey) -> Result<String, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.model_override(session).await,
+            Self::Postgres(s) => s.model_override(session).await,
         }
     }
 
@@ -248,15 +322,31 @@ mod sql {
     pub const INSERT_ENTRY: &str = "INSERT INTO entries (session_id, turn_id, seq, role, text, tool_name, tool_call_id, at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-    // A turn's position is that of its last entry: entry ids grow with every
-    // append, while clocks of different replicas may disagree.
-    pub const HISTORY: &str = "SELECT turn_id, role, text, tool_name, tool_call_id, at_ms FROM entries \
-         WHERE session_id = $1 AND turn_id IN ( \
-             SELECT turn_id FROM entries WHERE session_id = $1 \
-             GROUP BY turn_id ORDER BY MAX(id) DESC LIMIT $2) \
+    // Only entries after the session's reset point count, and of those the
+    // last `$2` turns. A turn's position is that of its last entry: entry ids
+    // grow with every append, while clocks of different replicas may disagree.
+    pub const HISTORY: &str = "WITH live AS ( \
+             SELECT id, turn_id, role, text, tool_name, tool_call_id, at_ms FROM entries \
+             WHERE session_id = $1 \
+               AND id > COALESCE((SELECT history_from_entry FROM sessions WHERE id = $1), 0)) \
+         SELECT turn_id, role, text, tool_name, tool_call_id, at_ms FROM live \
+         WHERE turn_id IN (SELECT turn_id FROM live GROUP BY turn_id ORDER BY MAX(id) DESC LIMIT $2) \
          ORDER BY id";
 
     pub const ANSWERED: &str = "SELECT reply FROM turns WHERE turn_id = $1";
+
+    // Run after UPSERT_SESSION in the same transaction, so the session row exists
+    // and is locked until ARCHIVE_UP_TO: a concurrent reset waits and then sees 0.
+    pub const UNARCHIVED: &str = "SELECT COUNT(DISTINCT turn_id) AS turns, MAX(id) AS last_entry FROM entries \
+         WHERE session_id = $1 AND id > (SELECT history_from_entry FROM sessions WHERE id = $1)";
+
+    pub const ARCHIVE_UP_TO: &str = "UPDATE sessions SET history_from_entry = $2 WHERE id = $1";
+
+    pub const SET_MODEL: &str = "INSERT INTO sessions (id, channel, chat_id, thread_id, created_at_ms, updated_at_ms, model_override) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6) \
+         ON CONFLICT (id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms, model_override = excluded.model_override";
+
+    pub const MODEL_OVERRIDE: &str = "SELECT model_override FROM sessions WHERE id = $1";
 }
 
 /// Builds a [`PastEntry`] from the columns of [`sql::HISTORY`].

@@ -4,12 +4,14 @@
 //! never rewrite the URL it was given (search_path, TLS and pooling are the operator's).
 
 use sqlx::{
-    ConnectOptions as _, Connection as _, PgPool, Row,
+    ConnectOptions as _, Connection as _, PgConnection, PgPool, Row,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Answered, LOCK_TIMEOUT, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql};
+use super::{
+    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql,
+};
 use nexus_common::domain::SessionKey;
 
 pub(super) const BACKEND: &str = "postgres";
@@ -64,14 +66,7 @@ impl PgStore {
     pub(super) async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
         let session_id = turn.session.id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(sql::UPSERT_SESSION)
-            .bind(&session_id)
-            .bind(turn.session.channel().as_str())
-            .bind(turn.session.chat_id())
-            .bind(turn.session.thread_id())
-            .bind(turn.at_ms)
-            .execute(&mut *tx)
-            .await?;
+        upsert_session(&mut tx, &turn.session, turn.at_ms).await?;
         let inserted = sqlx::query(sql::INSERT_TURN)
             .bind(turn.turn_id.as_str())
             .bind(&session_id)
@@ -139,7 +134,78 @@ impl PgStore {
         .transpose()
     }
 
+    pub(super) async fn reset(&self, session: &SessionKey, at_ms: i64) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        upsert_session(&mut tx, session, at_ms).await?;
+        let row = sqlx::query(sql::UNARCHIVED)
+            .bind(session.id())
+            .fetch_one(&mut *tx)
+            .await?;
+        let turns: i64 = row.try_get("turns")?;
+        if let Some(last_entry) = row.try_get::<Option<i64>, _>("last_entry")? {
+            sqlx::query(sql::ARCHIVE_UP_TO)
+                .bind(session.id())
+                .bind(last_entry)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(turns)
+    }
+
+    pub(super) async fn set_model(
+        &self,
+        session: &SessionKey,
+        model: &ModelOverride,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql::SET_MODEL)
+            .bind(session.id())
+            .bind(session.channel().as_str())
+            .bind(session.chat_id())
+            .bind(session.thread_id())
+            .bind(at_ms)
+            .bind(model.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn model_override(&self, session: &SessionKey) -> Result<String, StoreError> {
+        let row = sqlx::query(sql::MODEL_OVERRIDE)
+            .bind(session.id())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| row.try_get("model_override"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// How this store was opened, so a test can open it again.
+    #[cfg(test)]
+    pub(super) fn options(&self) -> PgConnectOptions {
+        (*self.pool.connect_options()).clone()
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates the session's row, or marks it as just used.
+async fn upsert_session(
+    conn: &mut PgConnection,
+    session: &SessionKey,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::UPSERT_SESSION)
+        .bind(session.id())
+        .bind(session.channel().as_str())
+        .bind(session.chat_id())
+        .bind(session.thread_id())
+        .bind(at_ms)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

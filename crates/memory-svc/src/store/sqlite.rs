@@ -3,12 +3,14 @@
 //! of failing. It must never be shared by replicas on different machines.
 
 use sqlx::{
-    ConnectOptions as _, Connection as _, Row, SqlitePool,
+    ConnectOptions as _, Connection as _, Row, SqliteConnection, SqlitePool,
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
 };
 
-use super::{Answered, LOCK_TIMEOUT, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql};
+use super::{
+    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql,
+};
 use nexus_common::domain::SessionKey;
 
 pub(super) const BACKEND: &str = "sqlite";
@@ -70,14 +72,7 @@ impl SqliteStore {
     pub(super) async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
         let session_id = turn.session.id();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(sql::UPSERT_SESSION)
-            .bind(&session_id)
-            .bind(turn.session.channel().as_str())
-            .bind(turn.session.chat_id())
-            .bind(turn.session.thread_id())
-            .bind(turn.at_ms)
-            .execute(&mut *tx)
-            .await?;
+        upsert_session(&mut tx, &turn.session, turn.at_ms).await?;
         let inserted = sqlx::query(sql::INSERT_TURN)
             .bind(turn.turn_id.as_str())
             .bind(&session_id)
@@ -145,7 +140,78 @@ impl SqliteStore {
         .transpose()
     }
 
+    pub(super) async fn reset(&self, session: &SessionKey, at_ms: i64) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        upsert_session(&mut tx, session, at_ms).await?;
+        let row = sqlx::query(sql::UNARCHIVED)
+            .bind(session.id())
+            .fetch_one(&mut *tx)
+            .await?;
+        let turns: i64 = row.try_get("turns")?;
+        if let Some(last_entry) = row.try_get::<Option<i64>, _>("last_entry")? {
+            sqlx::query(sql::ARCHIVE_UP_TO)
+                .bind(session.id())
+                .bind(last_entry)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(turns)
+    }
+
+    pub(super) async fn set_model(
+        &self,
+        session: &SessionKey,
+        model: &ModelOverride,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql::SET_MODEL)
+            .bind(session.id())
+            .bind(session.channel().as_str())
+            .bind(session.chat_id())
+            .bind(session.thread_id())
+            .bind(at_ms)
+            .bind(model.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn model_override(&self, session: &SessionKey) -> Result<String, StoreError> {
+        let row = sqlx::query(sql::MODEL_OVERRIDE)
+            .bind(session.id())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| row.try_get("model_override"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// How this store was opened, so a test can open it again.
+    #[cfg(test)]
+    pub(super) fn options(&self) -> SqliteConnectOptions {
+        (*self.pool.connect_options()).clone()
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Creates the session's row, or marks it as just used.
+async fn upsert_session(
+    conn: &mut SqliteConnection,
+    session: &SessionKey,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::UPSERT_SESSION)
+        .bind(session.id())
+        .bind(session.channel().as_str())
+        .bind(session.chat_id())
+        .bind(session.thread_id())
+        .bind(at_ms)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -11,7 +11,7 @@ use sqlx::{
     sqlite::SqliteConnectOptions,
 };
 
-use super::{Answered, Entry, NewTurn, Role, SessionStore, TurnId};
+use super::{Answered, Entry, ModelOverride, NewTurn, Role, SessionStore, TurnId};
 
 /// Runs `body` on a fresh SQLite file.
 async fn on_sqlite<F, Fut>(body: F)
@@ -92,6 +92,12 @@ on_both_backends!(
     entries_keep_their_order_and_fields,
     sessions_and_threads_keep_separate_histories,
     concurrent_appends_of_one_turn_store_it_once,
+    a_reset_hides_earlier_turns_from_history_but_not_from_answered,
+    a_second_reset_without_new_turns_archives_nothing,
+    concurrent_resets_archive_each_turn_once,
+    the_history_window_counts_only_turns_after_the_reset,
+    a_turn_without_entries_is_answered_but_is_not_history,
+    the_model_override_round_trips_and_survives_a_reconnect,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -286,4 +292,185 @@ async fn concurrent_appends_of_one_turn_store_it_once(store: SessionStore) {
         .collect();
     assert_eq!(stored.iter().filter(|s| **s).count(), 1, "{stored:?}");
     assert_eq!(store.history(&s, 10).await.unwrap().len(), 2);
+}
+
+/// Closes `store` and opens its database again, as a restarted service would.
+async fn reopen(store: SessionStore) -> SessionStore {
+    store.close().await;
+    match &store {
+        SessionStore::Sqlite(s) => SessionStore::open_sqlite(s.options()).await.unwrap(),
+        SessionStore::Postgres(s) => SessionStore::open_postgres(s.options()).await.unwrap(),
+    }
+}
+
+fn turn_id(id: &str) -> TurnId {
+    TurnId::parse(id).unwrap()
+}
+
+async fn a_reset_hides_earlier_turns_from_history_but_not_from_answered(store: SessionStore) {
+    let s = session("c1", "");
+    let other = session("c2", "");
+    for id in ["cli:1", "cli:2", "cli:3"] {
+        store.append(&turn(&s, id, 10)).await.unwrap();
+    }
+    store.append(&turn(&other, "cli:9", 10)).await.unwrap();
+
+    assert_eq!(store.reset(&s).await.unwrap(), 3);
+    assert!(store.history(&s, 10).await.unwrap().is_empty());
+    for id in ["cli:1", "cli:2", "cli:3"] {
+        assert_eq!(
+            store.answered(&turn_id(id)).await.unwrap(),
+            Some(Answered {
+                reply: Some(format!("reply to {id}").into_bytes())
+            }),
+            "{id} must stay answered after a reset"
+        );
+    }
+    assert!(
+        !store.append(&turn(&s, "cli:2", 20)).await.unwrap(),
+        "a redelivered archived turn is not stored again"
+    );
+    assert!(store.history(&s, 10).await.unwrap().is_empty());
+
+    store.append(&turn(&s, "cli:4", 30)).await.unwrap();
+    assert_eq!(
+        texts(&store.history(&s, 10).await.unwrap()),
+        ["question cli:4", "answer cli:4"]
+    );
+    // Another session keeps its history.
+    assert_eq!(store.history(&other, 10).await.unwrap().len(), 2);
+}
+
+async fn a_second_reset_without_new_turns_archives_nothing(store: SessionStore) {
+    let s = session("c1", "");
+    // A session that was never seen can be reset: nothing to archive.
+    assert_eq!(store.reset(&s).await.unwrap(), 0);
+
+    store.append(&turn(&s, "cli:1", 10)).await.unwrap();
+    assert_eq!(store.reset(&s).await.unwrap(), 1);
+    assert_eq!(store.reset(&s).await.unwrap(), 0);
+
+    store.append(&turn(&s, "cli:2", 20)).await.unwrap();
+    store.append(&turn(&s, "cli:3", 30)).await.unwrap();
+    assert_eq!(store.reset(&s).await.unwrap(), 2);
+    assert_eq!(store.reset(&s).await.unwrap(), 0);
+    assert!(store.history(&s, 10).await.unwrap().is_empty());
+}
+
+async fn concurrent_resets_archive_each_turn_once(store: SessionStore) {
+    let s = session("c1", "");
+    for id in ["cli:1", "cli:2", "cli:3"] {
+        store.append(&turn(&s, id, 10)).await.unwrap();
+    }
+    let resets = (0..6).map(|_| {
+        let store = store.clone();
+        let s = s.clone();
+        tokio::spawn(async move { store.reset(&s).await.unwrap() })
+    });
+    let mut archived: Vec<u32> = futures::future::join_all(resets)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    archived.sort_unstable();
+    assert_eq!(archived, [0, 0, 0, 0, 0, 3]);
+}
+
+async fn the_history_window_counts_only_turns_after_the_reset(store: SessionStore) {
+    let s = session("c1", "");
+    for id in ["cli:1", "cli:2", "cli:3"] {
+        store.append(&turn(&s, id, 10)).await.unwrap();
+    }
+    store.reset(&s).await.unwrap();
+    store.append(&turn(&s, "cli:4", 20)).await.unwrap();
+    store.append(&turn(&s, "cli:5", 30)).await.unwrap();
+
+    // The window of 5 is not filled up with archived turns.
+    let ids: Vec<String> = store
+        .history(&s, 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.turn_id.as_str().to_owned())
+        .collect();
+    assert_eq!(ids, ["cli:4", "cli:4", "cli:5", "cli:5"]);
+    assert_eq!(
+        texts(&store.history(&s, 1).await.unwrap()),
+        ["question cli:5", "answer cli:5"]
+    );
+}
+
+async fn a_turn_without_entries_is_answered_but_is_not_history(store: SessionStore) {
+    let s = session("c1", "");
+    store.append(&turn(&s, "cli:1", 10)).await.unwrap();
+    // A chat command such as /help: only its reply is stored.
+    let mut command = turn(&s, "cli:2", 20);
+    command.entries.clear();
+    assert!(store.append(&command).await.unwrap());
+    assert!(!store.append(&command).await.unwrap());
+
+    assert_eq!(
+        store.answered(&turn_id("cli:2")).await.unwrap(),
+        Some(Answered {
+            reply: Some(b"reply to cli:2".to_vec())
+        })
+    );
+    assert_eq!(
+        texts(&store.history(&s, 10).await.unwrap()),
+        ["question cli:1", "answer cli:1"]
+    );
+    // Only turns with entries count as archived.
+    assert_eq!(store.reset(&s).await.unwrap(), 1);
+}
+
+async fn the_model_override_round_trips_and_survives_a_reconnect(store: SessionStore) {
+    let s = session("c1", "");
+    let thread = session("c1", "t1");
+    assert_eq!(store.model_override(&s).await.unwrap(), "");
+
+    let model = ModelOverride::parse("  anthropic/claude-sonnet-4 ").unwrap();
+    store.set_model(&s, &model).await.unwrap();
+    assert_eq!(
+        store.model_override(&s).await.unwrap(),
+        "anthropic/claude-sonnet-4"
+    );
+    assert_eq!(store.model_override(&thread).await.unwrap(), "");
+
+    // A session that has turns keeps them; a reset keeps the model.
+    store.append(&turn(&s, "cli:1", 10)).await.unwrap();
+    store.reset(&s).await.unwrap();
+    let other = ModelOverride::parse("openai/gpt-4o").unwrap();
+    store.set_model(&s, &other).await.unwrap();
+
+    let store = reopen(store).await;
+    assert_eq!(store.model_override(&s).await.unwrap(), "openai/gpt-4o");
+    assert!(
+        store.history(&s, 10).await.unwrap().is_empty(),
+        "the reset survives too"
+    );
+    assert!(store.answered(&turn_id("cli:1")).await.unwrap().is_some());
+
+    store
+        .set_model(&s, &ModelOverride::default())
+        .await
+        .unwrap();
+    assert_eq!(store.model_override(&s).await.unwrap(), "");
+    store.close().await;
+}
+
+#[test]
+fn a_model_override_is_trimmed_bounded_and_free_of_control_characters() {
+    assert_eq!(
+        ModelOverride::parse(" gpt-4o\n").unwrap().as_str(),
+        "gpt-4o"
+    );
+    assert_eq!(
+        ModelOverride::parse("   ").unwrap(),
+        ModelOverride::default()
+    );
+    let longest = "é".repeat(ModelOverride::MAX_CHARS);
+    assert_eq!(ModelOverride::parse(&longest).unwrap().as_str(), longest);
+    assert!(ModelOverride::parse(&format!("{longest}x")).is_err());
+    assert!(ModelOverride::parse("gpt\u{7}4o").is_err());
+    assert!(ModelOverride::parse("gpt\n4o").is_err());
 }

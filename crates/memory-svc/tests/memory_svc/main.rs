@@ -10,7 +10,7 @@ use nexus_common::{Config, shutdown::CancellationToken};
 use nexus_proto::v1::{
     AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
     ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, OutboundMessage, Role,
-    SessionRef,
+    SessionCommandRequest, SessionCommandResponse, SessionRef, session_command_request::Command,
 };
 use nexus_testkit::{TestEnv, eventually};
 use sqlx::{Connection as _, Executor as _, postgres::PgConnection};
@@ -79,6 +79,7 @@ async fn context(bus: &Bus, chat: &str, user_id: &str) -> ContextResponse {
     .unwrap()
 }
 
+/// Appends a question and its answer as turn `turn_id`.
 async fn append(bus: &Bus, chat: &str, turn_id: &str) -> bool {
     let entry = |role: Role, text: String| HistoryEntry {
         role: role as i32,
@@ -86,14 +87,19 @@ async fn append(bus: &Bus, chat: &str, turn_id: &str) -> bool {
         at_ms: 1,
         ..Default::default()
     };
+    let entries = vec![
+        entry(Role::User, format!("question {turn_id}")),
+        entry(Role::Assistant, format!("answer {turn_id}")),
+    ];
+    append_entries(bus, chat, turn_id, entries).await
+}
+
+async fn append_entries(bus: &Bus, chat: &str, turn_id: &str, entries: Vec<HistoryEntry>) -> bool {
     let req = AppendTurnRequest {
         session: session(chat),
         user_id: "cli_alice".into(),
         turn_id: turn_id.into(),
-        entries: vec![
-            entry(Role::User, format!("question {turn_id}")),
-            entry(Role::Assistant, format!("answer {turn_id}")),
-        ],
+        entries,
         reply: Some(reply(turn_id)),
     };
     let resp: AppendTurnResponse = bus
@@ -129,6 +135,20 @@ async fn answered(bus: &Bus, turn_id: &str) -> AnsweredResponse {
     )
     .await
     .unwrap()
+}
+
+async fn session_command(
+    bus: &Bus,
+    session: Option<SessionRef>,
+    command: Option<Command>,
+) -> Result<SessionCommandResponse, BusError> {
+    bus.request(
+        bus.subjects().memory(memory_op::SESSION),
+        &SessionCommandRequest { session, command },
+        &TraceContext::new_root(),
+        None,
+    )
+    .await
 }
 
 async fn history(bus: &Bus, chat: &str, limit: u32) -> Result<Vec<String>, BusError> {
@@ -280,6 +300,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
         memory_op::APPEND,
         memory_op::ANSWERED,
         memory_op::HISTORY,
+        memory_op::SESSION,
     ] {
         let raw = bus
             .client()
@@ -361,6 +382,181 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
 
     assert!(append(&bus, "c1", "cli:1").await);
     assert_eq!(history(&bus, "c1", 1).await.unwrap().len(), 2);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn new_empties_the_next_context_while_the_archived_turns_stay_answered() {
+    let env = TestEnv::new();
+    let bus = env.bus("test").await;
+    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
+    for id in ["cli:1", "cli:2"] {
+        assert!(append(&bus, "c1", id).await);
+    }
+    assert!(append(&bus, "c2", "cli:3").await);
+    assert_eq!(context(&bus, "c1", "cli_alice").await.history.len(), 4);
+
+    let reset = session_command(&bus, session("c1"), Some(Command::Reset(true)))
+        .await
+        .unwrap();
+    assert_eq!(reset.archived_turns, 2);
+    assert_eq!(reset.model_override, "");
+    assert!(context(&bus, "c1", "cli_alice").await.history.is_empty());
+    assert!(history(&bus, "c1", 10).await.unwrap().is_empty());
+    assert_eq!(context(&bus, "c2", "cli_alice").await.history.len(), 2);
+
+    // Idempotency survives /new: a redelivered old message is still answered.
+    let done = answered(&bus, "cli:1").await;
+    assert!(done.answered);
+    assert_eq!(done.reply, Some(reply("cli:1")));
+    assert!(!append(&bus, "c1", "cli:2").await);
+
+    assert!(append(&bus, "c1", "cli:4").await);
+    let ctx = context(&bus, "c1", "cli_alice").await;
+    let texts: Vec<&str> = ctx.history.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(texts, ["question cli:4", "answer cli:4"]);
+
+    let again = session_command(&bus, session("c1"), Some(Command::Reset(true)))
+        .await
+        .unwrap();
+    assert_eq!(again.archived_turns, 1);
+    let nothing_new = session_command(&bus, session("c1"), Some(Command::Reset(true)))
+        .await
+        .unwrap();
+    assert_eq!(nothing_new.archived_turns, 0);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn model_sets_the_override_that_context_returns_until_it_is_cleared() {
+    let env = TestEnv::new();
+    let bus = env.bus("test").await;
+    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
+    assert_eq!(context(&bus, "c1", "u").await.model_override, "");
+
+    let set = session_command(
+        &bus,
+        session("c1"),
+        Some(Command::SetModel("  anthropic/claude-sonnet-4 ".into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.model_override, "anthropic/claude-sonnet-4");
+    assert_eq!(set.archived_turns, 0);
+    assert_eq!(
+        context(&bus, "c1", "u").await.model_override,
+        "anthropic/claude-sonnet-4"
+    );
+    assert_eq!(context(&bus, "c2", "u").await.model_override, "");
+
+    // /new keeps the model, and so does a restart.
+    let reset = session_command(&bus, session("c1"), Some(Command::Reset(true)))
+        .await
+        .unwrap();
+    assert_eq!(reset.model_override, "anthropic/claude-sonnet-4");
+    svc.stop().await;
+    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
+    assert_eq!(
+        context(&bus, "c1", "u").await.model_override,
+        "anthropic/claude-sonnet-4"
+    );
+
+    let cleared = session_command(&bus, session("c1"), Some(Command::SetModel(String::new())))
+        .await
+        .unwrap();
+    assert_eq!(cleared.model_override, "");
+    assert_eq!(context(&bus, "c1", "u").await.model_override, "");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_session_command_is_a_400_and_changes_nothing() {
+    let env = TestEnv::new();
+    let bus = env.bus("test").await;
+    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
+    assert!(append(&bus, "c1", "cli:1").await);
+    session_command(&bus, session("c1"), Some(Command::SetModel("m1".into())))
+        .await
+        .unwrap();
+
+    let bad_channel = Some(SessionRef {
+        channel: "no.dots".into(),
+        chat_id: "c1".into(),
+        thread_id: String::new(),
+    });
+    let cases = [
+        ("no command", session("c1"), None, "command is missing"),
+        (
+            "reset false",
+            session("c1"),
+            Some(Command::Reset(false)),
+            "reset",
+        ),
+        (
+            "no session",
+            None,
+            Some(Command::Reset(true)),
+            "session is missing",
+        ),
+        (
+            "bad channel",
+            bad_channel,
+            Some(Command::Reset(true)),
+            "channel",
+        ),
+        (
+            "no chat",
+            session(""),
+            Some(Command::Reset(true)),
+            "chat id",
+        ),
+        (
+            "control character",
+            session("c1"),
+            Some(Command::SetModel("gpt\n4o".into())),
+            "control",
+        ),
+        (
+            "too long",
+            session("c1"),
+            Some(Command::SetModel("m".repeat(201))),
+            "200",
+        ),
+    ];
+    for (case, session, command, expected) in cases {
+        let err = session_command(&bus, session, command).await.unwrap_err();
+        assert!(
+            matches!(&err, BusError::Remote { code: 400, message, .. } if message.contains(expected)),
+            "{case}: {err}"
+        );
+    }
+
+    let ctx = context(&bus, "c1", "u").await;
+    assert_eq!(ctx.model_override, "m1");
+    assert_eq!(ctx.history.len(), 2);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn an_append_without_entries_stores_the_reply_that_answered_returns() {
+    let env = TestEnv::new();
+    let bus = env.bus("test").await;
+    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
+    assert!(append(&bus, "c1", "cli:1").await);
+
+    // A chat command such as /help: no history, only the reply that went out.
+    assert!(append_entries(&bus, "c1", "cli:help", Vec::new()).await);
+    let done = answered(&bus, "cli:help").await;
+    assert!(done.answered);
+    assert_eq!(done.reply, Some(reply("cli:help")));
+    assert!(
+        !append_entries(&bus, "c1", "cli:help", Vec::new()).await,
+        "a redelivered command is stored once"
+    );
+    assert_eq!(
+        history(&bus, "c1", 10).await.unwrap(),
+        ["question cli:1", "answer cli:1"]
+    );
     svc.stop().await;
 }
 
