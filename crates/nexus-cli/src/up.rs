@@ -31,20 +31,37 @@ pub struct UpArgs {
     grace: u64,
 }
 
-/// Gateways and the credentials without which they are skipped.
-const OPTIONAL: &[(&str, &[&str])] = &[
-    ("gateway-telegram", &["TELEGRAM_BOT_TOKEN"]),
+/// Gateways and the credentials they need: any one complete set starts them.
+const OPTIONAL: &[(&str, &[&[&str]])] = &[
+    ("gateway-telegram", &[&["TELEGRAM_BOT_TOKEN"]]),
     (
         "gateway-slack",
-        &["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"],
+        &[
+            &["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"],
+            // Socket Mode needs no signing secret.
+            &["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"],
+        ],
     ),
     (
         "gateway-whatsapp",
-        &["WHATSAPP_BRIDGE_URL", "WHATSAPP_BRIDGE_TOKEN"],
+        &[&["WHATSAPP_BRIDGE_URL", "WHATSAPP_BRIDGE_TOKEN"]],
     ),
-    ("gateway-api", &[]),
-    ("scheduler", &[]),
+    ("gateway-api", &[&[]]),
+    ("scheduler", &[&[]]),
 ];
+
+/// The variables missing from the most nearly complete credential set (empty: ready).
+fn missing_credentials(sets: &[&[&str]], is_set: impl Fn(&str) -> bool) -> Vec<String> {
+    sets.iter()
+        .map(|set| {
+            set.iter()
+                .filter(|k| !is_set(k))
+                .map(|k| (*k).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .min_by_key(Vec::len)
+        .unwrap_or_default()
+}
 
 pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -71,11 +88,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
         plan.push((label, agent.clone()));
     }
     for (name, creds) in OPTIONAL {
-        let unset: Vec<&str> = creds
-            .iter()
-            .copied()
-            .filter(|k| std::env::var(k).map_or(true, |v| v.is_empty()))
-            .collect();
+        let unset = missing_credentials(creds, |k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
         match find_binary(name) {
             None => println!("[nexus] skipping {name}: not part of this build yet"),
             Some(_) if !unset.is_empty() => {
@@ -335,6 +348,15 @@ fn pipe_output(label: &str, child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::host_port;
+
+    #[test]
+    fn a_gateway_starts_with_any_complete_credential_set() {
+        let sets: &[&[&str]] = &[&["A", "B"], &["A", "C"]];
+        assert!(super::missing_credentials(sets, |k| k == "A" || k == "C").is_empty());
+        assert_eq!(super::missing_credentials(sets, |k| k == "A"), vec!["B"]);
+        assert_eq!(super::missing_credentials(sets, |_| false), vec!["A", "B"]);
+        assert!(super::missing_credentials(&[&[]], |_| false).is_empty());
+    }
 
     #[test]
     fn nats_urls_give_host_and_port() {
