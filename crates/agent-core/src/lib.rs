@@ -12,6 +12,7 @@
 pub mod commands;
 pub mod context;
 pub mod llm;
+pub mod progress;
 pub mod tools;
 pub mod turn;
 

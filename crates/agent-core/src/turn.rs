@@ -35,6 +35,7 @@ use crate::{
         genai_model::ProviderEnv,
         router::{ModelRouter, chain},
     },
+    progress::Progress,
     tools::{ToolDirectory, result_text, to_llm_tool},
 };
 
@@ -422,6 +423,12 @@ impl Agent {
             turn_id: turn.msg.id.clone(),
             ..Default::default()
         }];
+        let progress = Progress::start(
+            &self.bus,
+            turn.session.channel(),
+            &turn.msg.id,
+            &turn.session.id(),
+        );
         let max_iterations = self.config.llm.max_tool_iterations.max(1);
         let mut llm_calls = 0;
         let mut tool_calls = 0;
@@ -435,9 +442,14 @@ impl Agent {
                 );
             }
             let started = Instant::now();
+            progress.llm_call(llm_calls + 1);
+            let sink = {
+                let p = progress.clone();
+                move |d: &str| p.text(d)
+            };
             let routed = self
                 .router
-                .chat(self.model.as_ref(), &models, req.clone(), &|_| {})
+                .chat(self.model.as_ref(), &models, req.clone(), &sink)
                 .await;
             llm_calls += 1;
             let routed = routed?;
@@ -500,9 +512,12 @@ impl Agent {
             });
             tool_calls += calls.len() as u32;
             // Parallel tool calls run concurrently; results go back in call order.
-            let results =
-                futures::future::join_all(calls.iter().map(|c| self.run_tool(turn, &specs, c)))
-                    .await;
+            let results = futures::future::join_all(
+                calls
+                    .iter()
+                    .map(|c| self.run_tool(turn, &specs, c, &progress)),
+            )
+            .await;
             for (call, (ok, text)) in calls.iter().zip(results) {
                 entries.push(HistoryEntry {
                     role: Role::Tool as i32,
@@ -530,6 +545,7 @@ impl Agent {
         turn: &Turn,
         specs: &std::collections::BTreeMap<String, nexus_proto::v1::ToolSpec>,
         call: &LlmToolCall,
+        progress: &Progress,
     ) -> (bool, String) {
         let started = Instant::now();
         let args = if call.arguments.is_null() {
@@ -562,18 +578,18 @@ impl Agent {
             }
             _ => String::new(),
         };
-        self.bus
-            .emit(event::Kind::ToolCalled(ToolCalled {
-                turn_id: turn.msg.id.clone(),
-                call_id: call.id.clone(),
-                name: call.name.clone(),
-                arguments_json: args,
-                ok,
-                error_kind,
-                duration_ms: started.elapsed().as_millis() as u64,
-                output_preview: text.chars().take(500).collect(),
-            }))
-            .await;
+        let called = ToolCalled {
+            turn_id: turn.msg.id.clone(),
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments_json: args,
+            ok,
+            error_kind,
+            duration_ms: started.elapsed().as_millis() as u64,
+            output_preview: text.chars().take(500).collect(),
+        };
+        progress.tool(called.clone());
+        self.bus.emit(event::Kind::ToolCalled(called)).await;
         (ok, text)
     }
 }

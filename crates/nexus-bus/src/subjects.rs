@@ -96,6 +96,10 @@ impl Subjects {
     pub fn events_all(&self) -> String {
         format!("{}.events.>", self.ns)
     }
+    /// `N.progress.<channel>`: live `TurnProgress` (core NATS, not stored).
+    pub fn progress(&self, channel: &ChannelName) -> String {
+        format!("{}.progress.{channel}", self.ns)
+    }
     /// `N.deadletter`
     pub fn deadletter(&self) -> String {
         format!("{}.deadletter", self.ns)
@@ -176,6 +180,7 @@ impl Subjects {
             ("outbound", Some(_)) => "nexus.v1.OutboundMessage",
             ("tool", Some(_)) => "nexus.v1.ToolCall",
             ("events", Some(_)) => "nexus.v1.Event",
+            ("progress", Some(_)) => "nexus.v1.TurnProgress",
             ("deadletter", None) => "nexus.v1.DeadLetter",
             ("memory", Some(memory_op::CONTEXT)) => "nexus.v1.ContextRequest",
             ("memory", Some(memory_op::APPEND)) => "nexus.v1.AppendTurnRequest",

@@ -1,6 +1,6 @@
 //! `nexus chat`: the CLI channel. Publishes `InboundMessage`s on `N.inbound.cli`
 //! and waits for the matching `OutboundMessage` on `N.outbound.cli`; shows tool
-//! activity from `N.events.tool_called` on stderr.
+//! activity and streamed text from `N.progress.cli` (text only when stdout is a terminal).
 
 use std::{io::Write as _, process::ExitCode, time::Duration};
 
@@ -8,14 +8,15 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use clap::Args;
 use futures::StreamExt;
-use nexus_bus::{Bus, TraceContext, event_kind};
+use nexus_bus::{Bus, TraceContext};
 use nexus_common::{
     Config,
     domain::{ChannelName, inbound_id},
     now_ms,
 };
 use nexus_proto::v1::{
-    ChatRef, Event, InboundKind, InboundMessage, OutboundKind, OutboundMessage, Sender, event,
+    ChatRef, InboundKind, InboundMessage, OutboundKind, OutboundMessage, Sender, TurnProgress,
+    turn_progress,
 };
 use prost::Message as _;
 use tokio::io::AsyncBufReadExt;
@@ -34,12 +35,17 @@ pub struct ChatArgs {
     /// Do not show tool activity.
     #[arg(long)]
     quiet: bool,
+    /// Print only the final reply, not the text as it streams.
+    #[arg(long)]
+    no_stream: bool,
 }
 
 struct Channel {
     bus: Bus,
     replies: pull::Ordered,
-    events: async_nats::Subscriber,
+    progress: async_nats::Subscriber,
+    /// Print text as the model streams it (stdout is a terminal).
+    stream: bool,
     session: String,
     sender: String,
     timeout: Duration,
@@ -76,15 +82,13 @@ pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
         .messages()
         .await
         .context("reply consumer")?;
-    let events = bus
-        .client()
-        .subscribe(s.event(event_kind::TOOL_CALLED))
-        .await?;
+    let progress = bus.client().subscribe(s.progress(&cli)).await?;
     let sender = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     let mut ch = Channel {
         bus,
         replies,
-        events,
+        progress,
+        stream: std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.no_stream,
         session: args.session,
         sender,
         timeout: Duration::from_secs(args.timeout),
@@ -92,8 +96,8 @@ pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     };
 
     if let Some(text) = args.message {
-        let reply = ch.ask(&text).await?;
-        return Ok(print_reply(&reply));
+        let (reply, streamed) = ch.ask(&text).await?;
+        return Ok(print_reply(&reply, &streamed));
     }
 
     eprintln!(
@@ -115,8 +119,8 @@ pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         match ch.ask(line).await {
-            Ok(reply) => {
-                print_reply(&reply);
+            Ok((reply, streamed)) => {
+                print_reply(&reply, &streamed);
             }
             Err(e) => eprintln!("nexus: {e:#}"),
         }
@@ -124,18 +128,29 @@ pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_reply(reply: &OutboundMessage) -> ExitCode {
+/// Prints the reply, unless it was already shown as it streamed.
+fn print_reply(reply: &OutboundMessage, streamed: &str) -> ExitCode {
     if reply.kind == OutboundKind::Error as i32 {
+        if !streamed.is_empty() {
+            println!();
+        }
         eprintln!("{}", reply.text);
         ExitCode::FAILURE
+    } else if !streamed.is_empty() && streamed.trim() == reply.text.trim() {
+        println!();
+        ExitCode::SUCCESS
     } else {
+        if !streamed.is_empty() {
+            println!();
+        }
         println!("{}", reply.text);
         ExitCode::SUCCESS
     }
 }
 
 impl Channel {
-    async fn ask(&mut self, text: &str) -> anyhow::Result<OutboundMessage> {
+    /// Sends one message; returns the reply and the text already streamed to stdout.
+    async fn ask(&mut self, text: &str) -> anyhow::Result<(OutboundMessage, String)> {
         let cli = ChannelName::parse("cli")?;
         let upstream = uuid::Uuid::new_v4().to_string();
         let id = inbound_id(&cli, &upstream);
@@ -163,6 +178,8 @@ impl Channel {
             .await?;
 
         let deadline = tokio::time::Instant::now() + self.timeout;
+        // Text of the current model call as streamed so far.
+        let mut streamed = String::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {
@@ -177,17 +194,33 @@ impl Channel {
                     if let Ok(reply) = OutboundMessage::decode(m.payload.clone())
                         && reply.in_reply_to == id
                     {
-                        return Ok(reply);
+                        return Ok((reply, streamed));
                     }
                 }
-                e = self.events.next() => {
-                    if let Some(e) = e
-                        && !self.quiet
-                        && let Ok(Event { kind: Some(event::Kind::ToolCalled(t)), .. }) = Event::decode(e.payload)
-                        && t.turn_id == id
-                    {
-                        let status = if t.ok { "ok".to_owned() } else { format!("failed: {}", t.error_kind) };
-                        eprintln!("  [tool] {} {} ({status}, {} ms)", t.name, t.arguments_json, t.duration_ms);
+                p = self.progress.next() => {
+                    let Some(p) = p else { continue };
+                    let Ok(TurnProgress { turn_id, kind: Some(kind), .. }) = TurnProgress::decode(p.payload) else {
+                        continue;
+                    };
+                    if turn_id != id {
+                        continue;
+                    }
+                    match kind {
+                        turn_progress::Kind::TextDelta(d) if self.stream => {
+                            print!("{d}");
+                            let _ = std::io::stdout().flush();
+                            streamed.push_str(&d);
+                        }
+                        // Text before tool calls was not the answer: start a new line.
+                        turn_progress::Kind::LlmCall(n) if n > 1 && !streamed.is_empty() => {
+                            println!();
+                            streamed.clear();
+                        }
+                        turn_progress::Kind::Tool(t) if !self.quiet => {
+                            let status = if t.ok { "ok".to_owned() } else { format!("failed: {}", t.error_kind) };
+                            eprintln!("  [tool] {} {} ({status}, {} ms)", t.name, t.arguments_json, t.duration_ms);
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! The brain under load and failure: real NATS, the built binaries (several
 //! agent-core replicas), and the fake OpenAI server on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -429,4 +430,59 @@ async fn stop_cancels_the_turn_in_flight() {
     assert_eq!(r[0].kind, OutboundKind::Notice as i32);
     assert!(r[0].text.contains("Stopped"), "{}", r[0].text);
     assert!(r[1].text.starts_with("Stopped"), "{}", r[1].text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_text_and_tool_activity_are_published_as_progress() {
+    use nexus_proto::v1::{TurnProgress, turn_progress};
+    let test = TestEnv::new();
+    test.write("notes.txt", "hello from notes\n");
+    let fake = FakeOpenAi::start(Reply::Text(
+        "The notes say hello, in several pieces.".into(),
+    ))
+    .await;
+    fake.push([Reply::ToolCalls(vec![(
+        "read_file".into(),
+        json!({"path": "notes.txt"}),
+    )])]);
+    let mut env = llm_env(&fake);
+    env.push(("NEXUS__LLM__STREAM", "true".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+    let channel = nexus_common::domain::ChannelName::parse("test").unwrap();
+    let mut progress = bus
+        .client()
+        .subscribe(bus.subjects().progress(&channel))
+        .await
+        .unwrap();
+
+    let id = send(&bus, "c1", 0, "what do the notes say?").await;
+    let reply = replies(&bus, 1, Duration::from_secs(60)).await.remove(0);
+
+    let mut text = String::new();
+    let mut deltas = 0;
+    let mut tools = Vec::new();
+    let mut calls = Vec::new();
+    let mut last_seq = 0;
+    while text != reply.text {
+        let m = tokio::time::timeout(Duration::from_secs(10), progress.next())
+            .await
+            .expect("progress ended before the whole reply was streamed")
+            .unwrap();
+        let p = TurnProgress::decode(m.payload).unwrap();
+        assert_eq!(p.turn_id, id);
+        assert_eq!(p.seq, last_seq + 1, "progress out of order or lost");
+        last_seq = p.seq;
+        match p.kind.unwrap() {
+            turn_progress::Kind::TextDelta(d) => {
+                deltas += 1;
+                text.push_str(&d);
+            }
+            turn_progress::Kind::Tool(t) => tools.push(t.name),
+            turn_progress::Kind::LlmCall(n) => calls.push(n),
+        }
+    }
+    assert!(deltas > 1, "the reply arrived in one piece, not streamed");
+    assert_eq!(tools, ["read_file"]);
+    assert_eq!(calls, [1, 2]);
 }
