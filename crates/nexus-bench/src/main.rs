@@ -34,66 +34,146 @@ use tokio::{
 
 const CHANNEL: &str = "bench";
 
+/// A running `nexus up` in its own namespace and workspace.
+struct Up {
+    child: tokio::process::Child,
+    pid: u32,
+    startup: Duration,
+    driver: Driver,
+    namespace: String,
+    nats_url: String,
+    _workspace: tempfile::TempDir,
+}
+
+impl Up {
+    async fn start(fake: &FakeOpenAi, agents: usize) -> anyhow::Result<Self> {
+        let workspace = tempfile::tempdir()?;
+        let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let config_file = workspace.path().join("bench.toml");
+        std::fs::write(&config_file, "")?;
+        let started = Instant::now();
+        let mut child = Command::new(sibling("nexus")?)
+            .args(["up", "--agents", &agents.to_string()])
+            .env("NATS_URL", &nats_url)
+            .env("NEXUS_NAMESPACE", &namespace)
+            .env("NEXUS_WORKSPACE", workspace.path())
+            .env("NEXUS_CONFIG", &config_file)
+            .env("OPENAI_API_KEY", "sk-bench-00000000")
+            .env("OPENAI_BASE_URL", fake.base_url())
+            .env("NEXUS__LLM__MODEL", "gpt-4.1-mini")
+            .env("NEXUS__LLM__STREAM", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nexus up")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(ready_tx);
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("] ready in ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(120), ready_rx)
+            .await
+            .context("nexus up did not become ready within 120s")??;
+        let startup = started.elapsed();
+        let pid = child.id().context("nexus up pid")?;
+        let client = async_nats::connect(&nats_url).await?;
+        let bus = Bus::from_client(
+            client,
+            Namespace::parse(&namespace)?,
+            "bench",
+            Duration::from_secs(10),
+        );
+        // Wait until every replica answers, so the load meets all of them.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bus
+            .discover_services(Duration::from_millis(300))
+            .await?
+            .iter()
+            .filter(|s| s.name == "agent-core")
+            .count()
+            < agents
+        {
+            if Instant::now() > deadline {
+                bail!("only some agent-core replicas started");
+            }
+        }
+        let driver = Driver::start(bus).await?;
+        Ok(Self {
+            child,
+            pid,
+            startup,
+            driver,
+            namespace,
+            nats_url,
+            _workspace: workspace,
+        })
+    }
+
+    /// Turns per second with `sessions` concurrent sessions sending `per_session` messages each, in order.
+    async fn throughput(&self, sessions: usize, per_session: usize) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in 0..sessions {
+            let d = self.driver.clone();
+            tasks.spawn(async move {
+                for _ in 0..per_session {
+                    d.turn(&format!("load-{s}")).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok((sessions * per_session) as f64 / t0.elapsed().as_secs_f64())
+    }
+
+    /// Stops the stack and deletes its streams.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        nexus_common::process::terminate(self.pid);
+        let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        let client = async_nats::connect(&self.nats_url).await?;
+        let js = async_nats::jetstream::new(client);
+        let mut names = js.stream_names();
+        let mut doomed = Vec::new();
+        while let Some(Ok(name)) = names.next().await {
+            if name
+                .trim_start_matches("KV_")
+                .trim_start_matches("OBJ_")
+                .starts_with(&format!("{}_", self.namespace))
+            {
+                doomed.push(name);
+            }
+        }
+        for name in doomed {
+            let _ = js.delete_stream(&name).await;
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let warm_turns: usize = env_or("BENCH_WARMUP", 20);
     let seq_turns: usize = env_or("BENCH_TURNS", 300);
     let sessions: usize = env_or("BENCH_SESSIONS", 100);
     let per_session: usize = env_or("BENCH_PER_SESSION", 5);
+    let llm_ms: u64 = env_or("BENCH_REPLICA_LLM_MS", 50) as u64;
 
     let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
-    let workspace = tempfile::tempdir()?;
-    let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let config_file = workspace.path().join("bench.toml");
-    std::fs::write(&config_file, "")?;
-
-    let bin = sibling("nexus")?;
-    let started = Instant::now();
-    let mut up = Command::new(&bin)
-        .arg("up")
-        .env("NATS_URL", &nats_url)
-        .env("NEXUS_NAMESPACE", &namespace)
-        .env("NEXUS_WORKSPACE", workspace.path())
-        .env("NEXUS_CONFIG", &config_file)
-        .env("OPENAI_API_KEY", "sk-bench-00000000")
-        .env("OPENAI_BASE_URL", fake.base_url())
-        .env("NEXUS__LLM__MODEL", "gpt-4.1-mini")
-        .env("NEXUS__LLM__STREAM", "false")
-        .env("NEXUS__AGENT__CONCURRENCY", "64")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting nexus up")?;
-    let stdout = up.stdout.take().context("stdout")?;
-    let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut tx = Some(ready_tx);
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("] ready in ")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(120), ready_rx)
-        .await
-        .context("nexus up did not become ready within 120s")??;
-    let startup = started.elapsed();
-    let up_pid = up.id().context("nexus up pid")?;
-
-    let client = async_nats::connect(&nats_url).await?;
-    let bus = Bus::from_client(
-        client,
-        Namespace::parse(&namespace)?,
-        "bench",
-        Duration::from_secs(10),
-    );
-    let driver = Driver::start(bus).await?;
+    let up = Up::start(&fake, 1).await?;
+    let driver = up.driver.clone();
 
     // Warm-up, then one session at a time: latency without queueing.
     for i in 0..warm_turns {
@@ -105,28 +185,24 @@ async fn main() -> anyhow::Result<()> {
         overhead.push(total.saturating_sub(llm));
     }
     overhead.sort();
+    let throughput = up.throughput(sessions, per_session).await?;
+    let rss = peak_rss_of_children(up.pid);
+    let (startup, namespace, nats_url) = (up.startup, up.namespace.clone(), up.nats_url.clone());
+    up.stop().await?;
 
-    // Throughput: many sessions at once, each sending its messages in order.
-    let t0 = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..sessions {
-        let d = driver.clone();
-        tasks.spawn(async move {
-            for _ in 0..per_session {
-                d.turn(&format!("load-{s}")).await?;
-            }
-            anyhow::Ok(())
-        });
+    // Replicas: the same load with 1, 2 and 4 agent-core processes, once with an
+    // instant model (CPU-bound) and once with a model that takes `llm_ms`.
+    let mut replicas = Vec::new();
+    for delay in [0, llm_ms] {
+        fake.set_delay(Duration::from_millis(delay));
+        for agents in [1, 2, 4] {
+            let up = Up::start(&fake, agents).await?;
+            let tps = up.throughput(sessions, per_session).await?;
+            up.stop().await?;
+            replicas.push((delay, agents, tps));
+        }
     }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    let elapsed = t0.elapsed();
-    let turns = sessions * per_session;
-
-    let rss = peak_rss_of_children(up_pid);
-    nexus_common::process::terminate(up_pid);
-    let _ = tokio::time::timeout(Duration::from_secs(40), up.wait()).await;
+    fake.set_delay(Duration::ZERO);
 
     println!(
         "Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)",
@@ -144,8 +220,7 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&overhead, 99.0))
     );
     println!(
-        "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {:.0} turns/s |",
-        turns as f64 / elapsed.as_secs_f64()
+        "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {throughput:.0} turns/s |"
     );
     for (name, kb) in &rss {
         println!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
@@ -154,6 +229,14 @@ async fn main() -> anyhow::Result<()> {
         "| `nexus up` to ready (NATS already running) | {} ms |",
         startup.as_millis()
     );
+    println!();
+    println!(
+        "| agent-core replicas | model latency | throughput ({sessions} sessions × {per_session}) |"
+    );
+    println!("|---|---|---|");
+    for (delay, agents, tps) in replicas {
+        println!("| {agents} | {delay} ms | {tps:.0} turns/s |");
+    }
     Ok(())
 }
 

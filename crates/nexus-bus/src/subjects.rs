@@ -6,7 +6,7 @@ use nexus_common::domain::{ChannelName, Namespace, ToolName};
 /// Partitions of `N_INBOUND`. A session always maps to the same partition, and each
 /// partition is consumed one message at a time (across all agent-core replicas), which
 /// is what keeps a session's turns in order. Changing it re-maps sessions: drain first.
-pub const INBOUND_PARTITIONS: u32 = 32;
+pub const INBOUND_PARTITIONS: u32 = 128;
 
 /// Names for one namespace (`NEXUS_NAMESPACE`).
 #[derive(Debug, Clone)]
@@ -210,13 +210,13 @@ mod tests {
             Subjects::partition_of("cli", "s1", ""),
             Subjects::partition_of("cli", "s1", "")
         );
-        let used: std::collections::BTreeSet<u32> = (0..500)
+        let used: std::collections::BTreeSet<u32> = (0..2000)
             .map(|i| Subjects::partition_of("telegram", &i.to_string(), ""))
             .collect();
         assert_eq!(
             used.len() as u32,
             INBOUND_PARTITIONS,
-            "500 sessions should touch every partition"
+            "2000 sessions should touch every partition"
         );
         assert!(used.iter().all(|p| *p < INBOUND_PARTITIONS));
         // The separator keeps ("ab","c") and ("a","bc") apart.

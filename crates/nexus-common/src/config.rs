@@ -82,7 +82,7 @@ pub struct LlmConfig {
 pub struct AgentConfig {
     /// Turns one agent-core replica runs at once (different sessions). A replica takes
     /// a message before it has a free slot, so below the number of inbound partitions
-    /// (32) a busy replica may hold messages another could have started.
+    /// (128) a busy replica may hold messages another could have started.
     pub concurrency: usize,
     /// Deliveries of one inbound message before it is dead-lettered.
     pub max_deliver: i64,
@@ -200,7 +200,7 @@ impl Default for LlmConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 128,
             max_deliver: 5,
             ack_wait_secs: 30,
             shutdown_grace_secs: 20,
