@@ -9,7 +9,7 @@ use futures::StreamExt;
 use nexus_common::domain::ChannelName;
 use nexus_proto::v1::{DeadLetter, Event, event};
 use nexus_testkit::{
-    Stack, TestEnv,
+    Stack, TestEnv, eventually,
     fake_openai::{FakeOpenAi, Reply},
     nexus,
 };
@@ -428,4 +428,146 @@ async fn status_lists_live_services_and_tail_decodes_the_exchange() {
         assert!(seen.contains(w), "tail never showed {w}; saw {seen:?}");
     }
     let _ = tail.kill().await;
+}
+
+/// Children of a process, by program name.
+fn children_of(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{child}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        if field("PPid:").and_then(|p| p.parse().ok()) == Some(pid) {
+            out.push((field("Name:").unwrap_or_default(), child));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
+    let test = TestEnv::new();
+    // A port nothing listens on, so `up` must start nats-server itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let fake = FakeOpenAi::start(Reply::Text("up and running".into())).await;
+    let mut env: Vec<(String, String)> = test
+        .process_env()
+        .into_iter()
+        .filter(|(k, _)| k != "NATS_URL")
+        .collect();
+    env.push(("NATS_URL".into(), nats_url.clone()));
+    for (k, v) in llm_env(&fake, false) {
+        env.push((k.to_owned(), v));
+    }
+    let mut up = tokio::process::Command::new(nexus_testkit::bin_path("nexus"))
+        .arg("up")
+        .env_clear()
+        .envs(
+            ["PATH", "HOME"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        )
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = up.id().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = up.stdout.take().unwrap();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        while let Ok(Some(l)) = lines.next_line().await {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = async |needle: &str, seen: &mut Vec<String>| {
+        tokio::time::timeout(Duration::from_secs(90), async {
+            while let Some(l) = rx.recv().await {
+                seen.push(l.clone());
+                if l.contains(needle) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "`nexus up` never printed {needle:?}; it printed:\n{}",
+                seen.join("\n")
+            )
+        });
+    };
+    wait_for("] ready in ", &mut seen).await;
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("starting") && l.contains("nats-server"))
+    );
+    assert!(seen.iter().any(|l| l.contains("skipping gateway-telegram")));
+
+    let out = nexus(&env, &["chat", "-m", "hello?"]).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("up and running"));
+
+    // A crashed service is restarted by the supervisor.
+    let tool_runner = children_of(pid)
+        .into_iter()
+        .find(|(n, _)| n == "tool-runner")
+        .expect("tool-runner runs under nexus up")
+        .1;
+    std::process::Command::new("kill")
+        .args(["-9", &tool_runner.to_string()])
+        .status()
+        .unwrap();
+    wait_for("tool-runner exited", &mut seen).await;
+    eventually(
+        "tool-runner to be restarted",
+        Duration::from_secs(30),
+        || {
+            let again = children_of(pid)
+                .into_iter()
+                .any(|(n, p)| n == "tool-runner" && p != tool_runner);
+            async move { again.then_some(()) }
+        },
+    )
+    .await;
+
+    // SIGTERM stops everything, NATS included, and exits 0.
+    let children: Vec<u32> = children_of(pid).into_iter().map(|(_, p)| p).collect();
+    assert!(nexus_common::process::terminate(pid));
+    let status = tokio::time::timeout(Duration::from_secs(60), up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "nexus up exited with {status}");
+    for c in children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{c}")).exists() || {
+                // A zombie that is already reaped shows no status; anything else is a leak.
+                std::fs::read_to_string(format!("/proc/{c}/status"))
+                    .map_or(true, |s| s.contains("State:\tZ"))
+            },
+            "child {c} outlived nexus up"
+        );
+    }
+    assert!(
+        async_nats::connect(&nats_url).await.is_err(),
+        "the NATS that nexus up started is still running"
+    );
 }
