@@ -19,8 +19,10 @@ up *ARGS: build
 chat *ARGS:
     "$CARGO_TARGET_DIR/debug/nexus" chat {{ARGS}}
 
-# Formatting, lints and every test. Needs NATS (JetStream) on 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432.
+# Formatting, lints and every test (Rust and the WhatsApp bridge). Needs NATS (JetStream)
+# on 127.0.0.1:4222, PostgreSQL on 127.0.0.1:5432, nats-server and Node.js 20+ on PATH.
 test:
+    cd bridge && npm ci --no-audit --no-fund && npm test
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace --bins

@@ -106,7 +106,17 @@ impl Gateway {
             .await
         {
             // `create` fails when the key exists: exactly one notice even across replicas.
-            Ok(kv) => kv.create(&key, now_ms().to_string().into()).await.is_ok(),
+            Ok(kv) => match kv.create(&key, now_ms().to_string().into()).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                    false
+                }
+                Err(error) => {
+                    // Better a second notice than none.
+                    tracing::warn!(%error, "denied-sender record not stored; sending the notice");
+                    true
+                }
+            },
             Err(error) => {
                 tracing::warn!(%error, "denied-sender bucket unavailable; sending the notice");
                 true
@@ -253,14 +263,15 @@ pub fn access(allow_from: &[String], sender_ids: &[&str]) -> Access {
     if ok { Access::Allowed } else { Access::Denied }
 }
 
-/// KV keys allow `[-/_=.a-zA-Z0-9]`; anything else is hex-escaped so distinct ids stay distinct.
+/// KV keys allow `[-/_=.a-zA-Z0-9]` and may not start or end with `.`; anything
+/// outside `[-/_a-zA-Z0-9]` is written as `=xx` (hex), so distinct ids stay distinct.
 fn kv_key(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'=') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/') {
             out.push(b as char);
         } else {
-            out.push_str(&format!(".{b:02x}"));
+            out.push_str(&format!("={b:02x}"));
         }
     }
     out
@@ -281,8 +292,10 @@ mod tests {
 
     #[test]
     fn kv_keys_are_valid_and_distinct() {
-        assert_eq!(kv_key("reply:telegram:12"), "reply.3atelegram.3a12");
-        assert_ne!(kv_key("a:b"), kv_key("a.3ab"));
+        assert_eq!(kv_key("reply:telegram:12"), "reply=3atelegram=3a12");
+        assert_eq!(kv_key("+49.1"), "=2b49=2e1");
+        assert_ne!(kv_key("a:b"), kv_key("a=3ab"));
+        assert!(!kv_key(".x.").starts_with('.') && !kv_key(".x.").ends_with('.'));
         assert!(
             kv_key("+49 151@s.whatsapp.net")
                 .bytes()

@@ -1,0 +1,36 @@
+//! The `gateway-whatsapp` binary: loads config, starts telemetry, and runs the
+//! gateway until SIGINT/SIGTERM. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus_common::{Config, shutdown, telemetry};
+
+/// WhatsApp ↔ NATS, through bridge/ (Node.js + Baileys) over a WebSocket.
+///
+/// Configured by the environment: WHATSAPP_BRIDGE_URL (default ws://127.0.0.1:3001),
+/// WHATSAPP_BRIDGE_TOKEN (required, shared with the bridge), NATS_URL, NEXUS_NAMESPACE;
+/// and by [channels.whatsapp] in nexus.toml (allow_from, login_on_start, …).
+#[derive(Parser)]
+#[command(name = "gateway-whatsapp", version, about)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _cli = Cli::parse();
+    telemetry::init("gateway-whatsapp");
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gateway-whatsapp: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match gateway_whatsapp::run(config, shutdown::on_signals()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-whatsapp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
