@@ -76,10 +76,6 @@ impl Subjects {
     pub fn tool(&self, name: &ToolName) -> String {
         format!("{}.tool.{name}", self.ns)
     }
-    /// `N.tool.*`
-    pub fn tool_all(&self) -> String {
-        format!("{}.tool.*", self.ns)
-    }
     /// `N.memory.<op>`
     pub fn memory(&self, op: &str) -> String {
         format!("{}.memory.{op}", self.ns)
@@ -104,9 +100,9 @@ impl Subjects {
     pub fn deadletter(&self) -> String {
         format!("{}.deadletter", self.ns)
     }
-    /// `N.>`: everything of this namespace, for `nexus tail`.
-    pub fn all(&self) -> String {
-        format!("{}.>", self.ns)
+    /// `N.<filter>`: a subject or wildcard below the namespace (`>` is everything), for `nexus tail`.
+    pub fn below(&self, filter: &str) -> String {
+        format!("{}.{}", self.ns, filter.trim_start_matches('.'))
     }
 
     pub fn inbound_stream(&self) -> String {
@@ -190,14 +186,6 @@ impl Subjects {
             _ => return None,
         })
     }
-
-    /// The last token of a subject of this namespace under `prefix` (e.g. the
-    /// channel of `N.inbound.<channel>`), if it is one.
-    pub fn tail_token<'a>(&self, subject: &'a str, prefix: &str) -> Option<&'a str> {
-        let rest = subject.strip_prefix(self.ns.as_str())?.strip_prefix('.')?;
-        let rest = rest.strip_prefix(prefix)?.strip_prefix('.')?;
-        (!rest.is_empty() && !rest.contains('.')).then_some(rest)
-    }
 }
 
 #[cfg(test)]
@@ -247,9 +235,6 @@ mod tests {
         assert_eq!(s.event(event_kind::DEAD_LETTER), "t1.events.dead_letter");
         assert_eq!(s.deadletter(), "t1.deadletter");
         assert_eq!(s.inbound_stream(), "t1_INBOUND");
-        assert_eq!(s.tail_token("t1.inbound.cli", "inbound"), Some("cli"));
-        assert_eq!(s.tail_token("t2.inbound.cli", "inbound"), None);
-        assert_eq!(s.tail_token("t1.inbound.a.b", "inbound"), None);
         assert_eq!(
             s.payload_type("t1.inbound.cli"),
             Some("nexus.v1.InboundMessage")
