@@ -81,6 +81,7 @@ pub async fn run_with_model(
         ),
         tools: ToolDirectory::new(bus.clone()),
         providers: ProviderEnv::from_env(),
+        approvals: tokio::sync::OnceCell::new(),
         config: Arc::new(config.clone()),
     });
     let running = Running::default();

@@ -11,18 +11,20 @@
 
 use std::{sync::Arc, time::Instant};
 
-use nexus_bus::{Bus, BusError, Outcome, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, Outcome, TraceContext, kv_key, memory_op};
 use nexus_common::{
     Config,
     domain::{ChannelName, SessionKey, default_user_id, reply_id},
     now_ms,
 };
 use nexus_proto::v1::{
-    AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
-    ContextResponse, HistoryEntry, InboundMessage, LlmUsage as LlmUsageEvent, OutboundKind,
-    OutboundMessage, Role, SessionCommandRequest, SessionCommandResponse, SessionRef, ToolCall,
-    ToolCalled, ToolContext, TurnFinished, TurnStarted, event, session_command_request,
+    AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, Approval,
+    ContextRequest, ContextResponse, HistoryEntry, InboundMessage, LlmUsage as LlmUsageEvent,
+    OutboundKind, OutboundMessage, PendingApproval, Role, SessionCommandRequest,
+    SessionCommandResponse, SessionRef, ToolCall, ToolCalled, ToolContext, TurnFinished,
+    TurnStarted, event, session_command_request,
 };
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -48,6 +50,8 @@ pub struct Agent {
     pub config: Arc<Config>,
     /// Which providers are configured, to check `/model <name>` before accepting it.
     pub providers: ProviderEnv,
+    /// The approvals bucket, opened on first use.
+    pub approvals: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 /// Why a turn ended without an answer from the model.
@@ -56,6 +60,8 @@ enum TurnError {
     Llm(LlmError),
     /// The user sent /stop.
     Stopped,
+    /// Our own infrastructure failed; the turn is retried.
+    Transient(String),
 }
 
 impl From<LlmError> for TurnError {
@@ -137,7 +143,31 @@ impl Agent {
             }))
             .await;
 
-        let (reply, stored_entries, counts) = if let Some(cmd) = Command::parse(&turn.msg.text) {
+        let pending = match self.pending_approval(turn).await {
+            Ok(p) => p,
+            Err(e) => return retry(format!("approvals: {e}")),
+        };
+        let answer = pending
+            .as_ref()
+            .and_then(|_| approval_answer(&turn.msg.text));
+        if pending.is_some() && answer.is_none() {
+            // The person moved on without answering: the question lapses.
+            tracing::info!("pending approval dropped: the reply was neither yes nor no");
+            if let Err(e) = self.clear_approval(turn).await {
+                return retry(format!("approvals: {e}"));
+            }
+        }
+
+        let (reply, stored_entries, counts) = if let (Some(pending), Some(yes)) = (pending, answer)
+        {
+            let text = self.settle_approval(turn, pending, yes).await;
+            let reply = self.outbound(turn, text.clone(), OutboundKind::Reply, "");
+            let entries = vec![
+                entry(turn, Role::User, &turn.msg.text),
+                entry(turn, Role::Assistant, &text),
+            ];
+            (reply, Some(entries), (0, 1, String::new()))
+        } else if let Some(cmd) = Command::parse(&turn.msg.text) {
             // Commands are answered without the model; stored with their reply only,
             // so a redelivery is answered from the store and history stays clean.
             let text = match self.command(turn, cmd).await {
@@ -174,6 +204,7 @@ impl Agent {
                     );
                     (reply, None, (0, 0, "stopped".into()))
                 }
+                Err(TurnError::Transient(e)) => return retry(e),
                 Err(TurnError::Llm(e)) => {
                     tracing::warn!(error = %e, "turn failed; telling the user");
                     let reply = self.outbound(turn, e.user_message(), OutboundKind::Error, "");
@@ -323,6 +354,112 @@ impl Agent {
                 }
             }
         })
+    }
+
+    async fn approvals(&self) -> Result<&async_nats::jetstream::kv::Store, String> {
+        self.approvals
+            .get_or_try_init(|| async {
+                self.bus
+                    .ensure_kv_bucket(
+                        &self.bus.subjects().approvals_bucket(),
+                        1,
+                        Some(std::time::Duration::from_secs(24 * 3600)),
+                        "tool calls waiting for a person's yes",
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    /// The call waiting for this session's yes, if any.
+    async fn pending_approval(&self, turn: &Turn) -> Result<Option<PendingApproval>, String> {
+        let kv = self.approvals().await?;
+        match kv.get(kv_key(&turn.session.id())).await {
+            Ok(Some(bytes)) => Ok(PendingApproval::decode(bytes).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn clear_approval(&self, turn: &Turn) -> Result<(), String> {
+        let kv = self.approvals().await?;
+        kv.purge(kv_key(&turn.session.id()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Records the call and returns the question for the person.
+    async fn ask_approval(&self, turn: &Turn, call: &LlmToolCall) -> Result<String, String> {
+        let args = call.arguments.to_string();
+        let question = format!(
+            "I need your OK before I run {} with {}. Reply \"yes\" to go ahead or \"no\" to cancel.",
+            call.name, args
+        );
+        let pending = PendingApproval {
+            session_id: turn.session.id(),
+            user_id: turn.user_id.clone(),
+            turn_id: turn.msg.id.clone(),
+            call_id: call.id.clone(),
+            tool_name: call.name.clone(),
+            arguments_json: args,
+            question: question.clone(),
+            asked_at_ms: now_ms(),
+        };
+        let kv = self.approvals().await?;
+        kv.put(kv_key(&pending.session_id), pending.encode_to_vec().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bus
+            .emit(event::Kind::Approval(Approval {
+                turn_id: turn.msg.id.clone(),
+                tool_name: call.name.clone(),
+                question: question.clone(),
+                granted: false,
+            }))
+            .await;
+        Ok(question)
+    }
+
+    /// Runs (yes) or drops (no) the waiting call, and says what happened.
+    async fn settle_approval(&self, turn: &Turn, pending: PendingApproval, yes: bool) -> String {
+        // Cleared first: a redelivered "yes" is answered from the stored turn, never runs twice.
+        if let Err(e) = self.clear_approval(turn).await {
+            tracing::warn!(error = %e, "approval not cleared");
+        }
+        self.bus
+            .emit(event::Kind::Approval(Approval {
+                turn_id: turn.msg.id.clone(),
+                tool_name: pending.tool_name.clone(),
+                question: pending.question.clone(),
+                granted: yes,
+            }))
+            .await;
+        if !yes {
+            return format!("Okay, I did not run {}.", pending.tool_name);
+        }
+        let specs = self.tools.specs().await;
+        let call = ToolCall {
+            call_id: pending.call_id.clone(),
+            name: pending.tool_name.clone(),
+            arguments_json: pending.arguments_json.clone(),
+            context: Some(ToolContext {
+                session_id: turn.session.id(),
+                user_id: turn.user_id.clone(),
+                channel: turn.session.channel().to_string(),
+                chat_id: turn.session.chat_id().to_owned(),
+                turn_id: turn.msg.id.clone(),
+                approved: true,
+            }),
+        };
+        let result = self
+            .tools
+            .call(specs.get(&pending.tool_name), call, &turn.trace.child())
+            .await;
+        match result_text(&result) {
+            (true, out) => format!("Done. {out}"),
+            (false, err) => format!("I tried, but {} failed: {err}", pending.tool_name),
+        }
     }
 
     async fn publish_reply(&self, turn: &Turn, reply: &OutboundMessage) -> Outcome {
@@ -506,6 +643,24 @@ impl Agent {
             }
 
             let calls = resp.tool_calls.clone();
+            if let Some(call) = calls
+                .iter()
+                .find(|c| specs.get(&c.name).is_some_and(|s| s.requires_approval))
+            {
+                // A person decides; the turn ends with the question, the call waits in KV.
+                let question = self
+                    .ask_approval(turn, call)
+                    .await
+                    .map_err(TurnError::Transient)?;
+                entries.push(entry(turn, Role::Assistant, &question));
+                return Ok(LoopResult {
+                    text: question,
+                    entries,
+                    model: resp.model,
+                    llm_calls,
+                    tool_calls,
+                });
+            }
             req.messages.push(LlmMessage::Assistant {
                 text: resp.text.clone(),
                 tool_calls: calls.clone(),
@@ -563,6 +718,8 @@ impl Agent {
                 channel: turn.session.channel().to_string(),
                 chat_id: turn.session.chat_id().to_owned(),
                 turn_id: turn.msg.id.clone(),
+                // Tools that need a yes never get here: the loop asks the person first.
+                approved: false,
             }),
         };
         let result = self
@@ -591,6 +748,29 @@ impl Agent {
         progress.tool(called.clone());
         self.bus.emit(event::Kind::ToolCalled(called)).await;
         (ok, text)
+    }
+}
+
+/// A history entry of this turn.
+fn entry(turn: &Turn, role: Role, text: &str) -> HistoryEntry {
+    HistoryEntry {
+        role: role as i32,
+        text: text.to_owned(),
+        at_ms: now_ms(),
+        turn_id: turn.msg.id.clone(),
+        ..Default::default()
+    }
+}
+
+/// `Some(true)` for a yes, `Some(false)` for a no, `None` for anything else.
+fn approval_answer(text: &str) -> Option<bool> {
+    let t = text.trim().trim_end_matches(['.', '!']).to_lowercase();
+    match t.as_str() {
+        "yes" | "y" | "ok" | "okay" | "approve" | "approved" | "go ahead" | "do it" | "sure" => {
+            Some(true)
+        }
+        "no" | "n" | "cancel" | "stop" | "don't" | "do not" | "deny" => Some(false),
+        _ => None,
     }
 }
 

@@ -719,6 +719,20 @@ fn event_name(kind: &event::Kind) -> &'static str {
     }
 }
 
+/// KV keys allow `[-/_=.a-zA-Z0-9]` and may not start or end with `.`; anything
+/// outside `[-/_a-zA-Z0-9]` is written as `=xx` (hex), so distinct ids stay distinct.
+pub fn kv_key(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02x}"));
+        }
+    }
+    out
+}
+
 /// Best guess at which service serves a subject, for error messages.
 fn service_of(subject: &str) -> String {
     match subject.split('.').nth(1) {
@@ -727,5 +741,23 @@ fn service_of(subject: &str) -> String {
         Some("scheduler") => "scheduler".into(),
         Some(other) => other.into(),
         None => subject.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_are_valid_and_distinct() {
+        assert_eq!(kv_key("reply:telegram:12"), "reply=3atelegram=3a12");
+        assert_eq!(kv_key("+49.1"), "=2b49=2e1");
+        assert_ne!(kv_key("a:b"), kv_key("a=3ab"));
+        assert!(!kv_key(".x.").starts_with('.') && !kv_key(".x.").ends_with('.'));
+        assert!(
+            kv_key("+49 151@s.whatsapp.net")
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_/=.".contains(&b))
+        );
     }
 }

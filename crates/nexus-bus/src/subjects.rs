@@ -137,6 +137,10 @@ impl Subjects {
     pub fn denied_bucket(&self, channel: &ChannelName) -> String {
         format!("{}_denied_{channel}", self.ns)
     }
+    /// KV bucket of calls waiting for a person's yes, one per session (`PendingApproval`).
+    pub fn approvals_bucket(&self) -> String {
+        format!("{}_approvals", self.ns)
+    }
     /// KV bucket where tool-runner publishes its `ToolSpec`s, one key per tool.
     pub fn tools_bucket(&self) -> String {
         format!("{}_tools", self.ns)

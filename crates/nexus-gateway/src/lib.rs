@@ -15,7 +15,7 @@ use std::{future::Future, time::Duration};
 
 use async_nats::{jetstream, service::Service};
 use futures::StreamExt;
-use nexus_bus::{Bus, BusError, Outcome, Stored, TraceContext, settle};
+use nexus_bus::{Bus, BusError, Outcome, Stored, TraceContext, kv_key, settle};
 use nexus_common::{
     Config,
     config::ChannelConfig,
@@ -263,20 +263,6 @@ pub fn access(allow_from: &[String], sender_ids: &[&str]) -> Access {
     if ok { Access::Allowed } else { Access::Denied }
 }
 
-/// KV keys allow `[-/_=.a-zA-Z0-9]` and may not start or end with `.`; anything
-/// outside `[-/_a-zA-Z0-9]` is written as `=xx` (hex), so distinct ids stay distinct.
-fn kv_key(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("={b:02x}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,18 +274,5 @@ mod tests {
         assert_eq!(access(&["42".into()], &["7", "42"]), Access::Allowed);
         assert_eq!(access(&["42".into()], &["7"]), Access::Denied);
         assert_eq!(access(&["".into()], &[""]), Access::Denied);
-    }
-
-    #[test]
-    fn kv_keys_are_valid_and_distinct() {
-        assert_eq!(kv_key("reply:telegram:12"), "reply=3atelegram=3a12");
-        assert_eq!(kv_key("+49.1"), "=2b49=2e1");
-        assert_ne!(kv_key("a:b"), kv_key("a=3ab"));
-        assert!(!kv_key(".x.").starts_with('.') && !kv_key(".x.").ends_with('.'));
-        assert!(
-            kv_key("+49 151@s.whatsapp.net")
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_/=.".contains(&b))
-        );
     }
 }

@@ -24,6 +24,8 @@ pub enum ToolErrorKind {
     Upstream,
     /// A bug or an unexpected I/O error.
     Internal,
+    /// The tool needs a person's yes in the chat first.
+    NeedsApproval,
 }
 
 /// A failed tool call. `message` is shown to the model as is.
@@ -83,6 +85,7 @@ impl From<ToolErrorKind> for v1::ToolErrorKind {
             ToolErrorKind::Timeout => Self::Timeout,
             ToolErrorKind::Upstream => Self::Upstream,
             ToolErrorKind::Internal => Self::Internal,
+            ToolErrorKind::NeedsApproval => Self::NeedsApproval,
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, field};
 
 use crate::{
-    error::ToolFailure,
+    error::{ToolErrorKind, ToolFailure},
     sandbox::Workspace,
     tools::{Caller, Registry, Spec, Tool, ToolCtx},
 };
@@ -249,7 +249,27 @@ async fn handle(request: Request, spec: &Spec, tool: &dyn Tool, shared: &Shared)
                     workspace: shared.workspace.clone(),
                     caller,
                 };
-                execute(tool, spec, &ctx, call, shared.max_output_bytes).await
+                let approved = call.context.as_ref().is_some_and(|c| c.approved);
+                if spec.requires_approval && !approved {
+                    // agent-core asks the person first; refusing here too means no
+                    // other caller can skip that step.
+                    let failure = ToolFailure::new(
+                        ToolErrorKind::NeedsApproval,
+                        format!(
+                            "{} needs the user's explicit yes in the chat before it runs.",
+                            spec.name
+                        ),
+                    );
+                    ToolResult {
+                        call_id: call.call_id.clone(),
+                        name: spec.name.to_owned(),
+                        outcome: Some(Outcome::Error(failure.into())),
+                        truncated: false,
+                        duration_ms: 0,
+                    }
+                } else {
+                    execute(tool, spec, &ctx, call, shared.max_output_bytes).await
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "request is not a ToolCall");

@@ -486,3 +486,78 @@ async fn streamed_text_and_tool_activity_are_published_as_progress() {
     assert_eq!(tools, ["read_file"]);
     assert_eq!(calls, [1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_file_waits_for_a_yes_that_survives_a_restart() {
+    let test = TestEnv::new();
+    test.write("old.txt", "obsolete");
+    test.write("keep.txt", "precious");
+    let fake = FakeOpenAi::start(Reply::Text("unexpected".into())).await;
+    fake.push([
+        Reply::ToolCalls(vec![("delete_file".into(), json!({"path": "old.txt"}))]),
+        Reply::ToolCalls(vec![("delete_file".into(), json!({"path": "keep.txt"}))]),
+    ]);
+    let env = llm_env(&fake);
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+    let mut approvals = bus
+        .client()
+        .subscribe(bus.subjects().event(nexus_bus::event_kind::APPROVAL))
+        .await
+        .unwrap();
+
+    send(&bus, "c1", 0, "delete old.txt").await;
+    let r = replies(&bus, 1, Duration::from_secs(60)).await;
+    assert!(
+        r[0].text.contains("I need your OK") && r[0].text.contains("old.txt"),
+        "{}",
+        r[0].text
+    );
+    assert!(
+        test.workspace_path().join("old.txt").exists(),
+        "deleted before the yes"
+    );
+
+    // The question outlives the replica that asked it.
+    let agent = stack.agent.take().unwrap();
+    assert!(agent.terminate(Duration::from_secs(30)).await.success());
+    stack.agent = Some(stack.spawn("agent-core"));
+    stack.wait_ready(&test, &["agent-core"]).await;
+
+    send(&bus, "c1", 1, "yes").await;
+    let r = replies(&bus, 2, Duration::from_secs(60)).await;
+    assert!(r[1].text.starts_with("Done."), "{}", r[1].text);
+    assert!(!test.workspace_path().join("old.txt").exists());
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the yes is handled without the model"
+    );
+
+    send(&bus, "c1", 2, "now delete keep.txt").await;
+    replies(&bus, 3, Duration::from_secs(60)).await;
+    send(&bus, "c1", 3, "no").await;
+    let r = replies(&bus, 4, Duration::from_secs(60)).await;
+    assert!(
+        r[3].text.contains("did not run delete_file"),
+        "{}",
+        r[3].text
+    );
+    assert!(test.workspace_path().join("keep.txt").exists());
+
+    let mut granted = Vec::new();
+    while granted.len() < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(10), approvals.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(event::Kind::Approval(a)) = Event::decode(m.payload).unwrap().kind {
+            granted.push(a.granted);
+        }
+    }
+    assert_eq!(
+        granted,
+        [false, true, false, false],
+        "asked, granted, asked, refused"
+    );
+}

@@ -95,6 +95,8 @@ impl TestApp {
                     channel: "cli".into(),
                     chat_id: "test".into(),
                     turn_id: "turn-1".into(),
+                    // As agent-core sends it after a person said yes; the gate has its own test.
+                    approved: true,
                 }),
             },
         )
@@ -452,4 +454,32 @@ impl TestApp {
 
 fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
     bytes::Bytes::from_static(b)
+}
+
+#[tokio::test]
+async fn a_delete_without_a_persons_yes_is_refused_and_the_file_stays() {
+    let app = spawn_app().await;
+    app.env.write("keep.txt", "precious");
+    let result = app
+        .try_call_raw(
+            "delete_file",
+            ToolCall {
+                call_id: "call-x".into(),
+                name: "delete_file".into(),
+                arguments_json: json!({"path": "keep.txt"}).to_string(),
+                context: Some(ToolContext {
+                    session_id: "cli:test".into(),
+                    approved: false,
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let Some(Outcome::Error(e)) = result.outcome else {
+        panic!("an unapproved delete ran: {result:?}");
+    };
+    assert_eq!(e.kind(), ToolErrorKind::NeedsApproval);
+    assert!(app.env.workspace_path().join("keep.txt").exists());
+    app.stop().await;
 }
