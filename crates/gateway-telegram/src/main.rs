@@ -1,0 +1,36 @@
+//! The `gateway-telegram` binary: loads config, starts telemetry, and runs the
+//! Telegram gateway until SIGINT/SIGTERM. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus_common::{Config, shutdown, telemetry};
+
+/// Connects a Telegram bot to Nexus: Bot API (long polling or webhook) ↔ NATS.
+///
+/// Configured by the environment (TELEGRAM_BOT_TOKEN, TELEGRAM_API_URL, NATS_URL,
+/// NEXUS_NAMESPACE) and `[channels.telegram]` in nexus.toml (allow_from, mode,
+/// listen, webhook_secret, group_mention_only), or NEXUS__CHANNELS__TELEGRAM__*.
+#[derive(Parser)]
+#[command(name = "gateway-telegram", version, about)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _cli = Cli::parse();
+    telemetry::init("gateway-telegram");
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gateway-telegram: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match gateway_telegram::run(config, shutdown::on_signals()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway-telegram: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
