@@ -283,6 +283,29 @@ impl Agent {
             .await
     }
 
+    /// The chain of models for a turn: the session's `/model` (a route name or a model),
+    /// else the user's route, else the channel's, else the `default` route, else
+    /// `[llm] model` with its fallbacks.
+    fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
+        let llm = &self.config.llm;
+        let route = |name: &str| {
+            llm.routes
+                .get(name)
+                .map(|r| r.0.clone())
+                .filter(|r| !r.is_empty())
+        };
+        if !ctx.model_override.is_empty() {
+            return route(&ctx.model_override)
+                .unwrap_or_else(|| chain(&ctx.model_override, &llm.fallbacks));
+        }
+        llm.user_routes
+            .get(&turn.user_id)
+            .or_else(|| llm.channel_routes.get(turn.session.channel().as_str()))
+            .and_then(|name| route(name))
+            .or_else(|| route("default"))
+            .unwrap_or_else(|| chain(&llm.model, &llm.fallbacks))
+    }
+
     async fn session_command(
         &self,
         turn: &Turn,
@@ -318,18 +341,22 @@ impl Agent {
             Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
             Command::ShowModel => {
                 let ctx = self.context(turn).await?;
-                let current = if ctx.model_override.is_empty() {
-                    format!("{} (configured)", self.config.llm.model)
+                let models = self.models_for(turn, &ctx);
+                let how = if ctx.model_override.is_empty() {
+                    "configured".to_owned()
                 } else {
-                    format!("{} (chosen with /model)", ctx.model_override)
+                    format!("chosen with /model {}", ctx.model_override)
                 };
-                let fallbacks = if self.config.llm.fallbacks.is_empty() {
-                    "none".to_owned()
+                let routes = if self.config.llm.routes.is_empty() {
+                    String::new()
                 } else {
-                    self.config.llm.fallbacks.join(", ")
+                    let names: Vec<&str> =
+                        self.config.llm.routes.keys().map(String::as_str).collect();
+                    format!(" Routes: {}.", names.join(", "))
                 };
                 format!(
-                    "Model for this conversation: {current}. Fallbacks: {fallbacks}. Change it with /model <name>, or /model default."
+                    "Models for this conversation, first choice first: {} ({how}).{routes} Change with /model <model or route>, or /model default.",
+                    models.join(", ")
                 )
             }
             Command::SetModel(name) => {
@@ -513,12 +540,8 @@ impl Agent {
                 .unwrap_or(""),
             now_utc: now_utc_text(),
         };
-        let primary = if ctx.model_override.is_empty() {
-            self.config.llm.model.as_str()
-        } else {
-            ctx.model_override.as_str()
-        };
-        let models = chain(primary, &self.config.llm.fallbacks);
+        let models = self.models_for(turn, ctx);
+        let primary = models.first().cloned().unwrap_or_default();
         let mut system = system_prompt(ctx, &facts, &names);
         // History gets what the window leaves after the prompt, the tools, the
         // message and the room kept for the answer.
@@ -544,7 +567,7 @@ impl Agent {
             ));
         }
         let mut req = LlmRequest {
-            model: primary.to_owned(),
+            model: primary,
             system,
             messages: history,
             tools,

@@ -75,7 +75,19 @@ pub struct LlmConfig {
     pub context_tokens: u32,
     /// Tokens kept free for the answer.
     pub answer_reserve_tokens: u32,
+    /// Named chains of models, first choice first (e.g. `coding`, `cheap`). A route
+    /// named `default` replaces `model` + `fallbacks` for ordinary turns.
+    pub routes: BTreeMap<String, ModelList>,
+    /// Route per channel (`telegram = "cheap"`).
+    pub channel_routes: BTreeMap<String, String>,
+    /// Route per user id; wins over the channel's.
+    pub user_routes: BTreeMap<String, String>,
 }
+
+/// A list of model names; accepts a TOML list or a comma-separated string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelList(#[serde(deserialize_with = "list")] pub Vec<String>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,6 +205,9 @@ impl Default for LlmConfig {
             cooldown_secs: 60,
             context_tokens: 128_000,
             answer_reserve_tokens: 4_096,
+            routes: BTreeMap::new(),
+            channel_routes: BTreeMap::new(),
+            user_routes: BTreeMap::new(),
         }
     }
 }
@@ -339,6 +354,18 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "[llm] context_tokens must be larger than answer_reserve_tokens".into(),
             ));
+        }
+        for (what, map) in [
+            ("channel_routes", &self.llm.channel_routes),
+            ("user_routes", &self.llm.user_routes),
+        ] {
+            for (key, route) in map {
+                if !self.llm.routes.contains_key(route) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[llm.{what}] {key} = \"{route}\" names no route in [llm.routes]"
+                    )));
+                }
+            }
         }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(
@@ -528,6 +555,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn routes_come_from_the_file_or_the_environment_and_must_exist() {
+        let toml = r#"
+            [llm.routes]
+            coding = ["claude-sonnet-4-5", "gpt-5.2"]
+            [llm.channel_routes]
+            telegram = "coding"
+        "#;
+        let c = Config::from_sources(
+            Some((Path::new("n.toml"), toml)),
+            env(&[("NEXUS__LLM__ROUTES__CHEAP", "gemini-3-flash, gpt-4.1-mini")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.llm.routes["coding"].0,
+            vec!["claude-sonnet-4-5", "gpt-5.2"]
+        );
+        assert_eq!(
+            c.llm.routes["cheap"].0,
+            vec!["gemini-3-flash", "gpt-4.1-mini"]
+        );
+        let err = Config::from_sources(None, env(&[("NEXUS__LLM__USER_ROUTES__U1", "nope")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

@@ -561,3 +561,56 @@ async fn deleting_a_file_waits_for_a_yes_that_survives_a_restart() {
         "asked, granted, asked, refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_choose_the_model_by_user_then_channel_and_by_name_with_model() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    let mut env = llm_env(&fake);
+    env.push((
+        "NEXUS__LLM__ROUTES__CODING",
+        "openai::coder, openai::coder-backup".into(),
+    ));
+    env.push(("NEXUS__LLM__ROUTES__CHEAP", "openai::cheap".into()));
+    env.push(("NEXUS__LLM__CHANNEL_ROUTES__TEST", "cheap".into()));
+    env.push(("NEXUS__LLM__USER_ROUTES__TEST_VIP", "coding".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    let from = |sender: &str, chat: &str, n: usize, text: &str| InboundMessage {
+        id: format!("test:{chat}-{n}"),
+        channel: "test".into(),
+        chat: Some(ChatRef {
+            chat_id: chat.into(),
+            ..Default::default()
+        }),
+        sender: Some(Sender {
+            id: sender.into(),
+            ..Default::default()
+        }),
+        text: text.into(),
+        upstream_id: format!("{chat}-{n}"),
+        ..Default::default()
+    };
+    let models = || -> Vec<String> {
+        fake.requests()
+            .iter()
+            .map(|r| r["model"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (i, m) in [
+        from("u1", "c1", 0, "hello"),
+        from("vip", "c2", 0, "hello"),
+        from("u1", "c1", 1, "/model coding"),
+        from("u1", "c1", 2, "and now?"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        bus.publish_inbound(&m, &TraceContext::new_root())
+            .await
+            .unwrap();
+        replies(&bus, i + 1, Duration::from_secs(60)).await;
+    }
+    assert_eq!(models(), ["cheap", "coder", "coder"]);
+}
