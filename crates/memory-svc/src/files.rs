@@ -1,9 +1,10 @@
 //! The Markdown memory of the workspace: AGENTS.md, SOUL.md, USER.md,
-//! `USER_<id>.md` and MEMORY.md.
+//! `USER_<id>.md` and MEMORY.md, as read for a context.
 //!
 //! Files are read fresh on every request, because people edit them while the
 //! service runs, and every read is bounded so a huge file cannot blow up memory
-//! or a NATS reply. On start the templates are written where a file is missing.
+//! or a NATS reply (a large MEMORY.md is replaced by excerpts in `ops`, from
+//! `index`). On start the templates are written where a file is missing.
 //!
 //! It must never overwrite a file that exists, and never build a path from a
 //! user id that is not file-safe.
@@ -15,12 +16,15 @@ use std::{
 
 use tokio::io::AsyncReadExt;
 
+/// The MEMORY.md a fresh workspace starts with.
+pub const MEMORY_TEMPLATE: &str = include_str!("../../../workspace/MEMORY.md");
+
 /// The templates a fresh workspace starts with, written only where missing.
 const TEMPLATES: [(&str, &str); 4] = [
     ("AGENTS.md", include_str!("../../../workspace/AGENTS.md")),
     ("SOUL.md", include_str!("../../../workspace/SOUL.md")),
     ("USER.md", include_str!("../../../workspace/USER.md")),
-    ("MEMORY.md", include_str!("../../../workspace/MEMORY.md")),
+    ("MEMORY.md", MEMORY_TEMPLATE),
 ];
 
 /// AGENTS.md, SOUL.md and profiles are instructions, not archives: past this
@@ -36,6 +40,8 @@ pub struct Markdown {
     pub user_profile_md: String,
     /// MEMORY.md, shortened when larger than the configured limit.
     pub memory_md: String,
+    /// MEMORY.md's size when `memory_md` holds only its head.
+    pub memory_shortened_from: Option<u64>,
 }
 
 /// The workspace directory, seen as Markdown memory.
@@ -47,6 +53,10 @@ pub struct MarkdownFiles {
 impl MarkdownFiles {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Creates the workspace and writes each missing template. Returns the
@@ -79,8 +89,8 @@ impl MarkdownFiles {
         let profile = async {
             if is_file_safe(user_id) {
                 let own = format!("USER_{user_id}.md");
-                if let Some(text) = self.read_bounded(&own, MAX_PROFILE_BYTES).await? {
-                    return Ok(Some(text));
+                if let Some(read) = self.read_bounded(&own, MAX_PROFILE_BYTES).await? {
+                    return Ok(Some(read));
                 }
             }
             self.read_bounded("USER.md", MAX_PROFILE_BYTES).await
@@ -91,16 +101,19 @@ impl MarkdownFiles {
             profile,
             self.read_bounded("MEMORY.md", max_memory_bytes),
         )?;
+        let text = |read: Option<Bounded>| read.map(|r| r.text).unwrap_or_default();
+        let memory_shortened_from = memory_md.as_ref().and_then(|r| r.shortened_from);
         Ok(Markdown {
-            agents_md: agents_md.unwrap_or_default(),
-            soul_md: soul_md.unwrap_or_default(),
-            user_profile_md: user_profile_md.unwrap_or_default(),
-            memory_md: memory_md.unwrap_or_default(),
+            agents_md: text(agents_md),
+            soul_md: text(soul_md),
+            user_profile_md: text(user_profile_md),
+            memory_md: text(memory_md),
+            memory_shortened_from,
         })
     }
 
     /// The file's text, shortened past `limit` bytes; `None` when it does not exist.
-    async fn read_bounded(&self, name: &str, limit: usize) -> io::Result<Option<String>> {
+    async fn read_bounded(&self, name: &str, limit: usize) -> io::Result<Option<Bounded>> {
         let path = self.root.join(name);
         let file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
@@ -119,12 +132,25 @@ impl MarkdownFiles {
             .await
             .map_err(|e| with_path(e, &path))?;
         if head.len() <= limit {
-            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
+            return Ok(Some(Bounded {
+                text: String::from_utf8_lossy(&head).into_owned(),
+                shortened_from: None,
+            }));
         }
         // The file may have grown since `metadata`; never report fewer bytes than we saw.
         let total = total.max(head.len() as u64);
-        Ok(Some(shorten(name, &head[..limit], total)))
+        Ok(Some(Bounded {
+            text: shorten(name, &head[..limit], total),
+            shortened_from: Some(total),
+        }))
     }
+}
+
+/// A file read up to a limit.
+struct Bounded {
+    text: String,
+    /// The file's size, when `text` is only its head.
+    shortened_from: Option<u64>,
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {

@@ -2,17 +2,23 @@
 //! served on `N.memory.<op>` through the NATS service API.
 //!
 //! It owns the session store (`store`), the workspace's Markdown files
-//! (`files`), the meaning of each operation (`ops`) and the request loop
+//! (`files`), their search index (`index`, chunked by `markdown`), the
+//! meaning of each operation (`ops`), the memory tools `remember` and
+//! `memory_search` (`tools`, writing through `edit`) and the request loop
 //! (`server`). agent-core builds prompts from what it answers and never reads
 //! the disk itself.
 //!
-//! It must never call an LLM or a tool, never publish to a stream, and never
-//! exit or panic because of one bad request.
+//! It must never call an LLM or another service's tool, never publish to a
+//! stream, and never exit or panic because of one bad request.
 
+pub mod edit;
 pub mod files;
+pub mod index;
+pub mod markdown;
 pub mod ops;
 pub mod server;
 pub mod store;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -22,8 +28,10 @@ use nexus_common::Config;
 use tokio_util::sync::CancellationToken;
 
 pub use files::MarkdownFiles;
+pub use index::{MemoryIndex, UserId};
 pub use ops::{Memory, Op, OpError};
-pub use store::{ModelOverride, SessionStore, StoreError};
+pub use store::{ChunkHit, ModelOverride, SessionStore, StoreError};
+pub use tools::{MemoryTool, MemoryTools};
 
 /// Runs memory-svc until `shutdown` is cancelled: templates, database,
 /// NATS, then requests. Returns once every request in flight has answered.
@@ -51,8 +59,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let result = async {
         let bus = Bus::connect(&config, server::SERVICE_NAME).await?;
-        let memory = Arc::new(Memory::new(store.clone(), files, &config.memory));
-        let served = server::serve(&bus, memory, shutdown).await;
+        let index = MemoryIndex::new(store.clone(), files.root());
+        let tools = Arc::new(MemoryTools::new(index.clone(), &config.tools));
+        server::publish_tool_specs(&bus, &tools).await?;
+        let memory = Arc::new(Memory::new(store.clone(), files, index, &config.memory));
+        let served = server::serve(&bus, memory, tools, shutdown).await;
         bus.drain().await;
         served
     }

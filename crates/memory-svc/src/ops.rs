@@ -23,12 +23,15 @@ use nexus_proto::{
 };
 
 use crate::{
-    files::MarkdownFiles,
+    files::{Markdown, MarkdownFiles},
+    index::{self, MemoryIndex},
     store::{Entry, ModelOverride, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId},
 };
 
 /// Most turns one request may ask history for; keeps a reply under NATS' payload limit.
 const MAX_HISTORY_TURNS: u32 = 500;
+/// Excerpts of a large MEMORY.md considered for a context, best first.
+const MAX_EXCERPT_HITS: u32 = 64;
 /// Most entries one turn may carry (a long tool loop stays far below).
 const MAX_ENTRIES_PER_TURN: usize = 10_000;
 /// Longest status text sent in the service error header.
@@ -91,16 +94,23 @@ impl OpError {
 pub struct Memory {
     store: SessionStore,
     files: MarkdownFiles,
+    index: MemoryIndex,
     history_turns: u32,
     timezone: String,
     max_memory_bytes: usize,
 }
 
 impl Memory {
-    pub fn new(store: SessionStore, files: MarkdownFiles, config: &MemoryConfig) -> Self {
+    pub fn new(
+        store: SessionStore,
+        files: MarkdownFiles,
+        index: MemoryIndex,
+        config: &MemoryConfig,
+    ) -> Self {
         Self {
             store,
             files,
+            index,
             history_turns: config.history_turns,
             timezone: config.timezone.clone(),
             max_memory_bytes: config.max_memory_bytes,
@@ -126,8 +136,12 @@ impl Memory {
         let req: ContextRequest = decode(payload)?;
         let session = session_key(req.session.as_ref())?;
         let turns = self.turns(req.history_turns);
+        let markdown = async {
+            let markdown = self.files.read(&req.user_id, self.max_memory_bytes).await?;
+            Ok::<_, OpError>(self.with_excerpts(markdown, &req.query).await)
+        };
         let (markdown, history, model_override) = tokio::join!(
-            self.files.read(&req.user_id, self.max_memory_bytes),
+            markdown,
             self.store.history(&session, turns),
             self.store.model_override(&session),
         );
@@ -142,6 +156,26 @@ impl Memory {
             timezone: self.timezone.clone(),
             model_override: model_override?,
         })
+    }
+
+    /// A MEMORY.md too large to give whole becomes its excerpts most relevant
+    /// to `query`. Without relevant excerpts, or when the index fails, its
+    /// head stays: a context is never refused over retrieval.
+    async fn with_excerpts(&self, mut markdown: Markdown, query: &str) -> Markdown {
+        let Some(total) = markdown.memory_shortened_from else {
+            return markdown;
+        };
+        match self.index.search_memory_md(query, MAX_EXCERPT_HITS).await {
+            Ok(hits) => {
+                if let Some(excerpts) = index::excerpts(total, &hits, self.max_memory_bytes) {
+                    markdown.memory_md = excerpts;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "MEMORY.md excerpts unavailable; giving its head");
+            }
+        }
+        markdown
     }
 
     async fn append(&self, payload: &[u8]) -> Result<AppendTurnResponse, OpError> {

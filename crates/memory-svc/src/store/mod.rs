@@ -1,4 +1,5 @@
-//! The session store: sessions, turns and their history entries in SQL.
+//! The session store: sessions, turns and their history entries in SQL, and
+//! the full-text index of the Markdown memory (`chunks`).
 //!
 //! It owns the schema (embedded migrations, one set per backend) and the two
 //! explicit backends, SQLite (the default, a file under the workspace) and
@@ -11,6 +12,7 @@
 //! It must never see protobuf types or NATS: callers hand it validated domain
 //! values and opaque reply bytes.
 
+mod chunks;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use nexus_common::{
 };
 use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
+pub use chunks::{ChunkHit, ChunkQuery, IndexedFile};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -182,6 +182,10 @@ impl PgStore {
             .unwrap_or_default())
     }
 
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// How this store was opened, so a test can open it again.
     #[cfg(test)]
     pub(super) fn options(&self) -> PgConnectOptions {

@@ -188,6 +188,10 @@ impl SqliteStore {
             .unwrap_or_default())
     }
 
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// How this store was opened, so a test can open it again.
     #[cfg(test)]
     pub(super) fn options(&self) -> SqliteConnectOptions {

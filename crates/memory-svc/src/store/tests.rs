@@ -11,7 +11,11 @@ use sqlx::{
     sqlite::SqliteConnectOptions,
 };
 
-use super::{Answered, Entry, ModelOverride, NewTurn, Role, SessionStore, TurnId};
+use super::{
+    Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, ModelOverride, NewTurn, Role, SessionStore,
+    TurnId,
+};
+use crate::markdown::{Chunk, chunks};
 
 /// Runs `body` on a fresh SQLite file.
 async fn on_sqlite<F, Fut>(body: F)
@@ -98,6 +102,11 @@ on_both_backends!(
     the_history_window_counts_only_turns_after_the_reset,
     a_turn_without_entries_is_answered_but_is_not_history,
     the_model_override_round_trips_and_survives_a_reconnect,
+    chunks_are_found_by_any_of_their_words_best_first,
+    a_search_sees_shared_chunks_and_only_its_own_users_chunks,
+    replacing_a_files_chunks_drops_the_old_ones_from_search,
+    a_touch_records_the_new_stat_only_while_the_content_is_the_indexed_one,
+    concurrent_reindexes_of_one_file_leave_exactly_one_version_of_its_chunks,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -473,4 +482,235 @@ fn a_model_override_is_trimmed_bounded_and_free_of_control_characters() {
     assert!(ModelOverride::parse(&format!("{longest}x")).is_err());
     assert!(ModelOverride::parse("gpt\u{7}4o").is_err());
     assert!(ModelOverride::parse("gpt\n4o").is_err());
+}
+
+fn indexed(path: &str, owner: &str, sha: &str) -> IndexedFile {
+    IndexedFile {
+        path: path.to_owned(),
+        owner: owner.to_owned(),
+        size_bytes: 10,
+        mtime_ns: 1_000,
+        sha256: sha.to_owned(),
+        indexed_at_ms: 2_000,
+    }
+}
+
+fn words(terms: &[&str]) -> Vec<String> {
+    terms.iter().map(|t| (*t).to_owned()).collect()
+}
+
+async fn search(store: &SessionStore, terms: &[&str], owner: &str) -> Vec<ChunkHit> {
+    store
+        .search_chunks(ChunkQuery {
+            terms: &words(terms),
+            owner,
+            path: None,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+}
+
+fn texts_of(hits: &[ChunkHit]) -> Vec<&str> {
+    hits.iter().map(|h| h.text.as_str()).collect()
+}
+
+async fn chunks_are_found_by_any_of_their_words_best_first(store: SessionStore) {
+    let text = "# Memory\n\n## Pets\n- Alice's dog is called Biscuit.\n- Bob has two cats.\n\n## Work\n- Alice works at Acme on the billing team.\n";
+    store
+        .replace_chunks(&indexed("MEMORY.md", "", "h1"), &chunks(text))
+        .await
+        .unwrap();
+
+    let hits = search(&store, &["alice", "dogs"], "").await;
+    assert_eq!(
+        texts_of(&hits),
+        [
+            "- Alice's dog is called Biscuit.",
+            "- Alice works at Acme on the billing team."
+        ],
+        "both words beat one, and stemming finds dog for dogs"
+    );
+    let best = &hits[0];
+    assert_eq!(best.path, "MEMORY.md");
+    assert_eq!(best.heading, "Memory > Pets");
+    assert_eq!((best.line_start, best.line_end), (4, 4));
+    assert!(best.score > hits[1].score, "{hits:?}");
+
+    // A heading word finds the chunks under it.
+    assert_eq!(
+        texts_of(&search(&store, &["work"], "").await),
+        ["- Alice works at Acme on the billing team."]
+    );
+    assert!(search(&store, &["giraffe"], "").await.is_empty());
+    assert!(search(&store, &[], "").await.is_empty());
+
+    let only_memory = store
+        .search_chunks(ChunkQuery {
+            terms: &words(&["alice"]),
+            owner: "",
+            path: Some("memories/2025-01-01.md"),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(only_memory.is_empty(), "the path filter holds");
+    let one = store
+        .search_chunks(ChunkQuery {
+            terms: &words(&["alice"]),
+            owner: "",
+            path: Some("MEMORY.md"),
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+}
+
+async fn a_search_sees_shared_chunks_and_only_its_own_users_chunks(store: SessionStore) {
+    let shared = chunks("## Facts\n- The office wifi password rotates monthly.\n");
+    let alice = chunks("## Facts\n- Alice's wifi at home is called Meadow.\n");
+    let bob = chunks("## Facts\n- Bob's wifi at home is called Harbour.\n");
+    store
+        .replace_chunks(&indexed("MEMORY.md", "", "s"), &shared)
+        .await
+        .unwrap();
+    store
+        .replace_chunks(&indexed("USER_alice.md", "alice", "a"), &alice)
+        .await
+        .unwrap();
+    store
+        .replace_chunks(&indexed("USER_bob.md", "bob", "b"), &bob)
+        .await
+        .unwrap();
+
+    let paths = |hits: Vec<ChunkHit>| {
+        let mut paths: Vec<String> = hits.into_iter().map(|h| h.path).collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(
+        paths(search(&store, &["wifi"], "alice").await),
+        ["MEMORY.md", "USER_alice.md"]
+    );
+    assert_eq!(
+        paths(search(&store, &["wifi"], "bob").await),
+        ["MEMORY.md", "USER_bob.md"]
+    );
+    assert_eq!(paths(search(&store, &["wifi"], "").await), ["MEMORY.md"]);
+    assert!(search(&store, &["harbour"], "alice").await.is_empty());
+
+    let files: Vec<String> = store
+        .indexed_files("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(files, ["MEMORY.md", "USER_alice.md"]);
+}
+
+async fn replacing_a_files_chunks_drops_the_old_ones_from_search(store: SessionStore) {
+    let file = indexed("memories/2025-03-01.md", "", "v1");
+    store
+        .replace_chunks(
+            &file,
+            &chunks("# 1 March\n\nMet Carol about the roadmap.\n"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(search(&store, &["roadmap"], "").await.len(), 1);
+
+    let v2 = indexed("memories/2025-03-01.md", "", "v2");
+    store
+        .replace_chunks(&v2, &chunks("# 1 March\n\nMet Dave about hiring.\n"))
+        .await
+        .unwrap();
+    assert!(search(&store, &["roadmap"], "").await.is_empty());
+    assert_eq!(
+        texts_of(&search(&store, &["hiring"], "").await),
+        ["Met Dave about hiring."]
+    );
+    assert_eq!(
+        store.indexed_file(&v2.path).await.unwrap(),
+        Some(v2.clone())
+    );
+
+    store.forget_indexed_file(&v2.path).await.unwrap();
+    assert!(search(&store, &["hiring"], "").await.is_empty());
+    assert_eq!(store.indexed_file(&v2.path).await.unwrap(), None);
+    assert!(store.indexed_files("").await.unwrap().is_empty());
+}
+
+async fn a_touch_records_the_new_stat_only_while_the_content_is_the_indexed_one(
+    store: SessionStore,
+) {
+    let file = indexed("MEMORY.md", "", "same");
+    store
+        .replace_chunks(&file, &chunks("- a fact\n"))
+        .await
+        .unwrap();
+    let touched = IndexedFile {
+        mtime_ns: 5_000,
+        indexed_at_ms: 9_000,
+        ..file.clone()
+    };
+    store.touch_indexed_file(&touched).await.unwrap();
+    assert_eq!(
+        store.indexed_file("MEMORY.md").await.unwrap(),
+        Some(touched.clone())
+    );
+
+    // Someone re-indexed other content meanwhile: a late touch must not claim it is fresh.
+    let stale = IndexedFile {
+        sha256: "other".into(),
+        mtime_ns: 7_000,
+        ..touched.clone()
+    };
+    store.touch_indexed_file(&stale).await.unwrap();
+    assert_eq!(
+        store.indexed_file("MEMORY.md").await.unwrap(),
+        Some(touched)
+    );
+}
+
+async fn concurrent_reindexes_of_one_file_leave_exactly_one_version_of_its_chunks(
+    store: SessionStore,
+) {
+    let version = |v: usize| -> Vec<Chunk> {
+        chunks(
+            &(0..=v)
+                .map(|i| format!("- version{v} line{i} shared\n"))
+                .collect::<String>(),
+        )
+    };
+    let writers = (0..8).map(|v| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .replace_chunks(&indexed("MEMORY.md", "", &format!("v{v}")), &version(v))
+                .await
+                .unwrap();
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+    let row = store.indexed_file("MEMORY.md").await.unwrap().unwrap();
+    let v: usize = row.sha256[1..].parse().unwrap();
+    let hits = store
+        .search_chunks(ChunkQuery {
+            terms: &words(&["shared"]),
+            owner: "",
+            path: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), v + 1, "chunks of one version only: {hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| h.text.starts_with(&format!("- version{v} "))),
+        "the chunks match the recorded hash v{v}: {hits:?}"
+    );
 }

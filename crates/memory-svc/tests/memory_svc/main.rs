@@ -2,6 +2,8 @@
 //! workspace, driven only through its NATS subjects and the workspace files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod retrieval;
+
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt as _;
@@ -214,7 +216,8 @@ async fn a_users_own_profile_wins_over_the_default_one() {
 }
 
 #[tokio::test]
-async fn an_edit_to_memory_md_shows_in_the_next_context_and_a_large_one_is_shortened() {
+async fn an_edit_to_memory_md_shows_in_the_next_context_and_a_large_one_with_nothing_relevant_is_shortened()
+ {
     let mut env = TestEnv::new();
     env.config.memory.max_memory_bytes = 200;
     let bus = env.bus("test").await;
