@@ -126,7 +126,7 @@ impl ToolDirectory {
             Err(BusError::NoResponders { .. }) => failed(
                 ToolErrorKind::Upstream,
                 format!(
-                    "The tool \"{}\" is unavailable right now (tool-runner is not running).",
+                    "The tool \"{}\" is unavailable right now: no service is serving it.",
                     call.name
                 ),
                 true,
