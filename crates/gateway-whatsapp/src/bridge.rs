@@ -53,12 +53,18 @@ pub struct LinkState {
     outbox: Option<mpsc::UnboundedSender<Message>>,
     /// WhatsApp's state as the bridge last reported it.
     pub wa: WaState,
+    /// The logged-in account ("+<number>", or the LID) while `wa` is connected.
+    pub account: Option<String>,
 }
 
 impl LinkState {
     /// Replies can be sent: the bridge is connected and so is WhatsApp.
     pub fn ready(&self) -> bool {
         self.outbox.is_some() && self.wa == WaState::Connected
+    }
+    /// A session with the bridge is up (whatever WhatsApp's state).
+    pub fn bridge_connected(&self) -> bool {
+        self.outbox.is_some()
     }
 }
 
@@ -74,6 +80,7 @@ impl Link {
             state: watch::Sender::new(LinkState {
                 outbox: None,
                 wa: WaState::Unknown,
+                account: None,
             }),
             waiters: Mutex::new(HashMap::new()),
         }
@@ -125,6 +132,12 @@ impl Link {
         }
     }
 
+    /// Sends a command that expects no answer; false when the bridge is not connected.
+    pub(crate) fn command(&self, cmd: &GatewayCommand) -> bool {
+        let outbox = self.state.borrow().outbox.clone();
+        outbox.is_some_and(|o| o.send(Message::text(cmd.to_json())).is_ok())
+    }
+
     fn complete(&self, result: SendResult) {
         match self.waiters().remove(&result.id) {
             Some(tx) => {
@@ -138,6 +151,7 @@ impl Link {
         self.state.send_modify(|s| {
             s.outbox = Some(outbox);
             s.wa = WaState::Unknown;
+            s.account = None;
         });
     }
 
@@ -145,13 +159,17 @@ impl Link {
         self.state.send_modify(|s| {
             s.outbox = None;
             s.wa = WaState::Unknown;
+            s.account = None;
         });
         // Dropping the senders tells every waiting reply to retry later.
         self.waiters().clear();
     }
 
-    fn set_wa(&self, wa: WaState) {
-        self.state.send_modify(|s| s.wa = wa);
+    fn set_wa(&self, wa: WaState, account: Option<String>) {
+        self.state.send_modify(|s| {
+            s.wa = wa;
+            s.account = account;
+        });
     }
 }
 
@@ -464,16 +482,19 @@ async fn on_event(
 }
 
 async fn on_status(ctx: &Arc<Ctx>, status: &Status) {
-    ctx.link.set_wa(status.state);
     let reason = status.reason.clone().unwrap_or_default();
-    let detail = match (&status.state, &status.me) {
+    let account = match (&status.state, &status.me) {
         (WaState::Connected, Some(me)) => me
             .phone_jid
             .as_deref()
             .and_then(|j| j.split('@').next())
             .map(|p| format!("+{p}"))
-            .or_else(|| me.lid_jid.clone())
-            .unwrap_or_default(),
+            .or_else(|| me.lid_jid.clone()),
+        _ => None,
+    };
+    ctx.link.set_wa(status.state, account.clone());
+    let detail = match status.state {
+        WaState::Connected => account.unwrap_or_default(),
         _ => reason.clone(),
     };
     match status.state {

@@ -11,11 +11,13 @@
 //! `N.outbound.whatsapp` become bridge `send`s; otherwise they wait in `N_OUTBOUND`.
 //!
 //! QR codes and status changes are published as `service` events
-//! (`ServiceNotice { service: "gateway-whatsapp", status, detail }`).
+//! (`ServiceNotice { service: "gateway-whatsapp", status, detail }`). Operators ask
+//! for a new pairing on `N.gateway.whatsapp.login` (`commands`, `nexus whatsapp login`).
 //!
 //! Only this crate (and bridge/) know the bridge protocol; it never builds a NATS subject.
 
 mod bridge;
+pub mod commands;
 pub mod inbound;
 pub mod outbound;
 pub mod protocol;
@@ -98,7 +100,12 @@ pub async fn run_with(
         stop.cancel();
         result
     };
-    let (connection, delivery) = tokio::join!(connection, delivery);
+    let commands = async {
+        let result = commands::serve(ctx.clone(), stop.clone()).await;
+        stop.cancel();
+        result
+    };
+    let (connection, delivery, commands) = tokio::join!(connection, delivery, commands);
 
     ctx.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), ctx.tasks.wait())
@@ -113,6 +120,7 @@ pub async fn run_with(
     }
     connection.context("WhatsApp bridge")?;
     delivery.context("delivering replies")?;
+    commands.context("serving operator commands")?;
     tracing::info!("gateway-whatsapp stopped");
     Ok(())
 }

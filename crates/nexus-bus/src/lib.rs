@@ -21,7 +21,7 @@ use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
 use prost::Message;
 
 pub use async_nats;
-pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, memory_op};
+pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op};
 pub use trace::TraceContext;
 
 /// Header carrying the idempotency key.

@@ -34,6 +34,12 @@ pub mod memory_op {
     pub const SESSION: &str = "session";
 }
 
+/// Operator commands a gateway serves, the last token of `N.gateway.<channel>.<op>`.
+pub mod gateway_op {
+    /// Start pairing afresh (WhatsApp QR login); progress follows as `service` events.
+    pub const LOGIN: &str = "login";
+}
+
 impl Subjects {
     pub fn new(ns: Namespace) -> Self {
         Self { ns }
@@ -83,6 +89,11 @@ impl Subjects {
     /// `N.scheduler.<op>`
     pub fn scheduler(&self, op: &str) -> String {
         format!("{}.scheduler.{op}", self.ns)
+    }
+    /// `N.gateway.<channel>.<op>`: an operator command to a gateway (request/reply,
+    /// an endpoint of the gateway's service; `GatewayCommandRequest` → `GatewayCommandResponse`).
+    pub fn gateway_command(&self, channel: &ChannelName, op: &str) -> String {
+        format!("{}.gateway.{channel}.{op}", self.ns)
     }
     /// `N.events.<kind>`
     pub fn event(&self, kind: &str) -> String {
@@ -187,6 +198,7 @@ impl Subjects {
             ("memory", Some(memory_op::ANSWERED)) => "nexus.v1.AnsweredRequest",
             ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
             ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
+            ("gateway", Some(_)) if parts.next().is_some() => "nexus.v1.GatewayCommandRequest",
             _ => return None,
         })
     }
@@ -253,5 +265,15 @@ mod tests {
             Some("nexus.v1.ContextRequest")
         );
         assert_eq!(s.payload_type("t2.inbound.cli"), None);
+        let whatsapp = ChannelName::parse("whatsapp").unwrap();
+        assert_eq!(
+            s.gateway_command(&whatsapp, gateway_op::LOGIN),
+            "t1.gateway.whatsapp.login"
+        );
+        assert_eq!(
+            s.payload_type("t1.gateway.whatsapp.login"),
+            Some("nexus.v1.GatewayCommandRequest")
+        );
+        assert_eq!(s.payload_type("t1.gateway.whatsapp"), None);
     }
 }

@@ -1,10 +1,12 @@
 //! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
-//! agent, `tail` shows the traffic, `status` shows replicas and backlogs.
+//! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `whatsapp`
+//! pairs the WhatsApp channel.
 
 mod chat;
 mod status;
 mod tail;
 mod up;
+mod whatsapp;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,9 @@ enum Command {
     Tail(tail::TailArgs),
     /// List live service replicas and stream backlogs.
     Status(status::StatusArgs),
+    /// Pair the WhatsApp channel (`login` draws the QR code) or show its status.
+    #[command(name = "whatsapp")]
+    WhatsApp(whatsapp::WhatsAppArgs),
 }
 
 #[tokio::main]
@@ -55,6 +60,7 @@ async fn main() -> ExitCode {
         Command::Chat(a) => chat::run(config, a).await,
         Command::Tail(a) => tail::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
+        Command::WhatsApp(a) => whatsapp::run(config, a).await,
     };
     match result {
         Ok(code) => code,

@@ -85,6 +85,10 @@ impl Gateway {
     pub fn settings(&self) -> &ChannelConfig {
         &self.settings
     }
+    /// The `gateway-<channel>` service registration, for channel-specific endpoints.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
 
     /// Applies the allow-list to a sender id (and any alias the channel knows, e.g. phone and LID).
     pub fn access(&self, sender_ids: &[&str]) -> Access {

@@ -614,3 +614,47 @@ async fn routes_choose_the_model_by_user_then_channel_and_by_name_with_model() {
     }
     assert_eq!(models(), ["cheap", "coder", "coder"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_memory_reaches_the_model_as_the_relevant_excerpt_only() {
+    let test = TestEnv::new();
+    let mut memory = String::from("# Memory\n\n## Facts\n\n");
+    for i in 0..40 {
+        memory.push_str(&format!(
+            "- Filler note {i} about quarterly budgeting spreadsheets and office chairs.\n\n"
+        ));
+    }
+    memory.push_str("## Travel\n\n- The Lisbon conference hotel is the Hotel Avenida Palace.\n\n");
+    memory.push_str("## Pets\n\n- The office cat is called Pixel and eats at noon.\n\n");
+    test.write("MEMORY.md", &memory);
+    let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    let mut env = llm_env(&fake);
+    env.push(("NEXUS__MEMORY__MAX_MEMORY_BYTES", "600".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(
+        &bus,
+        "c1",
+        0,
+        "Which hotel is booked for the Lisbon conference?",
+    )
+    .await;
+    replies(&bus, 1, Duration::from_secs(60)).await;
+    let system = fake.requests()[0]["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        system.contains("Avenida Palace"),
+        "relevant fact missing:\n{system}"
+    );
+    assert!(
+        !system.contains("Pixel"),
+        "irrelevant fact included:\n{system}"
+    );
+    assert!(
+        !system.contains("Filler note 39"),
+        "the whole file was sent:\n{system}"
+    );
+}

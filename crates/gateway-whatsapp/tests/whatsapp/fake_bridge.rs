@@ -25,6 +25,8 @@ struct State {
     acks: Vec<String>,
     sends: Vec<Value>,
     logins: usize,
+    /// Every command after `auth`, as received.
+    commands: Vec<Value>,
     /// Messages sent and not acknowledged yet, re-sent on every (re)connect.
     pending: Vec<Value>,
     current: Option<mpsc::UnboundedSender<Message>>,
@@ -173,6 +175,9 @@ impl FakeBridge {
     pub fn logins(&self) -> usize {
         self.inner.state.lock().unwrap().logins
     }
+    pub fn commands(&self) -> Vec<Value> {
+        self.inner.state.lock().unwrap().commands.clone()
+    }
     pub fn pending(&self) -> usize {
         self.inner.state.lock().unwrap().pending.len()
     }
@@ -257,6 +262,7 @@ async fn serve(inner: Arc<Inner>, stream: tokio::net::TcpStream) {
                 };
                 let cmd: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let mut s = inner.state.lock().unwrap();
+                s.commands.push(cmd.clone());
                 match cmd["type"].as_str() {
                     Some("ack") => {
                         let id = cmd["id"].as_str().unwrap_or_default().to_owned();

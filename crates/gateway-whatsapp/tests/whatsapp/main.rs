@@ -17,10 +17,11 @@ use gateway_whatsapp::{
     WhatsAppSettings,
     protocol::{BridgeEvent, GatewayCommand},
 };
-use nexus_bus::{Bus, TraceContext};
+use nexus_bus::{Bus, TraceContext, gateway_op};
 use nexus_common::{config::ChannelConfig, domain::ChannelName};
 use nexus_proto::v1::{
-    ChatRef, Event, InboundMessage, OutboundKind, OutboundMessage, ServiceNotice, event, media_ref,
+    ChatRef, Event, GatewayCommandRequest, GatewayCommandResponse, InboundMessage, OutboundKind,
+    OutboundMessage, ServiceNotice, event, media_ref,
 };
 use nexus_testkit::{TestEnv, eventually};
 use prost::Message;
@@ -667,5 +668,128 @@ async fn an_unknown_sender_gets_one_notice_with_their_id_and_nothing_is_stored()
     wait_ack(&bridge, "N3", 1).await;
     assert_eq!(bridge.sends().len(), 1, "the notice is sent once");
     assert!(inbound(&bus).await.is_empty());
+    gw.stop().await;
+}
+
+/// Sends `nexus whatsapp login`'s request to the gateway.
+async fn request_login(bus: &Bus) -> Result<GatewayCommandResponse, nexus_bus::BusError> {
+    let whatsapp = ChannelName::parse("whatsapp").unwrap();
+    bus.request(
+        bus.subjects().gateway_command(&whatsapp, gateway_op::LOGIN),
+        &GatewayCommandRequest {},
+        &TraceContext::new_root(),
+        Some(WAIT),
+    )
+    .await
+}
+
+async fn wait_notice(bus: &Bus, status: &str) {
+    eventually(&format!("a {status:?} service event"), WAIT, || async {
+        service_notices(bus)
+            .await
+            .iter()
+            .any(|n| n.status == status)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_command_reaches_the_bridge_when_whatsapp_is_logged_out_and_reports_the_paired_account()
+ {
+    let test = TestEnv::new();
+    let bus = test.bus("whatsapp-test").await;
+    let logged_out = json!({"type": "status", "state": "logged_out", "reason": "logged out from the phone (401)"});
+    let bridge = FakeBridge::start_with(TOKEN, 1, 0, vec![logged_out]).await;
+    let gw = Gw::spawn(&test, &["*"], settings(&bridge.url()));
+    wait_notice(&bus, "logged_out").await;
+    assert_eq!(bridge.logins(), 0, "no login before an operator asks");
+
+    let reply = request_login(&bus).await.unwrap();
+    assert_eq!(reply.status, "login_requested", "{reply:?}");
+    eventually("the login at the bridge", WAIT, || async {
+        (bridge.logins() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        bridge.commands().contains(&json!({"type": "login"})),
+        "{:?}",
+        bridge.commands()
+    );
+
+    // The phone scanned the code.
+    bridge.event(json!({"type": "status", "state": "connecting"}));
+    bridge.event(connected());
+    wait_notice(&bus, "connected").await;
+    let reply = request_login(&bus).await.unwrap();
+    assert_eq!(
+        (reply.status.as_str(), reply.detail.as_str()),
+        ("connected", "+491700000001")
+    );
+    assert_eq!(bridge.logins(), 1, "no login while connected");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_command_does_not_restart_a_pairing_in_progress() {
+    let test = TestEnv::new();
+    let bus = test.bus("whatsapp-test").await;
+    let bridge = FakeBridge::start_with(
+        TOKEN,
+        1,
+        0,
+        vec![
+            json!({"type": "status", "state": "connecting"}),
+            json!({"type": "qr", "data": "2@WAITING,abc=="}),
+        ],
+    )
+    .await;
+    let gw = Gw::spawn(&test, &["*"], settings(&bridge.url()));
+    wait_notice(&bus, "qr").await;
+    let reply = request_login(&bus).await.unwrap();
+    assert_eq!(reply.status, "in_progress", "{reply:?}");
+    assert_eq!(bridge.logins(), 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_command_says_when_the_bridge_is_unreachable_and_refuses_a_bad_payload() {
+    let test = TestEnv::new();
+    let bus = test.bus("whatsapp-test").await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let gw = Gw::spawn(&test, &["*"], settings(&url));
+    let reply = eventually("the login endpoint", WAIT, || async {
+        request_login(&bus).await.ok()
+    })
+    .await;
+    assert_eq!(reply.status, "bridge_unavailable", "{reply:?}");
+    assert!(
+        reply.detail.contains(&url) && reply.detail.contains("WHATSAPP_BRIDGE_URL"),
+        "{}",
+        reply.detail
+    );
+
+    let whatsapp = ChannelName::parse("whatsapp").unwrap();
+    let garbage = bus
+        .client()
+        .request(
+            bus.subjects().gateway_command(&whatsapp, gateway_op::LOGIN),
+            vec![0xff, 0xff, 0xff].into(),
+        )
+        .await
+        .unwrap();
+    let headers = garbage.headers.expect("error headers");
+    assert_eq!(
+        headers
+            .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+            .map(|v| v.as_str()),
+        Some("400")
+    );
     gw.stop().await;
 }
