@@ -25,7 +25,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use nexus_bus::{Bus, INBOUND_PARTITIONS, Outcome, TraceContext, settle};
+use nexus_bus::{Bus, INBOUND_PARTITIONS, Outcome, Puller, TraceContext, settle};
 use nexus_common::{Config, shutdown::CancellationToken};
 use nexus_proto::v1::InboundMessage;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -219,33 +219,14 @@ async fn partition_loop(
     ack_wait: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut messages = match consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-    {
-        Ok(m) => m,
+    let mut puller = match Puller::new(&consumer).await {
+        Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "cannot pull an inbound partition");
             return;
         }
     };
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling inbound messages failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                None => break,
-            },
-        };
+    while let Some(msg) = puller.next(&shutdown).await {
         // Keep the message ours in JetStream while it waits for a slot and runs.
         let _heartbeat = heartbeat(msg.clone(), ack_wait);
         let Ok(_permit) = slots.acquire().await else {
@@ -285,33 +266,14 @@ async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
 /// (their id gets a `#routed` suffix, since the original id is already in the stream);
 /// undecodable ones are dead-lettered.
 async fn router_loop(agent: Arc<Agent>, consumer: PullConsumer, shutdown: CancellationToken) {
-    let mut messages = match consumer
-        .stream()
-        .max_messages_per_batch(1)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-    {
-        Ok(m) => m,
+    let mut puller = match Puller::new(&consumer).await {
+        Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "cannot pull unpartitioned inbound messages");
             return;
         }
     };
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pulling unpartitioned messages failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                None => break,
-            },
-        };
+    while let Some(msg) = puller.next(&shutdown).await {
         let trace = TraceContext::from_headers(msg.headers.as_ref());
         let outcome = match nexus_bus::decode::<InboundMessage>(&msg.payload) {
             Err(e) => Outcome::Poison {

@@ -631,6 +631,46 @@ pub struct ServiceInstance {
     pub metadata: HashMap<String, String>,
 }
 
+/// Pulls a durable consumer one message at a time, the way every Nexus consumer does:
+/// long polls with heartbeats, transient pull errors retried, `None` on shutdown.
+pub struct Puller {
+    messages: pull::Stream,
+}
+
+impl Puller {
+    pub async fn new(consumer: &jetstream::consumer::PullConsumer) -> Result<Self, BusError> {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(BusError::nats)?;
+        Ok(Self { messages })
+    }
+
+    /// The next message, or `None` once `shutdown` is cancelled or the consumer is gone.
+    pub async fn next(
+        &mut self,
+        shutdown: &nexus_common::shutdown::CancellationToken,
+    ) -> Option<jetstream::Message> {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                m = self.messages.next() => match m {
+                    Some(Ok(m)) => return Some(m),
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pulling messages failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    None => return None,
+                },
+            }
+        }
+    }
+}
+
 /// What a JetStream handler decided for one message.
 #[derive(Debug)]
 pub enum Outcome {

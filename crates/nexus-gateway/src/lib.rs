@@ -14,8 +14,7 @@
 use std::{future::Future, time::Duration};
 
 use async_nats::{jetstream, service::Service};
-use futures::StreamExt;
-use nexus_bus::{Bus, BusError, Outcome, Stored, TraceContext, kv_key, settle};
+use nexus_bus::{Bus, BusError, Outcome, Puller, Stored, TraceContext, kv_key, settle};
 use nexus_common::{
     Config,
     config::ChannelConfig,
@@ -187,26 +186,8 @@ impl Gateway {
                 "reply ids delivered upstream",
             )
             .await?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(1)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await?;
-        loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                m = messages.next() => match m {
-                    Some(Ok(m)) => m,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "pulling replies failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                    None => break,
-                },
-            };
+        let mut puller = Puller::new(&consumer).await?;
+        while let Some(msg) = puller.next(&shutdown).await {
             let outcome = self.deliver_one(&msg, &delivered, &send).await;
             settle(&self.bus, &msg, outcome, self.max_deliver).await;
         }
