@@ -88,7 +88,12 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
         plan.push((label, agent.clone()));
     }
     for (name, creds) in OPTIONAL {
-        let unset = missing_credentials(creds, |k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+        let mut unset =
+            missing_credentials(creds, |k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+        // The API refuses every request without keys; starting it would only hold a port.
+        if *name == "gateway-api" && config.api.keys.is_empty() {
+            unset.push("[api.keys]".to_owned());
+        }
         match find_binary(name) {
             None => println!("[nexus] skipping {name}: not part of this build yet"),
             Some(_) if !unset.is_empty() => {
