@@ -658,3 +658,27 @@ async fn a_large_memory_reaches_the_model_as_the_relevant_excerpt_only() {
         "the whole file was sent:\n{system}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_turn_in_flight_finish_then_exits_cleanly() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("finished after all".into())).await;
+    fake.set_delay(Duration::from_secs(2));
+    let env = llm_env(&fake);
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(&bus, "c1", 0, "take your time").await;
+    eventually("the model call to start", Duration::from_secs(30), || {
+        let n = fake.in_flight("gpt-4.1-mini");
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let agent = stack.agent.take().unwrap();
+    let status = agent.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "agent-core exited with {status}");
+    // The reply went out before the process ended: nothing was left to redelivery.
+    let r = replies(&bus, 1, Duration::from_secs(5)).await;
+    assert_eq!(r[0].text, "finished after all");
+    assert_eq!(fake.requests().len(), 1);
+}
