@@ -67,6 +67,19 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Err(_) => None,
     };
+    // What services last reported about themselves (watchdogs, pairing, outages), last 24 h.
+    let mut health: BTreeMap<String, (i64, nexus_proto::v1::ServiceNotice)> = BTreeMap::new();
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
+    crate::whatsapp::scan_service_events(
+        &bus,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartTime { start_time: since },
+        None,
+        |at, n| {
+            health.insert(n.service.clone(), (at, n));
+        },
+    )
+    .await?;
+
     if args.json {
         let out = json!({
             "namespace": config.namespace,
@@ -74,6 +87,7 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "services": instances,
             "streams": streams.iter().map(|(n, i)| json!({"name": n, "messages": i.map(|x| x.0), "bytes": i.map(|x| x.1)})).collect::<Vec<_>>(),
             "agent_consumer": consumer.map(|(p, a, r)| json!({"pending": p, "ack_pending": a, "redelivered": r})),
+            "health": health.iter().map(|(svc, (at, n))| json!({"service": svc, "status": n.status, "detail": n.detail, "at_ms": at})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -108,6 +122,24 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!(
             "agent-core backlog: {pending} waiting, {ack_pending} in progress, {redelivered} redelivered"
         );
+    }
+    if !health.is_empty() {
+        println!();
+        println!(
+            "{:<18} {:<12} {:>8}  detail",
+            "REPORTED BY", "STATUS", "AGO"
+        );
+        let now = nexus_common::now_ms();
+        for (svc, (at, n)) in &health {
+            // A QR code is long; say one is waiting rather than print it.
+            let detail = if n.status == "qr" {
+                "scan it with `nexus whatsapp login`"
+            } else {
+                n.detail.as_str()
+            };
+            let ago = crate::whatsapp::ago(now.saturating_sub(*at));
+            println!("{svc:<18} {:<12} {ago:>8}  {detail}", n.status);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

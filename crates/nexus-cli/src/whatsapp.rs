@@ -221,6 +221,16 @@ async fn recent_qr(bus: &Bus) -> anyhow::Result<Option<String>> {
 async fn scan(
     bus: &Bus,
     from: DeliverPolicy,
+    f: impl FnMut(i64, ServiceNotice),
+) -> anyhow::Result<()> {
+    scan_service_events(bus, from, Some(GATEWAY), f).await
+}
+
+/// Feeds stored `service` events (of one service, or all) from `from` on, oldest first, to `f`.
+pub(crate) async fn scan_service_events(
+    bus: &Bus,
+    from: DeliverPolicy,
+    only: Option<&str>,
     mut f: impl FnMut(i64, ServiceNotice),
 ) -> anyhow::Result<()> {
     let s = bus.subjects();
@@ -254,7 +264,7 @@ async fn scan(
             kind: Some(event::Kind::Service(n)),
             ..
         }) = Event::decode(msg.payload.clone())
-            && n.service == GATEWAY
+            && only.is_none_or(|o| n.service == o)
         {
             f(at_ms, n);
         }
@@ -264,7 +274,7 @@ async fn scan(
     }
 }
 
-fn ago(ms: i64) -> String {
+pub(crate) fn ago(ms: i64) -> String {
     match ms / 1000 {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{} min", s / 60),

@@ -571,3 +571,32 @@ async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
         "the NATS that nexus up started is still running"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_what_services_last_reported_about_their_health() {
+    let test = TestEnv::new();
+    let bus = test.bus("gateway-telegram").await;
+    for status in ["degraded", "recovered"] {
+        bus.emit(event::Kind::Service(nexus_proto::v1::ServiceNotice {
+            service: "gateway-telegram".into(),
+            instance: String::new(),
+            status: status.into(),
+            detail: "getUpdates".into(),
+        }))
+        .await;
+    }
+    let out = nexus(&test.process_env(), &["status", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let health = v["health"].as_array().unwrap();
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert_eq!(health[0]["service"], "gateway-telegram");
+    assert_eq!(health[0]["status"], "recovered", "the latest report wins");
+
+    let out = nexus(&test.process_env(), &["status"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("gateway-telegram") && stdout.contains("recovered"),
+        "{stdout}"
+    );
+}
