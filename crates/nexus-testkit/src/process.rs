@@ -83,6 +83,10 @@ impl ServiceProcess {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn id(&self) -> Option<u32> {
         self.child.id()
     }

@@ -48,22 +48,34 @@ impl Stack {
     }
 
     /// Waits until every named service has at least one live instance.
-    pub async fn wait_ready(&self, test: &TestEnv, names: &[&str]) {
+    pub async fn wait_ready(&mut self, test: &TestEnv, names: &[&str]) {
         let bus = test.bus("test-probe").await;
-        crate::eventually("services to register", Duration::from_secs(60), || {
-            let bus = bus.clone();
-            async move {
-                let seen = bus
-                    .discover_services(Duration::from_millis(200))
-                    .await
-                    .ok()?;
-                names
-                    .iter()
-                    .all(|n| seen.iter().any(|s| s.name == *n))
-                    .then_some(())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            // A service that died at start fails the test now, with its name, not in 60 s.
+            for p in [&mut self.memory, &mut self.tools, &mut self.agent]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(status) = p.try_status() {
+                    panic!(
+                        "{} exited during start with {status}; run with TEST_LOG=1 to see why",
+                        p.name()
+                    );
+                }
             }
-        })
-        .await;
+            let seen = bus
+                .discover_services(Duration::from_millis(200))
+                .await
+                .unwrap_or_default();
+            if names.iter().all(|n| seen.iter().any(|s| s.name == *n)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {names:?} to register"
+            );
+        }
     }
 }
 
