@@ -102,6 +102,29 @@ impl Turn {
         })
     }
 
+    /// The sender's id when the gateway named no user, for memory-svc to resolve.
+    fn unresolved_sender_id(&self) -> String {
+        match &self.msg.sender {
+            Some(sender) if sender.user_id.is_empty() => sender.id.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// This turn as the user memory-svc resolved; `Turn::parse`'s id stays
+    /// when the answer carries none (an older memory-svc).
+    fn for_user(&self, resolved: &str) -> Self {
+        Self {
+            msg: self.msg.clone(),
+            session: self.session.clone(),
+            user_id: if resolved.is_empty() {
+                self.user_id.clone()
+            } else {
+                resolved.to_owned()
+            },
+            trace: self.trace.clone(),
+        }
+    }
+
     fn session_ref(&self) -> SessionRef {
         SessionRef {
             channel: self.session.channel().to_string(),
@@ -158,6 +181,8 @@ impl Agent {
             }
         }
 
+        // The user the turn is stored under: resolved by memory-svc when a context is built.
+        let mut user_id = turn.user_id.clone();
         let (reply, stored_entries, counts) = if let (Some(pending), Some(yes)) = (pending, answer)
         {
             let text = self.settle_approval(turn, pending, yes).await;
@@ -181,8 +206,10 @@ impl Agent {
                 Ok(c) => c,
                 Err(e) => return retry(format!("memory-svc: {e}")),
             };
+            let resolved = turn.for_user(&ctx.user_id);
+            user_id.clone_from(&resolved.user_id);
             let result = tokio::select! {
-                r = self.tool_loop(turn, &ctx) => r,
+                r = self.tool_loop(&resolved, &ctx) => r,
                 _ = stop.cancelled() => Err(TurnError::Stopped),
             };
             match result {
@@ -218,7 +245,7 @@ impl Agent {
         if let Some(entries) = stored_entries {
             let req = AppendTurnRequest {
                 session: Some(turn.session_ref()),
-                user_id: turn.user_id.clone(),
+                user_id,
                 turn_id: turn.msg.id.clone(),
                 entries,
                 reply: Some(reply.clone()),
@@ -276,6 +303,7 @@ impl Agent {
                     user_id: turn.user_id.clone(),
                     query: turn.msg.text.clone(),
                     history_turns: self.config.memory.history_turns,
+                    channel_sender_id: turn.unresolved_sender_id(),
                 },
                 &turn.trace,
                 None,
@@ -472,7 +500,12 @@ impl Agent {
             arguments_json: pending.arguments_json.clone(),
             context: Some(ToolContext {
                 session_id: turn.session.id(),
-                user_id: turn.user_id.clone(),
+                // Whom the call was asked for; a "yes" turn builds no context to resolve.
+                user_id: if pending.user_id.is_empty() {
+                    turn.user_id.clone()
+                } else {
+                    pending.user_id.clone()
+                },
                 channel: turn.session.channel().to_string(),
                 chat_id: turn.session.chat_id().to_owned(),
                 turn_id: turn.msg.id.clone(),

@@ -4,7 +4,8 @@
 //! Files are read fresh on every request, because people edit them while the
 //! service runs, and every read is bounded so a huge file cannot blow up memory
 //! or a NATS reply (a large MEMORY.md is replaced by excerpts in `ops`, from
-//! `index`). On start the templates are written where a file is missing.
+//! `index`). On start the templates are written where a file is missing, and a
+//! user's first context creates their `USER_<id>.md` from USER.md.
 //!
 //! It must never overwrite a file that exists, and never build a path from a
 //! user id that is not file-safe.
@@ -12,6 +13,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use tokio::io::AsyncReadExt;
@@ -26,6 +28,12 @@ const TEMPLATES: [(&str, &str); 4] = [
     ("USER.md", include_str!("../../../workspace/USER.md")),
     ("MEMORY.md", MEMORY_TEMPLATE),
 ];
+
+/// The default profile, the template of each user's own.
+const USER_TEMPLATE: &str = include_str!("../../../workspace/USER.md");
+
+/// Names temporary files uniquely within this process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// AGENTS.md, SOUL.md and profiles are instructions, not archives: past this
 /// size they are shortened like a large MEMORY.md.
@@ -82,6 +90,46 @@ impl MarkdownFiles {
             }
         }
         Ok(written)
+    }
+
+    /// Creates `USER_<id>.md` from the workspace's USER.md (the built-in
+    /// template when it is missing), retitled for the user. Returns whether it
+    /// was created: an existing profile is never touched, and a reader never
+    /// sees a half-written one (written aside, then hard-linked into place).
+    pub async fn ensure_profile(&self, user_id: &str) -> io::Result<bool> {
+        if !is_file_safe(user_id) {
+            return Ok(false);
+        }
+        let name = format!("USER_{user_id}.md");
+        let path = self.root.join(&name);
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(false);
+        }
+        let template = match self.read_bounded("USER.md", MAX_PROFILE_BYTES).await? {
+            Some(read) if read.shortened_from.is_none() => read.text,
+            _ => USER_TEMPLATE.to_owned(),
+        };
+        let text = profile_from_template(user_id, &template);
+        let temp = self.root.join(format!(
+            ".{name}.{}-{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        tokio::fs::write(&temp, text.as_bytes())
+            .await
+            .map_err(|e| with_path(e, &temp))?;
+        // A hard link fails when the name exists: someone else's profile wins.
+        let linked = tokio::fs::hard_link(&temp, &path).await;
+        let removed = tokio::fs::remove_file(&temp).await;
+        let created = match linked {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(with_path(e, &path)),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, path = %temp.display(), "temporary profile not removed");
+        }
+        Ok(created)
     }
 
     /// Reads the Markdown of a context for `user_id`. Missing files read as empty.
@@ -164,6 +212,29 @@ pub fn is_file_safe(user_id: &str) -> bool {
         && user_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A user's first profile: the default one, retitled `# USER_<id>.md — profile
+/// of <id>`, without the heading and the paragraph that say it is the default.
+pub fn profile_from_template(user_id: &str, template: &str) -> String {
+    let mut paragraphs: Vec<&str> = template.trim_start().split("\n\n").collect();
+    if paragraphs.first().is_some_and(|p| p.starts_with('#')) {
+        let heading = paragraphs.remove(0);
+        // The heading paragraph may carry more lines than the title.
+        if let Some((_, rest)) = heading.split_once('\n') {
+            paragraphs.insert(0, rest);
+        }
+    }
+    paragraphs.retain(|p| !p.contains("USER_<id>.md") && !p.contains("default profile"));
+    let body = paragraphs.join("\n\n");
+    let body = body.trim();
+    let mut out = format!("# USER_{user_id}.md — profile of {user_id}\n");
+    if !body.is_empty() {
+        out.push('\n');
+        out.push_str(body);
+        out.push('\n');
+    }
+    out
 }
 
 /// Cuts `head` (the first bytes of a file of `total` bytes) at the last
@@ -253,6 +324,44 @@ mod tests {
             "my own soul"
         );
         assert!(files.ensure_templates().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_first_profile_is_the_default_one_retitled_for_its_user() {
+        let out = profile_from_template("ada", USER_TEMPLATE);
+        assert!(
+            out.starts_with("# USER_ada.md — profile of ada\n\n- Name: (unknown)"),
+            "{out}"
+        );
+        assert!(!out.contains("default profile"), "{out}");
+        assert!(!out.contains("of their own"), "{out}");
+        assert!(out.ends_with("(none recorded)\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_profile_is_created_once_and_an_existing_one_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("USER.md"), "# Default\n\n- Team: ops\n").unwrap();
+        std::fs::write(dir.path().join("USER_bob.md"), "mine").unwrap();
+        let files = MarkdownFiles::new(dir.path());
+
+        assert!(files.ensure_profile("ada").await.unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("USER_ada.md")).unwrap(),
+            "# USER_ada.md — profile of ada\n\n- Team: ops\n"
+        );
+        assert!(!files.ensure_profile("ada").await.unwrap());
+        assert!(!files.ensure_profile("bob").await.unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("USER_bob.md")).unwrap(),
+            "mine"
+        );
+        assert!(!files.ensure_profile("../x").await.unwrap());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use files::MarkdownFiles;
 pub use index::{MemoryIndex, UserId};
 pub use ops::{Memory, Op, OpError};
-pub use store::{ChunkHit, ModelOverride, SessionStore, StoreError};
+pub use store::{ChunkHit, Identity, ModelOverride, SessionStore, StoreError};
 pub use tools::{MemoryTool, MemoryTools};
 
 /// Runs memory-svc until `shutdown` is cancelled: templates, database,

@@ -10,22 +10,25 @@ use bytes::Bytes;
 use nexus_bus::{async_nats::service, memory_op, reply_bytes};
 use nexus_common::{
     config::MemoryConfig,
-    domain::{ChannelName, SessionKey},
+    domain::{ChannelName, SessionKey, default_user_id},
     now_ms,
 };
 use nexus_proto::{
     Message,
     v1::{
         AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
-        ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, OutboundMessage,
-        SessionCommandRequest, SessionCommandResponse, SessionRef, session_command_request,
+        ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, Identity as IdentityMsg,
+        IdentityRequest, IdentityResponse, OutboundMessage, SessionCommandRequest,
+        SessionCommandResponse, SessionRef, identity_request, session_command_request,
     },
 };
 
 use crate::{
-    files::{Markdown, MarkdownFiles},
+    files::{Markdown, MarkdownFiles, is_file_safe},
     index::{self, MemoryIndex},
-    store::{Entry, ModelOverride, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId},
+    store::{
+        Entry, Identity, ModelOverride, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId,
+    },
 };
 
 /// Most turns one request may ask history for; keeps a reply under NATS' payload limit.
@@ -36,6 +39,10 @@ const MAX_EXCERPT_HITS: u32 = 64;
 const MAX_ENTRIES_PER_TURN: usize = 10_000;
 /// Longest status text sent in the service error header.
 const MAX_STATUS_LEN: usize = 512;
+/// Longest user id a link may set (the default ids are at most the channel plus 96).
+pub const MAX_LINKED_USER_ID: usize = 96;
+/// Longest sender id accepted, as upstream platforms spell them.
+const MAX_SENDER_ID: usize = 256;
 
 /// A memory operation, the last token of `N.memory.<op>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +52,17 @@ pub enum Op {
     Answered,
     History,
     Session,
+    Identity,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 6] = [
         Op::Context,
         Op::Append,
         Op::Answered,
         Op::History,
         Op::Session,
+        Op::Identity,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +72,7 @@ impl Op {
             Op::Answered => memory_op::ANSWERED,
             Op::History => memory_op::HISTORY,
             Op::Session => memory_op::SESSION,
+            Op::Identity => memory_op::IDENTITY,
         }
     }
 }
@@ -129,6 +139,7 @@ impl Memory {
             Op::Answered => reply(op, self.answered(payload).await),
             Op::History => reply(op, self.history(payload).await),
             Op::Session => reply(op, self.session(payload).await),
+            Op::Identity => reply(op, self.identity(payload).await),
         }
     }
 
@@ -136,8 +147,20 @@ impl Memory {
         let req: ContextRequest = decode(payload)?;
         let session = session_key(req.session.as_ref())?;
         let turns = self.turns(req.history_turns);
+        let user_id = if req.channel_sender_id.is_empty() {
+            req.user_id
+        } else {
+            let sender = sender_id(&req.channel_sender_id)?;
+            self.resolve(session.channel(), sender).await?
+        };
         let markdown = async {
-            let markdown = self.files.read(&req.user_id, self.max_memory_bytes).await?;
+            match self.files.ensure_profile(&user_id).await {
+                Ok(true) => tracing::info!(user_id, "first contact: profile created"),
+                Ok(false) => {}
+                // The default profile still serves; a context is never refused over it.
+                Err(error) => tracing::warn!(%error, user_id, "profile not created"),
+            }
+            let markdown = self.files.read(&user_id, self.max_memory_bytes).await?;
             Ok::<_, OpError>(self.with_excerpts(markdown, &req.query).await)
         };
         let (markdown, history, model_override) = tokio::join!(
@@ -155,7 +178,63 @@ impl Memory {
             session_id: session.id(),
             timezone: self.timezone.clone(),
             model_override: model_override?,
+            user_id,
         })
+    }
+
+    /// The user id of a sender: the linked one, else `<channel>_<sender>`.
+    async fn resolve(&self, channel: &ChannelName, sender_id: &str) -> Result<String, OpError> {
+        Ok(
+            match self.store.identity(channel.as_str(), sender_id).await? {
+                Some(linked) => linked.user_id,
+                None => default_user_id(channel, sender_id),
+            },
+        )
+    }
+
+    async fn identity(&self, payload: &[u8]) -> Result<IdentityResponse, OpError> {
+        use identity_request::Op;
+        let req: IdentityRequest = decode(payload)?;
+        match req.op {
+            Some(Op::Resolve(r)) => {
+                let channel = ChannelName::parse(&r.channel).map_err(bad)?;
+                let sender = sender_id(&r.sender_id)?;
+                let linked = self.store.identity(channel.as_str(), sender).await?;
+                let user_id = match &linked {
+                    Some(linked) => linked.user_id.clone(),
+                    None => default_user_id(&channel, sender),
+                };
+                Ok(IdentityResponse {
+                    user_id,
+                    identities: linked.into_iter().map(identity_msg).collect(),
+                })
+            }
+            Some(Op::Link(l)) => {
+                let channel = ChannelName::parse(&l.channel).map_err(bad)?;
+                let sender = sender_id(&l.sender_id)?;
+                let user_id = linkable_user_id(&l.user_id)?;
+                let linked = self
+                    .store
+                    .link_identity(channel.as_str(), sender, user_id)
+                    .await?;
+                tracing::info!(channel = %channel, sender_id = sender, user_id, "identity linked");
+                Ok(IdentityResponse {
+                    user_id: linked.user_id.clone(),
+                    identities: vec![identity_msg(linked)],
+                })
+            }
+            Some(Op::List(l)) => {
+                let user = (!l.user_id.is_empty()).then_some(l.user_id.as_str());
+                let identities = self.store.identities(user).await?;
+                Ok(IdentityResponse {
+                    user_id: String::new(),
+                    identities: identities.into_iter().map(identity_msg).collect(),
+                })
+            }
+            None => Err(OpError::BadRequest(
+                "op is missing; expected resolve, link or list".into(),
+            )),
+        }
     }
 
     /// A MEMORY.md too large to give whole becomes its excerpts most relevant
@@ -333,6 +412,34 @@ fn session_key(session: Option<&SessionRef>) -> Result<SessionKey, OpError> {
     let session = session.ok_or_else(|| OpError::BadRequest("session is missing".into()))?;
     let channel = ChannelName::parse(&session.channel).map_err(bad)?;
     SessionKey::new(channel, &session.chat_id, &session.thread_id).map_err(bad)
+}
+
+fn sender_id(s: &str) -> Result<&str, OpError> {
+    if s.is_empty() || s.len() > MAX_SENDER_ID || s.chars().any(char::is_control) {
+        return Err(OpError::BadRequest(format!(
+            "sender id must be 1 to {MAX_SENDER_ID} bytes without control characters"
+        )));
+    }
+    Ok(s)
+}
+
+fn linkable_user_id(s: &str) -> Result<&str, OpError> {
+    if !is_file_safe(s) || s.len() > MAX_LINKED_USER_ID {
+        return Err(OpError::BadRequest(format!(
+            "user id {:?} must be 1 to {MAX_LINKED_USER_ID} of A-Z, a-z, 0-9, _ and -",
+            s.chars().take(120).collect::<String>()
+        )));
+    }
+    Ok(s)
+}
+
+fn identity_msg(id: Identity) -> IdentityMsg {
+    IdentityMsg {
+        channel: id.channel,
+        sender_id: id.sender_id,
+        user_id: id.user_id,
+        linked_at_ms: id.linked_at_ms,
+    }
 }
 
 fn entry(i: usize, e: &HistoryEntry, turn_id: &TurnId, now: i64) -> Result<Entry, OpError> {

@@ -3,7 +3,10 @@
 //!
 //! Runs `nexus up` (release build) against the NATS at `NATS_URL`, with a fake
 //! OpenAI server that answers instantly, and drives it through JetStream the
-//! way a gateway does.
+//! way a gateway does. The memory retrieval figure (`retrieval`) runs
+//! memory-svc's index in-process over a generated corpus.
+
+mod retrieval;
 
 use std::{
     collections::HashMap,
@@ -170,6 +173,16 @@ async fn main() -> anyhow::Result<()> {
     let sessions: usize = env_or("BENCH_SESSIONS", 100);
     let per_session: usize = env_or("BENCH_PER_SESSION", 5);
     let llm_ms: u64 = env_or("BENCH_REPLICA_LLM_MS", 50) as u64;
+    let corpus_mb: usize = env_or("BENCH_CORPUS_MB", 10);
+    let searches: usize = env_or("BENCH_SEARCHES", 200);
+    // `nexus-bench retrieval`: only the memory figure, no NATS needed.
+    if std::env::args().nth(1).as_deref() == Some("retrieval") {
+        let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
+        println!("| figure | value |");
+        println!("|---|---|");
+        print_retrieval(&retrieval, corpus_mb);
+        return Ok(());
+    }
 
     let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
     let up = Up::start(&fake, 1).await?;
@@ -204,6 +217,8 @@ async fn main() -> anyhow::Result<()> {
     }
     fake.set_delay(Duration::ZERO);
 
+    let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
+
     println!(
         "Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)",
         cpus()
@@ -229,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         "| `nexus up` to ready (NATS already running) | {} ms |",
         startup.as_millis()
     );
+    print_retrieval(&retrieval, corpus_mb);
     println!();
     println!(
         "| agent-core replicas | model latency | throughput ({sessions} sessions × {per_session}) |"
@@ -238,6 +254,28 @@ async fn main() -> anyhow::Result<()> {
         println!("| {agents} | {delay} ms | {tps:.0} turns/s |");
     }
     Ok(())
+}
+
+/// The table rows of the memory retrieval figure.
+fn print_retrieval(retrieval: &retrieval::Retrieval, corpus_mb: usize) {
+    let searches = retrieval.searches.len();
+    let corpus = format!(
+        "{:.1} MB corpus, {} files",
+        retrieval.corpus_bytes as f64 / (1024.0 * 1024.0),
+        retrieval.files
+    );
+    println!(
+        "| memory retrieval over a {corpus_mb} MB corpus (SQLite FTS5), p50 of {searches} searches ({corpus}) | {:.2} ms |",
+        ms(percentile(&retrieval.searches, 50.0))
+    );
+    println!(
+        "| memory retrieval over a {corpus_mb} MB corpus (SQLite FTS5), p99 | {:.2} ms |",
+        ms(percentile(&retrieval.searches, 99.0))
+    );
+    println!(
+        "| memory index build over the {corpus_mb} MB corpus (SQLite FTS5) | {} ms |",
+        retrieval.index_build.as_millis()
+    );
 }
 
 /// Sends inbound messages and matches replies by `in_reply_to`.

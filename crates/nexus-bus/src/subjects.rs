@@ -32,6 +32,7 @@ pub mod memory_op {
     pub const ANSWERED: &str = "answered";
     pub const HISTORY: &str = "history";
     pub const SESSION: &str = "session";
+    pub const IDENTITY: &str = "identity";
 }
 
 /// Operator commands a gateway serves, the last token of `N.gateway.<channel>.<op>`.
@@ -198,6 +199,7 @@ impl Subjects {
             ("memory", Some(memory_op::ANSWERED)) => "nexus.v1.AnsweredRequest",
             ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
             ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
+            ("memory", Some(memory_op::IDENTITY)) => "nexus.v1.IdentityRequest",
             ("gateway", Some(_)) if parts.next().is_some() => "nexus.v1.GatewayCommandRequest",
             _ => return None,
         })

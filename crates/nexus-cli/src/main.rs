@@ -1,11 +1,12 @@
 //! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
-//! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `whatsapp`
-//! pairs the WhatsApp channel.
+//! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `users`
+//! links senders to users, `whatsapp` pairs the WhatsApp channel.
 
 mod chat;
 mod status;
 mod tail;
 mod up;
+mod users;
 mod whatsapp;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// List live service replicas and stream backlogs.
     Status(status::StatusArgs),
+    /// Link a channel's sender to a user id, or list the links.
+    Users(users::UsersArgs),
     /// Pair the WhatsApp channel (`login` draws the QR code) or show its status.
     #[command(name = "whatsapp")]
     WhatsApp(whatsapp::WhatsAppArgs),
@@ -60,6 +63,7 @@ async fn main() -> ExitCode {
         Command::Chat(a) => chat::run(config, a).await,
         Command::Tail(a) => tail::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
+        Command::Users(a) => users::run(config, a).await,
         Command::WhatsApp(a) => whatsapp::run(config, a).await,
     };
     match result {

@@ -13,6 +13,7 @@
 //! values and opaque reply bytes.
 
 mod chunks;
+mod identities;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -148,6 +149,15 @@ pub struct NewTurn {
     /// The reply that went out, encoded by the caller; the store never looks inside.
     pub reply: Option<Vec<u8>>,
     pub at_ms: i64,
+}
+
+/// A (channel, sender id) linked to a user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub channel: String,
+    pub sender_id: String,
+    pub user_id: String,
+    pub linked_at_ms: i64,
 }
 
 /// A turn that is already stored: the message it answers was answered.
@@ -299,6 +309,47 @@ impl SessionStore {
         match self {
             Self::Sqlite(s) => s.model_override(session).await,
             Self::Postgres(s) => s.model_override(session).await,
+        }
+    }
+
+    /// The identity linked to this sender, if any.
+    pub async fn identity(
+        &self,
+        channel: &str,
+        sender_id: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        match self {
+            Self::Sqlite(s) => identities::sqlite::get(s.pool(), channel, sender_id).await,
+            Self::Postgres(s) => identities::postgres::get(s.pool(), channel, sender_id).await,
+        }
+    }
+
+    /// Links a sender to a user id, replacing an earlier link; returns the link.
+    /// The caller has validated the three values.
+    pub async fn link_identity(
+        &self,
+        channel: &str,
+        sender_id: &str,
+        user_id: &str,
+    ) -> Result<Identity, StoreError> {
+        let identity = Identity {
+            channel: channel.to_owned(),
+            sender_id: sender_id.to_owned(),
+            user_id: user_id.to_owned(),
+            linked_at_ms: now_ms(),
+        };
+        match self {
+            Self::Sqlite(s) => identities::sqlite::link(s.pool(), &identity).await?,
+            Self::Postgres(s) => identities::postgres::link(s.pool(), &identity).await?,
+        }
+        Ok(identity)
+    }
+
+    /// Every linked identity, or those of one user, by channel and sender id.
+    pub async fn identities(&self, user_id: Option<&str>) -> Result<Vec<Identity>, StoreError> {
+        match self {
+            Self::Sqlite(s) => identities::sqlite::list(s.pool(), user_id).await,
+            Self::Postgres(s) => identities::postgres::list(s.pool(), user_id).await,
         }
     }
 

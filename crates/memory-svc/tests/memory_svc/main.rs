@@ -2,6 +2,7 @@
 //! workspace, driven only through its NATS subjects and the workspace files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod identity;
 mod retrieval;
 
 use std::{panic::AssertUnwindSafe, time::Duration};
@@ -70,6 +71,7 @@ async fn context(bus: &Bus, chat: &str, user_id: &str) -> ContextResponse {
         user_id: user_id.into(),
         query: "anything".into(),
         history_turns: 0,
+        channel_sender_id: String::new(),
     };
     bus.request(
         bus.subjects().memory(memory_op::CONTEXT),
@@ -185,7 +187,15 @@ async fn a_fresh_workspace_gets_the_templates_without_losing_a_file_someone_wrot
     let ctx = context(&bus, "c1", "cli_alice").await;
     assert_eq!(ctx.agents_md, TEMPLATE_AGENTS);
     assert_eq!(ctx.soul_md, "# My own soul\n");
-    assert_eq!(ctx.user_profile_md, TEMPLATE_USER);
+    // First contact: the user's own profile, made from USER.md.
+    assert_eq!(ctx.user_id, "cli_alice");
+    assert!(
+        ctx.user_profile_md
+            .starts_with("# USER_cli_alice.md — profile of cli_alice\n"),
+        "{}",
+        ctx.user_profile_md
+    );
+    assert_eq!(ctx.user_profile_md, read("USER_cli_alice.md"));
     assert_eq!(ctx.memory_md, TEMPLATE_MEMORY);
     assert_eq!(ctx.session_id, "cli:c1");
     assert_eq!(ctx.timezone, "UTC");
@@ -204,7 +214,13 @@ async fn a_users_own_profile_wins_over_the_default_one() {
     assert_eq!(own.user_profile_md, "# Bob\nLikes short answers.\n");
 
     let other = context(&bus, "c1", "telegram_43").await;
-    assert_eq!(other.user_profile_md, TEMPLATE_USER);
+    assert!(
+        other
+            .user_profile_md
+            .starts_with("# USER_telegram_43.md — profile of telegram_43\n"),
+        "{}",
+        other.user_profile_md
+    );
 
     // An id that is not file-safe never names a file.
     env.write("USER_.md", "must not be read");

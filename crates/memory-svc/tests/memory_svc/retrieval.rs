@@ -153,6 +153,7 @@ async fn context_for(bus: &Bus, user_id: &str, query: &str) -> ContextResponse {
         user_id: user_id.into(),
         query: query.into(),
         history_turns: 0,
+        channel_sender_id: String::new(),
     };
     bus.request(
         bus.subjects().memory(memory_op::CONTEXT),

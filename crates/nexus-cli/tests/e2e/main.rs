@@ -600,3 +600,104 @@ async fn status_shows_what_services_last_reported_about_their_health() {
         "{stdout}"
     );
 }
+
+/// Publishes a message from `sender` on `channel` the way that channel's gateway would.
+async fn inbound_from(bus: &nexus_bus::Bus, channel: &str, sender: &str, text: &str) {
+    let msg = nexus_proto::v1::InboundMessage {
+        id: format!("{channel}:{sender}-1"),
+        channel: channel.into(),
+        chat: Some(nexus_proto::v1::ChatRef {
+            chat_id: format!("dm-{sender}"),
+            ..Default::default()
+        }),
+        sender: Some(nexus_proto::v1::Sender {
+            id: sender.into(),
+            ..Default::default()
+        }),
+        text: text.into(),
+        upstream_id: format!("{sender}-1"),
+        kind: nexus_proto::v1::InboundKind::User as i32,
+        ..Default::default()
+    };
+    bus.publish_inbound(&msg, &nexus_bus::TraceContext::new_root())
+        .await
+        .unwrap();
+}
+
+/// The system prompt of each LLM request so far, once there are `n`.
+async fn system_prompts(fake: &FakeOpenAi, n: usize) -> Vec<String> {
+    eventually("the LLM requests", Duration::from_secs(60), || async {
+        let requests = fake.requests();
+        (requests.len() >= n).then(|| {
+            requests
+                .iter()
+                .map(|r| r["messages"][0]["content"].as_str().unwrap().to_owned())
+                .collect()
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_senders_linked_to_one_user_share_one_profile_across_channels() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("noted".into())).await;
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+
+    for (channel, sender) in [("telegram", "42"), ("slack", "U7")] {
+        let out = nexus(stack.env(), &["users", "link", channel, sender, "ada"]).await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "link failed: {stderr}");
+        assert_eq!(stdout, format!("linked {channel}:{sender} to ada\n"));
+    }
+    let out = nexus(stack.env(), &["users", "link", "slack", "U9", "../ada"]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "an unsafe user id was linked");
+    assert!(stderr.contains("user id"), "{stderr}");
+    let out = nexus(stack.env(), &["users", "list", "--user", "ada"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "list failed: {stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["CHANNEL", "SENDER", "USER"],
+            vec!["slack", "U7", "ada"],
+            vec!["telegram", "42", "ada"]
+        ]
+    );
+
+    let bus = test.bus("test").await;
+    inbound_from(&bus, "telegram", "42", "hello from telegram").await;
+    let first = system_prompts(&fake, 1).await;
+    assert!(
+        first[0].contains("# USER_ada.md — profile of ada"),
+        "{}",
+        first[0]
+    );
+    let profile = test.workspace_path().join("USER_ada.md");
+    let created = std::fs::read_to_string(&profile).unwrap();
+    std::fs::write(&profile, format!("{created}- Favourite tea: Earl Grey\n")).unwrap();
+
+    inbound_from(&bus, "slack", "U7", "hello from slack").await;
+    inbound_from(&bus, "slack", "U8", "hello from someone else").await;
+    let prompts = system_prompts(&fake, 3).await;
+    let of = |needle: &str| {
+        let i = fake
+            .requests()
+            .iter()
+            .position(|r| r.to_string().contains(needle))
+            .unwrap();
+        prompts[i].clone()
+    };
+    let slack = of("hello from slack");
+    assert!(slack.contains("profile of ada"), "{slack}");
+    assert!(slack.contains("Earl Grey"), "{slack}");
+    let other = of("hello from someone else");
+    assert!(other.contains("profile of slack_U8"), "{other}");
+    assert!(!other.contains("Earl Grey"), "{other}");
+}
