@@ -60,12 +60,6 @@ pub async fn run_with_model(
 ) -> anyhow::Result<()> {
     let bus = Bus::connect(&config, "agent-core").await?;
     bus.ensure_streams().await.context("creating streams")?;
-    let service = bus
-        .register_service(
-            "agent-core",
-            "Nexus reasoning loop (JetStream consumer of N.inbound)",
-        )
-        .await?;
 
     let ack_wait = Duration::from_secs(config.agent.ack_wait_secs.max(2));
     let agent = Arc::new(Agent {
@@ -135,6 +129,14 @@ pub async fn run_with_model(
     }
     tasks.spawn(router_loop(agent.clone(), router, shutdown.clone()));
     let watcher = tokio::spawn(watch_for_stop(live, running.clone(), shutdown.clone()));
+    // Registered last: a replica that answers `$SRV.PING` (nexus status, nexus up's
+    // readiness) is already pulling its partitions.
+    let service = bus
+        .register_service(
+            "agent-core",
+            "Nexus reasoning loop (JetStream consumer of N.inbound)",
+        )
+        .await?;
     tracing::info!(namespace = %config.namespace, model = %config.llm.model, "agent-core ready");
 
     shutdown.cancelled().await;

@@ -52,6 +52,7 @@ impl TestEnv {
     /// A fresh namespace (`t<random>`) and an empty workspace directory.
     pub fn new() -> Self {
         init_logging();
+        sweep_abandoned_namespaces();
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let workspace = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let env = vec![
@@ -126,6 +127,44 @@ impl TestEnv {
         }
         path
     }
+}
+
+/// Deletes streams of test namespaces (`t` + 12 hex digits) created over an hour ago:
+/// what killed test runs left behind on the shared server. Once per test process.
+fn sweep_abandoned_namespaces() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let _ = std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(client) = async_nats::connect(nats_url()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client.clone());
+                let cutoff = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+                let mut streams = js.streams();
+                let mut doomed = Vec::new();
+                while let Some(Ok(info)) = futures::StreamExt::next(&mut streams).await {
+                    let name = &info.config.name;
+                    let bare = name.trim_start_matches("KV_").trim_start_matches("OBJ_");
+                    let test_ns = bare.len() > 14
+                        && bare.starts_with('t')
+                        && bare.as_bytes()[13] == b'_'
+                        && bare[1..13].bytes().all(|b| b.is_ascii_hexdigit());
+                    if test_ns && info.created < cutoff {
+                        doomed.push(name.clone());
+                    }
+                }
+                for name in doomed {
+                    let _ = js.delete_stream(&name).await;
+                }
+                let _ = client.drain().await;
+            });
+        })
+        .join();
+    });
 }
 
 impl Drop for TestEnv {
