@@ -313,7 +313,14 @@ impl Config {
         let mut named = Vec::new();
         for (key, val) in env {
             if let Some(rest) = key.strip_prefix("NEXUS__") {
-                let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+                let mut path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+                // Keys of user-data tables (API keys, user ids) keep their case.
+                if path.len() == 3
+                    && CASE_KEPT_TABLES.contains(&[path[0].as_str(), path[1].as_str()])
+                    && let Some(original) = rest.split("__").nth(2)
+                {
+                    path[2] = original.to_owned();
+                }
                 if path.iter().any(String::is_empty) {
                     return Err(ConfigError::Invalid(format!(
                         "malformed override variable {key}"
@@ -395,6 +402,9 @@ impl Config {
         self.channels.get(name).cloned().unwrap_or_default()
     }
 }
+
+/// Tables whose keys are data, not setting names: `NEXUS__API__KEYS__AbC=alice` keeps `AbC`.
+const CASE_KEPT_TABLES: &[[&str; 2]] = &[["api", "keys"], ["llm", "user_routes"]];
 
 /// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
 fn merge(base: &mut toml::Value, overlay: toml::Value) {
@@ -581,6 +591,31 @@ mod tests {
         let err = Config::from_sources(None, env(&[("NEXUS__LLM__USER_ROUTES__U1", "nope")]))
             .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_and_user_ids_set_in_the_environment_keep_their_case() {
+        let c = Config::from_sources(
+            None,
+            env(&[
+                ("NEXUS__API__KEYS__sk-AbC123", "alice"),
+                ("NEXUS__LLM__ROUTES__CODING", "m"),
+                ("NEXUS__LLM__USER_ROUTES__Slack_U7", "coding"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.keys.get("sk-AbC123").map(String::as_str),
+            Some("alice")
+        );
+        assert_eq!(
+            c.llm.user_routes.get("Slack_U7").map(String::as_str),
+            Some("coding")
+        );
+        assert!(
+            c.llm.routes.contains_key("coding"),
+            "route names are lowercased like settings"
+        );
     }
 
     #[test]

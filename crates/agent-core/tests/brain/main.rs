@@ -573,7 +573,7 @@ async fn routes_choose_the_model_by_user_then_channel_and_by_name_with_model() {
     ));
     env.push(("NEXUS__LLM__ROUTES__CHEAP", "openai::cheap".into()));
     env.push(("NEXUS__LLM__CHANNEL_ROUTES__TEST", "cheap".into()));
-    env.push(("NEXUS__LLM__USER_ROUTES__TEST_VIP", "coding".into()));
+    env.push(("NEXUS__LLM__USER_ROUTES__test_vip", "coding".into()));
     let _stack = Stack::start(&test, &refs(&env)).await;
     let bus = test.bus("test").await;
 
