@@ -71,9 +71,28 @@ pub fn edit_locked(
     wait: Duration,
     edit: impl FnOnce(Option<String>) -> Option<String>,
 ) -> Result<Edited, EditError> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+    edit_locked_in(root, None, name, wait, edit)
+}
+
+/// [`edit_locked`] for `root/dir/name` (the directory is created if missing),
+/// locked as `<dir>__<name>`; `dir` is one plain directory name, like `memories`.
+pub fn edit_locked_in(
+    root: &Path,
+    dir: Option<&str>,
+    name: &str,
+    wait: Duration,
+    edit: impl FnOnce(Option<String>) -> Option<String>,
+) -> Result<Edited, EditError> {
+    let plain = |n: &str| !(n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.'));
+    if !plain(name) || !dir.is_none_or(plain) {
         return Err(EditError::BadName { name: name.into() });
     }
+    let locks = root.join(LOCK_DIR);
+    let (root, lock_name) = match dir {
+        Some(dir) => (root.join(dir), format!("{dir}__{name}")),
+        None => (root.to_owned(), name.to_owned()),
+    };
+    let root = root.as_path();
     let io = |action: &'static str| {
         move |error: io::Error| EditError::Io {
             name: name.into(),
@@ -81,13 +100,15 @@ pub fn edit_locked(
             error,
         }
     };
-    let locks = root.join(LOCK_DIR);
     fs::create_dir_all(&locks).map_err(io("create the lock directory for"))?;
+    if dir.is_some() {
+        fs::create_dir_all(root).map_err(io("create the directory of"))?;
+    }
     let lock = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
-        .open(locks.join(format!("{name}.lock")))
+        .open(locks.join(format!("{lock_name}.lock")))
         .map_err(io("open the lock of"))?;
     let started = Instant::now();
     loop {

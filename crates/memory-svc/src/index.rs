@@ -447,7 +447,13 @@ impl MemoryIndex {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&bytes);
-        let chunks = markdown::chunks(&text);
+        let mut chunks = markdown::chunks(&text);
+        // Only a journal's sections are filed by reader; elsewhere a marker means nothing.
+        if !is_journal_path(&file.path) {
+            for chunk in &mut chunks {
+                chunk.readers = None;
+            }
+        }
         self.store.replace_chunks(&indexed, &chunks).await?;
         tracing::debug!(
             file = file.path,
@@ -456,6 +462,12 @@ impl MemoryIndex {
         );
         Ok(())
     }
+}
+
+/// Whether `path` (relative to the workspace) is under `memories/`.
+pub fn is_journal_path(path: &str) -> bool {
+    path.strip_prefix(JOURNAL_DIR)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A journal's name without `.md`: `2025-03-01`, or any other file-safe name.

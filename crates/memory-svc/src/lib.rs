@@ -4,8 +4,9 @@
 //! It owns the session store (`store`), the workspace's Markdown files
 //! (`files`), their search index (`index`, chunked by `markdown`), the
 //! meaning of each operation (`ops`), the memory tools `remember` and
-//! `memory_search` (`tools`, writing through `edit`) and the request loop
-//! (`server`). agent-core builds prompts from what it answers and never reads
+//! `memory_search` (`tools`, writing through `edit`), the daily journals and
+//! consolidated facts (`journal`, from summaries agent-core writes) and the
+//! request loop (`server`). agent-core builds prompts from what it answers and never reads
 //! the disk itself.
 //!
 //! It must never call an LLM or another service's tool, never publish to a
@@ -14,6 +15,7 @@
 pub mod edit;
 pub mod files;
 pub mod index;
+pub mod journal;
 pub mod markdown;
 pub mod ops;
 pub mod server;
@@ -62,7 +64,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let index = MemoryIndex::new(store.clone(), files.root());
         let tools = Arc::new(MemoryTools::new(index.clone(), &config.tools));
         server::publish_tool_specs(&bus, &tools).await?;
-        let memory = Arc::new(Memory::new(store.clone(), files, index, &config.memory));
+        let memory = Arc::new(
+            Memory::new(store.clone(), files, index, &config.memory)
+                .context("[memory] timezone")?,
+        );
+        // Summaries a crash left unwritten go to the files before anything else.
+        match memory.journal().apply_pending().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(summaries = n, "journal caught up after a restart"),
+            Err(error) => {
+                tracing::warn!(%error, "journal not caught up; retried on the next sweep")
+            }
+        }
         let served = server::serve(&bus, memory, tools, shutdown).await;
         bus.drain().await;
         served

@@ -21,7 +21,14 @@ pub struct Chunk {
     pub line_end: u32,
     /// The lines as written, trailing whitespace removed.
     pub text: String,
+    /// Who may read it, from a [`JOURNAL_MARKER`] right under its section's
+    /// heading: the user ids it lists (possibly none). `None` without a marker.
+    pub readers: Option<Vec<String>>,
 }
+
+/// Opens the comment that files a journal section: `<!-- nexus:journal id=12
+/// users=telegram_42 slack_U1 -->`, as the first line under its heading.
+pub const JOURNAL_MARKER: &str = "<!-- nexus:journal ";
 
 /// What kind of line this is, outside fenced code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +142,10 @@ impl Fences {
 pub fn chunks(text: &str) -> Vec<Chunk> {
     let mut out = Vec::new();
     let mut headings: Vec<(usize, String)> = Vec::new();
+    // Readers set by a marker, with the heading level they hold under.
+    let mut readers: Vec<(usize, Vec<String>)> = Vec::new();
+    // Whether only blank lines came since the last heading (where a marker counts).
+    let mut after_heading = false;
     let mut fences = Fences::default();
     let mut current: Option<Chunk> = None;
     let flush = |current: &mut Option<Chunk>, out: &mut Vec<Chunk>| {
@@ -148,14 +159,25 @@ pub fn chunks(text: &str) -> Vec<Chunk> {
         let in_code = fences.open.is_some();
         let code = fences.code(line);
         let kind = if code { Line::Other } else { classify(line) };
+        if !code && let Some(users) = journal_marker_users(line) {
+            flush(&mut current, &mut out);
+            // Only right under a heading: a marker inside a summary files nothing.
+            if after_heading && let Some((level, _)) = headings.last() {
+                readers.push((*level, users));
+            }
+            continue;
+        }
         match kind {
             Line::Blank => flush(&mut current, &mut out),
             Line::Heading { level, text } => {
                 flush(&mut current, &mut out);
                 headings.retain(|(l, _)| *l < level);
                 headings.push((level, text.to_owned()));
+                readers.retain(|(l, _)| *l < level);
+                after_heading = true;
             }
             kind => {
+                after_heading = false;
                 let starts_block = kind == Line::Item || (code && !in_code);
                 let too_long = current
                     .as_ref()
@@ -168,6 +190,7 @@ pub fn chunks(text: &str) -> Vec<Chunk> {
                     line_start: number,
                     line_end: number,
                     text: String::new(),
+                    readers: readers.last().map(|(_, users)| users.clone()),
                 });
                 if !chunk.text.is_empty() {
                     chunk.text.push('\n');
@@ -183,6 +206,29 @@ pub fn chunks(text: &str) -> Vec<Chunk> {
     }
     flush(&mut current, &mut out);
     out
+}
+
+/// The user ids of a [`JOURNAL_MARKER`] line; `None` for any other line.
+/// Ids that are not `[A-Za-z0-9_-]` are dropped, never widened to everyone.
+pub fn journal_marker_users(line: &str) -> Option<Vec<String>> {
+    let body = line
+        .trim()
+        .strip_prefix(JOURNAL_MARKER.trim_end())?
+        .strip_suffix("-->")?;
+    let mut users = Vec::new();
+    let mut in_users = false;
+    for word in body.split_whitespace() {
+        if let Some(first) = word.strip_prefix("users=") {
+            in_users = true;
+            users.push(first.to_owned());
+        } else if word.contains('=') {
+            in_users = false;
+        } else if in_users {
+            users.push(word.to_owned());
+        }
+    }
+    users.retain(|u| crate::files::is_file_safe(u));
+    Some(users)
 }
 
 fn heading_path(headings: &[(usize, String)]) -> String {
@@ -322,6 +368,36 @@ mod tests {
                 ("Memory > Facts > Pets", 14, 14, "1. Rex"),
             ]
         );
+    }
+
+    #[test]
+    fn a_journal_marker_under_a_heading_names_the_readers_of_its_section_only() {
+        let text = "# Journal\n\nshared intro\n\n## 09:00 telegram\n<!-- nexus:journal id=1 users=alice bob -->\n\n- talked\n\n\
+                    ## 10:00 slack\n<!-- nexus:journal id=2 users=carol -->\n- planned\n<!-- nexus:journal id=9 users=mallory -->\n- more\n\n\
+                    ## Notes\nfree text\n";
+        let got = chunks(text);
+        let view: Vec<(&str, Option<Vec<String>>)> = got
+            .iter()
+            .map(|c| (c.text.as_str(), c.readers.clone()))
+            .collect();
+        let users = |u: &[&str]| Some(u.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            view,
+            [
+                ("shared intro", None),
+                ("- talked", users(&["alice", "bob"])),
+                ("- planned", users(&["carol"])),
+                // A marker further down (say, inside a summary) changes nothing.
+                ("- more", users(&["carol"])),
+                ("free text", None),
+            ]
+        );
+        assert!(got.iter().all(|c| !c.text.contains("nexus:journal")));
+        assert_eq!(
+            journal_marker_users("<!-- nexus:journal id=3 users=ok ../x -->"),
+            Some(vec!["ok".to_owned()])
+        );
+        assert_eq!(journal_marker_users("<!-- note -->"), None);
     }
 
     #[test]

@@ -16,18 +16,22 @@ use nexus_common::{
 use nexus_proto::{
     Message,
     v1::{
-        AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
+        AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ClaimBatch,
+        CommitBatch, ConsolidateRequest, ConsolidateResponse, ConsolidationBatch, ContextRequest,
         ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, Identity as IdentityMsg,
         IdentityRequest, IdentityResponse, OutboundMessage, SessionCommandRequest,
-        SessionCommandResponse, SessionRef, identity_request, session_command_request,
+        SessionCommandResponse, SessionRef, consolidate_request, identity_request,
+        session_command_request,
     },
 };
 
 use crate::{
     files::{Markdown, MarkdownFiles, is_file_safe},
-    index::{self, MemoryIndex},
+    index::{self, MemoryIndex, UserId},
+    journal::{self, Journal, JournalError, StoredFact},
     store::{
-        Entry, Identity, ModelOverride, NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId,
+        BatchEntry, Entry, Identity, ModelOverride, NewConsolidation, NewTurn, PastEntry, Role,
+        SessionStore, StoreError, TurnId,
     },
 };
 
@@ -43,6 +47,20 @@ const MAX_STATUS_LEN: usize = 512;
 pub const MAX_LINKED_USER_ID: usize = 96;
 /// Longest sender id accepted, as upstream platforms spell them.
 const MAX_SENDER_ID: usize = 256;
+/// Sessions one "due" request lists at most.
+const MAX_DUE: u32 = 100;
+/// Turns one summary covers at most, and bytes of entry text it is given.
+const MAX_BATCH_TURNS: u32 = 40;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// How long a claimed batch stays with its caller before others may take it.
+const LEASE_MS: i64 = 3 * 60 * 1000;
+/// Longest lease owner (a replica id).
+const MAX_OWNER: usize = 128;
+/// Bytes of earlier summaries, and of journal excerpts, in a context.
+const MAX_SUMMARY_CONTEXT_BYTES: usize = 4096;
+const MAX_JOURNAL_CONTEXT_BYTES: usize = 4096;
+/// Earlier summaries of a conversation considered for a context.
+const MAX_EARLIER_SUMMARIES: u32 = 8;
 
 /// A memory operation, the last token of `N.memory.<op>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +71,18 @@ pub enum Op {
     History,
     Session,
     Identity,
+    Consolidate,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Context,
         Op::Append,
         Op::Answered,
         Op::History,
         Op::Session,
         Op::Identity,
+        Op::Consolidate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +93,7 @@ impl Op {
             Op::History => memory_op::HISTORY,
             Op::Session => memory_op::SESSION,
             Op::Identity => memory_op::IDENTITY,
+            Op::Consolidate => memory_op::CONSOLIDATE,
         }
     }
 }
@@ -87,6 +108,8 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error("cannot read the workspace: {0}")]
     Files(#[from] std::io::Error),
+    #[error("cannot write the journal: {0}")]
+    Journal(#[from] JournalError),
 }
 
 impl OpError {
@@ -94,7 +117,7 @@ impl OpError {
     pub fn code(&self) -> u16 {
         match self {
             OpError::BadRequest(_) => 400,
-            OpError::Store(_) | OpError::Files(_) => 500,
+            OpError::Store(_) | OpError::Files(_) | OpError::Journal(_) => 500,
         }
     }
 }
@@ -105,30 +128,43 @@ pub struct Memory {
     store: SessionStore,
     files: MarkdownFiles,
     index: MemoryIndex,
+    journal: Journal,
     history_turns: u32,
     timezone: String,
     max_memory_bytes: usize,
+    journal_batch_turns: u32,
+    journal_idle_ms: i64,
 }
 
 impl Memory {
+    /// `config.timezone` must name a time zone (the config checks it when loaded).
     pub fn new(
         store: SessionStore,
         files: MarkdownFiles,
         index: MemoryIndex,
         config: &MemoryConfig,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, jiff::Error> {
+        let tz = jiff::tz::TimeZone::get(&config.timezone)?;
+        Ok(Self {
+            journal: Journal::new(store.clone(), index.clone(), tz),
             store,
             files,
             index,
             history_turns: config.history_turns,
             timezone: config.timezone.clone(),
             max_memory_bytes: config.max_memory_bytes,
-        }
+            journal_batch_turns: config.journal_batch_turns.max(1),
+            journal_idle_ms: i64::try_from(config.journal_idle_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        })
     }
 
     pub fn store(&self) -> &SessionStore {
         &self.store
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Runs one operation on a request payload and encodes the reply or the service error.
@@ -140,6 +176,7 @@ impl Memory {
             Op::History => reply(op, self.history(payload).await),
             Op::Session => reply(op, self.session(payload).await),
             Op::Identity => reply(op, self.identity(payload).await),
+            Op::Consolidate => reply(op, self.consolidate(payload).await),
         }
     }
 
@@ -163,10 +200,13 @@ impl Memory {
             let markdown = self.files.read(&user_id, self.max_memory_bytes).await?;
             Ok::<_, OpError>(self.with_excerpts(markdown, &req.query).await)
         };
-        let (markdown, history, model_override) = tokio::join!(
+        let reader = UserId::parse(&user_id);
+        let (markdown, history, model_override, session_summary, journal_md) = tokio::join!(
             markdown,
             self.store.history(&session, turns),
             self.store.model_override(&session),
+            self.earlier_summaries(&session, turns),
+            self.journal_context(&req.query, reader.as_ref()),
         );
         let markdown = markdown?;
         Ok(ContextResponse {
@@ -179,7 +219,82 @@ impl Memory {
             timezone: self.timezone.clone(),
             model_override: model_override?,
             user_id,
+            session_summary,
+            journal_md,
         })
+    }
+
+    /// What this conversation said before its history window, as summarized,
+    /// newest kept first when over budget. Empty on failure: a context is never
+    /// refused over it.
+    async fn earlier_summaries(&self, session: &SessionKey, turns: u32) -> String {
+        let summaries = match self
+            .store
+            .earlier_summaries(session, turns, MAX_EARLIER_SUMMARIES)
+            .await
+        {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "earlier summaries unavailable");
+                return String::new();
+            }
+        };
+        let mut parts: Vec<String> = Vec::new();
+        let mut used = 0;
+        for s in summaries.iter().rev() {
+            let part = format!(
+                "{} to {} ({} turn{}):\n{}\n",
+                self.journal.day_of(s.first_at_ms),
+                self.journal.day_of(s.last_at_ms),
+                s.turns,
+                if s.turns == 1 { "" } else { "s" },
+                s.summary.trim_end()
+            );
+            if used + part.len() > MAX_SUMMARY_CONTEXT_BYTES {
+                break;
+            }
+            used += part.len();
+            parts.push(part);
+        }
+        parts.reverse();
+        parts.concat()
+    }
+
+    /// The reader's journal sections for the days the query names, then the
+    /// best full-text matches in the journals. Empty on failure.
+    async fn journal_context(&self, query: &str, reader: Option<&UserId>) -> String {
+        let mut out = String::new();
+        let mut paths = Vec::new();
+        for day in journal::days_named(query, self.journal.today()) {
+            let left = MAX_JOURNAL_CONTEXT_BYTES.saturating_sub(out.len());
+            match self.journal.day_for_reader(day, reader, left).await {
+                Ok(Some(text)) => {
+                    out.push_str(&format!(
+                        "From memories/{day}.md ({}):\n{text}\n",
+                        day.strftime("%A")
+                    ));
+                    paths.push(format!("{}/{day}.md", index::JOURNAL_DIR));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, %day, "journal of a named day unreadable"),
+            }
+        }
+        if index::terms(query).is_empty() {
+            return out;
+        }
+        match self.index.search(query, reader, 8).await {
+            Ok(hits) => {
+                for line in journal::journal_hits(&hits, &paths).into_iter().take(3) {
+                    if out.len() + line.len() + 1 > MAX_JOURNAL_CONTEXT_BYTES {
+                        break;
+                    }
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            Err(error) => tracing::warn!(%error, "journal search unavailable"),
+        }
+        out
     }
 
     /// The user id of a sender: the linked one, else `<channel>_<sender>`.
@@ -294,7 +409,202 @@ impl Memory {
                 "turn already stored; append ignored"
             );
         }
-        Ok(AppendTurnResponse { stored })
+        // A hint only: the sweep finds the session anyway.
+        let consolidation_due = match self.store.pending_turns(&turn.session).await {
+            Ok(pending) => pending >= self.journal_batch_turns,
+            Err(error) => {
+                tracing::warn!(%error, "unsummarized turns not counted");
+                false
+            }
+        };
+        Ok(AppendTurnResponse {
+            stored,
+            consolidation_due,
+        })
+    }
+
+    async fn consolidate(&self, payload: &[u8]) -> Result<ConsolidateResponse, OpError> {
+        use consolidate_request::Op as C;
+        let req: ConsolidateRequest = decode(payload)?;
+        match req.op {
+            Some(C::Due(due)) => {
+                // Summaries stored but not yet in the files (a crash, a full disk) are retried here.
+                if let Err(error) = self.journal.apply_pending().await {
+                    tracing::warn!(%error, "stored summaries not written to the journal yet");
+                }
+                let now = now_ms();
+                let limit = if due.limit == 0 {
+                    MAX_DUE
+                } else {
+                    due.limit.min(MAX_DUE)
+                };
+                let sessions = self
+                    .store
+                    .due_sessions(
+                        now,
+                        now.saturating_sub(self.journal_idle_ms),
+                        self.journal_batch_turns,
+                        limit,
+                    )
+                    .await?;
+                Ok(ConsolidateResponse {
+                    due: sessions.iter().map(session_ref).collect(),
+                    ..Default::default()
+                })
+            }
+            Some(C::Claim(claim)) => self.claim(claim).await,
+            Some(C::Commit(commit)) => self.commit(commit).await,
+            Some(C::Release(release)) => {
+                let session = session_key(release.session.as_ref())?;
+                let owner = lease_owner(&release.owner)?;
+                let failed = !release.error.is_empty();
+                if failed {
+                    tracing::warn!(
+                        session = %session,
+                        error = %status_text(&release.error),
+                        "summary failed; the turns wait for a retry"
+                    );
+                }
+                self.store
+                    .release_claim(&session, owner, failed, now_ms())
+                    .await?;
+                Ok(ConsolidateResponse::default())
+            }
+            None => Err(OpError::BadRequest(
+                "op is missing; expected due, claim, commit or release".into(),
+            )),
+        }
+    }
+
+    /// Leases the session and hands out its oldest unsummarized turns: whole
+    /// turns of one local day, within the byte cap.
+    async fn claim(&self, req: ClaimBatch) -> Result<ConsolidateResponse, OpError> {
+        let session = session_key(req.session.as_ref())?;
+        let owner = lease_owner(&req.owner)?;
+        let now = now_ms();
+        let lease_until_ms = now.saturating_add(LEASE_MS);
+        let Some(claim) = self
+            .store
+            .claim(&session, owner, now, lease_until_ms, MAX_BATCH_TURNS)
+            .await?
+        else {
+            return Ok(ConsolidateResponse::default());
+        };
+        let taken = cut_batch(&claim.entries, MAX_BATCH_BYTES, |at| {
+            self.journal.day_of(at)
+        });
+        let entries = &claim.entries[..taken.entries];
+        let Some(last) = entries.last() else {
+            return Ok(ConsolidateResponse::default());
+        };
+        let mut users: Vec<String> = entries.iter().map(|e| e.user_id.clone()).collect();
+        users.sort();
+        users.dedup();
+        let batch = ConsolidationBatch {
+            session: Some(session_ref(&session)),
+            entries: entries.iter().map(batch_entry).collect(),
+            from_entry: claim.from_entry,
+            to_entry: last.id,
+            user_ids: users,
+            day: self.journal.day_of(entries[0].entry.at_ms).to_string(),
+            turns: taken.turns,
+            lease_until_ms,
+            remaining_turns: claim.pending_turns.saturating_sub(taken.turns),
+        };
+        tracing::info!(session = %session, turns = batch.turns, day = batch.day, "batch claimed for a summary");
+        Ok(ConsolidateResponse {
+            batch: Some(batch),
+            ..Default::default()
+        })
+    }
+
+    /// Stores a summary with the pointer move, then writes it to the files.
+    async fn commit(&self, req: CommitBatch) -> Result<ConsolidateResponse, OpError> {
+        let session = session_key(req.session.as_ref())?;
+        if req.from_entry < 0 || req.to_entry <= req.from_entry {
+            return Err(OpError::BadRequest(format!(
+                "entries ({}, {}] are no range",
+                req.from_entry, req.to_entry
+            )));
+        }
+        let summary = req.summary_md.trim();
+        if summary.is_empty() {
+            return Err(OpError::BadRequest("summary_md is empty".into()));
+        }
+        if summary.len() > 4 * journal::MAX_SUMMARY_BYTES {
+            return Err(OpError::BadRequest(format!(
+                "summary_md is {} bytes; keep it under {}",
+                summary.len(),
+                journal::MAX_SUMMARY_BYTES
+            )));
+        }
+        if req.facts.len() > journal::MAX_FACTS {
+            return Err(OpError::BadRequest(format!(
+                "{} facts; at most {} per summary",
+                req.facts.len(),
+                journal::MAX_FACTS
+            )));
+        }
+        let range = self
+            .store
+            .range_facts(&session, req.from_entry, req.to_entry)
+            .await?;
+        if range.turns == 0 {
+            return Err(OpError::BadRequest(format!(
+                "session {session} has no turns in entries ({}, {}]",
+                req.from_entry, req.to_entry
+            )));
+        }
+        let mut facts = Vec::with_capacity(req.facts.len());
+        for (i, fact) in req.facts.iter().enumerate() {
+            let text = crate::markdown::one_line(&fact.text);
+            if text.is_empty() || text.len() > journal::MAX_FACT_BYTES {
+                return Err(OpError::BadRequest(format!(
+                    "fact {i} must be 1 to {} bytes",
+                    journal::MAX_FACT_BYTES
+                )));
+            }
+            if !fact.user_id.is_empty() && !range.users.contains(&fact.user_id) {
+                return Err(OpError::BadRequest(format!(
+                    "fact {i} is about {:?}, who did not speak in these turns",
+                    fact.user_id.chars().take(100).collect::<String>()
+                )));
+            }
+            facts.push(StoredFact {
+                text,
+                user_id: fact.user_id.clone(),
+            });
+        }
+        let day = self.journal.day_of(range.first_at_ms).to_string();
+        let facts_json = serde_json::to_string(&facts)
+            .map_err(|e| OpError::BadRequest(format!("facts do not serialize: {e}")))?;
+        let committed = self
+            .store
+            .commit_consolidation(&NewConsolidation {
+                session: session.clone(),
+                from_entry: req.from_entry,
+                to_entry: req.to_entry,
+                range,
+                day: day.clone(),
+                summary: summary.to_owned(),
+                facts_json,
+                model: req.model.chars().take(200).collect(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        if committed {
+            // Stored is what counts; files that fail now are written on the next pass.
+            if let Err(error) = self.journal.apply_pending().await {
+                tracing::warn!(%error, "summary stored; journal file not written yet");
+            }
+        } else {
+            tracing::info!(session = %session, "summary of an already summarized range ignored");
+        }
+        Ok(ConsolidateResponse {
+            committed,
+            journal_path: format!("{}/{day}.md", index::JOURNAL_DIR),
+            ..Default::default()
+        })
     }
 
     async fn answered(&self, payload: &[u8]) -> Result<AnsweredResponse, OpError> {
@@ -433,6 +743,79 @@ fn linkable_user_id(s: &str) -> Result<&str, OpError> {
     Ok(s)
 }
 
+fn lease_owner(s: &str) -> Result<&str, OpError> {
+    if s.is_empty() || s.len() > MAX_OWNER || s.chars().any(char::is_control) {
+        return Err(OpError::BadRequest(format!(
+            "owner must be 1 to {MAX_OWNER} bytes without control characters"
+        )));
+    }
+    Ok(s)
+}
+
+fn session_ref(session: &SessionKey) -> SessionRef {
+    SessionRef {
+        channel: session.channel().to_string(),
+        chat_id: session.chat_id().to_owned(),
+        thread_id: session.thread_id().to_owned(),
+    }
+}
+
+/// How much of a claim one summary takes.
+#[derive(Debug, PartialEq, Eq)]
+struct Taken {
+    entries: usize,
+    turns: u32,
+}
+
+/// Whole turns from the start of `entries` (which are whole turns, in order):
+/// all of the first turn's local day, while their text fits `max_bytes`. The
+/// first turn is always taken, so a batch is never empty.
+fn cut_batch<D: PartialEq>(
+    entries: &[BatchEntry],
+    max_bytes: usize,
+    day_of: impl Fn(i64) -> D,
+) -> Taken {
+    let mut taken = Taken {
+        entries: 0,
+        turns: 0,
+    };
+    let Some(first) = entries.first() else {
+        return taken;
+    };
+    let day = day_of(first.entry.at_ms);
+    let mut bytes = 0;
+    let mut i = 0;
+    while i < entries.len() {
+        let turn = &entries[i].turn_id;
+        let end = entries[i..]
+            .iter()
+            .position(|e| &e.turn_id != turn)
+            .map_or(entries.len(), |n| i + n);
+        let turn_bytes: usize = entries[i..end].iter().map(|e| e.entry.text.len()).sum();
+        if taken.turns > 0
+            && (day_of(entries[i].entry.at_ms) != day || bytes + turn_bytes > max_bytes)
+        {
+            break;
+        }
+        bytes += turn_bytes;
+        taken.turns += 1;
+        taken.entries = end;
+        i = end;
+    }
+    taken
+}
+
+fn batch_entry(e: &BatchEntry) -> HistoryEntry {
+    HistoryEntry {
+        role: e.entry.role.code(),
+        text: e.entry.text.clone(),
+        tool_name: e.entry.tool_name.clone(),
+        tool_call_id: e.entry.tool_call_id.clone(),
+        at_ms: e.entry.at_ms,
+        turn_id: e.turn_id.as_str().to_owned(),
+    }
+}
+
 fn identity_msg(id: Identity) -> IdentityMsg {
     IdentityMsg {
         channel: id.channel,
@@ -479,6 +862,8 @@ fn history_entry(past: PastEntry) -> HistoryEntry {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
@@ -488,6 +873,63 @@ mod tests {
         let out = status_text(&long);
         assert!(out.len() <= MAX_STATUS_LEN + '…'.len_utf8());
         assert!(out.ends_with('…'));
+    }
+
+    fn batch(turns: &[(&str, i64, usize)]) -> Vec<BatchEntry> {
+        turns
+            .iter()
+            .enumerate()
+            .map(|(i, (turn, at_ms, len))| BatchEntry {
+                id: i as i64 + 1,
+                turn_id: TurnId::parse(turn).unwrap(),
+                user_id: "u".into(),
+                entry: Entry {
+                    role: Role::User,
+                    text: "x".repeat(*len),
+                    tool_name: String::new(),
+                    tool_call_id: String::new(),
+                    at_ms: *at_ms,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_whole_turns_of_one_day_within_the_byte_cap() {
+        let day = |at: i64| at / 100;
+        // Turn a has two entries; c starts the next "day".
+        let entries = batch(&[("a", 10, 5), ("a", 11, 5), ("b", 20, 5), ("c", 150, 5)]);
+        assert_eq!(
+            cut_batch(&entries, 1000, day),
+            Taken {
+                entries: 3,
+                turns: 2
+            }
+        );
+        // The cap stops before b, never inside a.
+        assert_eq!(
+            cut_batch(&entries, 12, day),
+            Taken {
+                entries: 2,
+                turns: 1
+            }
+        );
+        // The first turn is taken even when it alone is over the cap.
+        let big = batch(&[("a", 10, 50), ("b", 11, 1)]);
+        assert_eq!(
+            cut_batch(&big, 10, day),
+            Taken {
+                entries: 1,
+                turns: 1
+            }
+        );
+        assert_eq!(
+            cut_batch(&[], 10, day),
+            Taken {
+                entries: 0,
+                turns: 0
+            }
+        );
     }
 
     #[test]

@@ -440,7 +440,7 @@ impl MemoryTools {
 }
 
 /// What a memory file starts as when `remember` creates it.
-fn new_file(owner: Option<&UserId>) -> String {
+pub(crate) fn new_file(owner: Option<&UserId>) -> String {
     match owner {
         None => MEMORY_TEMPLATE.to_owned(),
         Some(user) => format!(

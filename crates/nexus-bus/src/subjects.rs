@@ -33,6 +33,7 @@ pub mod memory_op {
     pub const HISTORY: &str = "history";
     pub const SESSION: &str = "session";
     pub const IDENTITY: &str = "identity";
+    pub const CONSOLIDATE: &str = "consolidate";
 }
 
 /// Operator commands a gateway serves, the last token of `N.gateway.<channel>.<op>`.
@@ -200,6 +201,7 @@ impl Subjects {
             ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
             ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
             ("memory", Some(memory_op::IDENTITY)) => "nexus.v1.IdentityRequest",
+            ("memory", Some(memory_op::CONSOLIDATE)) => "nexus.v1.ConsolidateRequest",
             ("gateway", Some(_)) if parts.next().is_some() => "nexus.v1.GatewayCommandRequest",
             _ => return None,
         })

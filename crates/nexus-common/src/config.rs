@@ -114,6 +114,18 @@ pub struct MemoryConfig {
     pub timezone: String,
     /// MEMORY.md larger than this (bytes) is given as excerpts, not whole.
     pub max_memory_bytes: usize,
+    /// Summarize conversations into `memories/YYYY-MM-DD.md` and lasting facts
+    /// into MEMORY.md / `USER_<id>.md`.
+    pub journal: bool,
+    /// The `[llm.routes]` entry (or a model name) that writes the journal; a
+    /// missing route named "cheap" means the default route.
+    pub journal_route: String,
+    /// Unsummarized turns of one session that start a summary at once.
+    pub journal_batch_turns: u32,
+    /// A conversation quiet this long has its remaining turns summarized.
+    pub journal_idle_secs: u64,
+    /// How often each agent-core replica looks for conversations to summarize.
+    pub journal_sweep_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,6 +241,11 @@ impl Default for MemoryConfig {
             history_turns: 20,
             timezone: "UTC".to_owned(),
             max_memory_bytes: 16 * 1024,
+            journal: true,
+            journal_route: "cheap".to_owned(),
+            journal_batch_turns: 10,
+            journal_idle_secs: 15 * 60,
+            journal_sweep_secs: 60,
         }
     }
 }
@@ -373,6 +390,17 @@ impl Config {
                     )));
                 }
             }
+        }
+        if self.memory.journal_batch_turns == 0 {
+            return Err(ConfigError::Invalid(
+                "[memory] journal_batch_turns must be at least 1".into(),
+            ));
+        }
+        if let Err(e) = jiff::tz::TimeZone::get(&self.memory.timezone) {
+            return Err(ConfigError::Invalid(format!(
+                "[memory] timezone \"{}\" is not an IANA time zone (e.g. \"Europe/Berlin\", \"UTC\"): {e}",
+                self.memory.timezone
+            )));
         }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(

@@ -33,7 +33,8 @@ pub struct IndexedFile {
 pub struct ChunkQuery<'a> {
     /// Words, each matched on its own (any of them): letters and digits only.
     pub terms: &'a [String],
-    /// Shared chunks match, and those of this user (empty: shared only).
+    /// Shared chunks match, and those of this user or that list this user
+    /// among their readers (empty: shared only).
     pub owner: &'a str,
     /// Only chunks of this file.
     pub path: Option<&'a str>,
@@ -81,7 +82,8 @@ mod sql {
     pub const SEARCH_SQLITE: &str = "SELECT c.path, c.heading, c.line_start, c.line_end, c.text, \
                 -bm25(memory_chunks_fts, 2.0, 1.0) AS score \
          FROM memory_chunks_fts JOIN memory_chunks c ON c.id = memory_chunks_fts.rowid \
-         WHERE memory_chunks_fts MATCH $1 AND (c.owner = '' OR c.owner = $2) \
+         WHERE memory_chunks_fts MATCH $1 \
+           AND (c.owner = '' OR c.owner = $2 OR instr(c.owner, ' ' || $2 || ' ') > 0) \
            AND ($3 IS NULL OR c.path = $3) \
          ORDER BY score DESC, c.path, c.seq LIMIT $4";
 
@@ -89,7 +91,8 @@ mod sql {
     pub const SEARCH_POSTGRES: &str = "SELECT path, heading, line_start, line_end, text, \
                 ts_rank_cd(tsv, q, 1)::float8 AS score \
          FROM memory_chunks, websearch_to_tsquery('english', $1) AS q \
-         WHERE tsv @@ q AND (owner = '' OR owner = $2) AND ($3::text IS NULL OR path = $3) \
+         WHERE tsv @@ q AND (owner = '' OR owner = $2 OR strpos(owner, ' ' || $2 || ' ') > 0) \
+           AND ($3::text IS NULL OR path = $3) \
          ORDER BY score DESC, path, seq LIMIT $4";
 }
 
@@ -303,7 +306,7 @@ where
     builder.push_values(chunks.iter().enumerate(), |mut row, (i, chunk)| {
         let seq = batch * INSERT_BATCH + i;
         row.push_bind(file.path.clone())
-            .push_bind(file.owner.clone())
+            .push_bind(chunk_owner(file, chunk))
             .push_bind(i32::try_from(seq).unwrap_or(i32::MAX))
             .push_bind(chunk.heading.clone())
             .push_bind(i32::try_from(chunk.line_start).unwrap_or(i32::MAX))
@@ -311,6 +314,15 @@ where
             .push_bind(chunk.text.clone());
     });
     builder
+}
+
+/// A chunk's owner: the file's, or for a journal section the readers its marker
+/// lists, space-padded (` alice bob `; ` ` for none), which a search matches by word.
+fn chunk_owner(file: &IndexedFile, chunk: &Chunk) -> String {
+    match &chunk.readers {
+        Some(readers) => format!(" {} ", readers.join(" ")),
+        None => file.owner.clone(),
+    }
 }
 
 fn file_row<R: Row>(row: &R) -> Result<IndexedFile, StoreError>

@@ -184,6 +184,7 @@ macro_rules! upsert_session_fn {
 }
 
 mod chunks;
+mod consolidation;
 mod identities;
 mod postgres;
 mod sqlite;
@@ -199,6 +200,10 @@ use nexus_common::{
 use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
 pub use chunks::{ChunkHit, ChunkQuery, IndexedFile};
+pub use consolidation::{
+    BatchEntry, Claim, Consolidation, EarlierSummary, MAX_BATCH_ENTRY_CHARS, NewConsolidation,
+    RangeFacts,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

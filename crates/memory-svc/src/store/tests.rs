@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, ModelOverride, NewTurn, Role, SessionStore,
-    TurnId,
+    Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, ModelOverride, NewConsolidation, NewTurn,
+    Role, SessionStore, TurnId,
 };
 use crate::markdown::{Chunk, chunks};
 
@@ -107,6 +107,12 @@ on_both_backends!(
     replacing_a_files_chunks_drops_the_old_ones_from_search,
     a_touch_records_the_new_stat_only_while_the_content_is_the_indexed_one,
     concurrent_reindexes_of_one_file_leave_exactly_one_version_of_its_chunks,
+    a_journal_section_is_found_only_by_the_users_its_marker_names,
+    a_batch_is_claimed_committed_once_and_the_pointer_moves_past_it,
+    an_expired_claim_is_taken_over_and_the_late_commit_changes_nothing,
+    sessions_are_due_for_a_summary_by_count_idleness_or_reset,
+    earlier_summaries_cover_turns_before_the_window_since_the_last_reset,
+    stored_summaries_wait_until_they_are_marked_applied,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -713,4 +719,333 @@ async fn concurrent_reindexes_of_one_file_leave_exactly_one_version_of_its_chunk
             .all(|h| h.text.starts_with(&format!("- version{v} "))),
         "the chunks match the recorded hash v{v}: {hits:?}"
     );
+}
+
+async fn a_journal_section_is_found_only_by_the_users_its_marker_names(store: SessionStore) {
+    let text = "# Journal · Monday 23 November 2026\n\nNotes anyone may read about the budget.\n\n\
+                ## 09:00 · cli:1 · alice, bob\n<!-- nexus:journal id=1 users=alice bob -->\n\n\
+                - Alice and Bob went through the budget.\n\n\
+                ## 10:00 · cli:2 · carol\n<!-- nexus:journal id=2 users=carol -->\n\n\
+                - Carol asked about her salary budget.\n";
+    store
+        .replace_chunks(&indexed("memories/2026-11-23.md", "", "j"), &chunks(text))
+        .await
+        .unwrap();
+    let found = |owner: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut t: Vec<String> = search(&store, &["budget"], owner)
+                .await
+                .into_iter()
+                .map(|h| h.text)
+                .collect();
+            t.sort();
+            t
+        }
+    };
+    assert_eq!(
+        found("alice").await,
+        [
+            "- Alice and Bob went through the budget.",
+            "Notes anyone may read about the budget."
+        ]
+    );
+    assert_eq!(found("bob").await, found("alice").await);
+    assert_eq!(
+        found("carol").await,
+        [
+            "- Carol asked about her salary budget.",
+            "Notes anyone may read about the budget."
+        ]
+    );
+    assert_eq!(found("").await, ["Notes anyone may read about the budget."]);
+    // A reader id that is a part of another never matches it.
+    assert_eq!(
+        found("ali").await,
+        ["Notes anyone may read about the budget."]
+    );
+}
+
+/// `n` turns t0..t<n> in `session`, one millisecond apart from `at_ms`.
+async fn turns(store: &SessionStore, session: &SessionKey, prefix: &str, n: usize, at_ms: i64) {
+    for i in 0..n {
+        let mut t = turn(session, &format!("{prefix}{i}"), at_ms + 10 * i as i64);
+        t.user_id = if i % 2 == 0 { "cli_alice" } else { "cli_bob" }.to_owned();
+        assert!(store.append(&t).await.unwrap());
+    }
+}
+
+fn summary_of(
+    session: &SessionKey,
+    from_entry: i64,
+    to_entry: i64,
+    range: super::RangeFacts,
+) -> NewConsolidation {
+    NewConsolidation {
+        session: session.clone(),
+        from_entry,
+        to_entry,
+        range,
+        day: "2026-11-24".into(),
+        summary: format!("- entries {from_entry} to {to_entry}"),
+        facts_json: "[]".into(),
+        model: "cheap".into(),
+        at_ms: 1,
+    }
+}
+
+async fn a_batch_is_claimed_committed_once_and_the_pointer_moves_past_it(store: SessionStore) {
+    let s = session("c", "");
+    turns(&store, &s, "c", 5, 1_000).await;
+    assert_eq!(store.pending_turns(&s).await.unwrap(), 5);
+
+    let claim = store
+        .claim(&s, "a", 2_000, 9_000, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.from_entry, 0);
+    assert_eq!(claim.pending_turns, 5);
+    let turn_ids: Vec<&str> = claim.entries.iter().map(|e| e.turn_id.as_str()).collect();
+    assert_eq!(turn_ids, ["c0", "c0", "c1", "c1", "c2", "c2"]);
+    assert_eq!(claim.entries[1].user_id, "cli_alice");
+    assert_eq!(claim.entries[2].user_id, "cli_bob");
+    // Leased: another owner gets nothing until it expires.
+    assert!(
+        store
+            .claim(&s, "b", 2_001, 9_001, 3)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let to = claim.entries[5].id;
+    let range = store.range_facts(&s, 0, to).await.unwrap();
+    assert_eq!(range.turns, 3);
+    assert_eq!(range.users, ["cli_alice", "cli_bob"]);
+    assert_eq!((range.first_at_ms, range.last_at_ms), (1_000, 1_021));
+    assert!(
+        store
+            .commit_consolidation(&summary_of(&s, 0, to, range.clone()))
+            .await
+            .unwrap()
+    );
+    // The same range again (a retry, another replica): nothing moves, nothing is stored.
+    assert!(
+        !store
+            .commit_consolidation(&summary_of(&s, 0, to, range))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.unapplied_consolidations(10).await.unwrap().len(), 1);
+    assert_eq!(store.pending_turns(&s).await.unwrap(), 2);
+
+    // The lease went with the commit; the rest is next.
+    let next = store
+        .claim(&s, "b", 2_002, 9_002, 40)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.from_entry, to);
+    let ids: Vec<&str> = next.entries.iter().map(|e| e.turn_id.as_str()).collect();
+    assert_eq!(ids, ["c3", "c3", "c4", "c4"]);
+    let last = next.entries[3].id;
+    let range = store.range_facts(&s, to, last).await.unwrap();
+    assert!(
+        store
+            .commit_consolidation(&summary_of(&s, to, last, range))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.pending_turns(&s).await.unwrap(), 0);
+    // Nothing left: no batch, and the lease is not kept.
+    assert!(
+        store
+            .claim(&s, "b", 2_003, 9_003, 40)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .claim(&s, "c", 2_004, 9_004, 40)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    turns(&store, &s, "d", 1, 3_000).await;
+    assert!(
+        store
+            .claim(&s, "c", 2_005, 9_005, 40)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn an_expired_claim_is_taken_over_and_the_late_commit_changes_nothing(store: SessionStore) {
+    let s = session("e", "");
+    turns(&store, &s, "e", 2, 1_000).await;
+    let first = store
+        .claim(&s, "a", 2_000, 2_100, 40)
+        .await
+        .unwrap()
+        .unwrap();
+    // "a" crashed; its lease runs out and "b" takes the same turns.
+    assert!(
+        store
+            .claim(&s, "b", 2_050, 3_000, 40)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let second = store
+        .claim(&s, "b", 2_200, 3_000, 40)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.from_entry, second.from_entry);
+    assert_eq!(first.entries, second.entries);
+    let to = second.entries.last().unwrap().id;
+    let range = store.range_facts(&s, 0, to).await.unwrap();
+    assert!(
+        store
+            .commit_consolidation(&summary_of(&s, 0, to, range.clone()))
+            .await
+            .unwrap()
+    );
+    // "a" comes back and commits what it had: refused, nothing doubled.
+    assert!(
+        !store
+            .commit_consolidation(&summary_of(&s, 0, to, range))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.unapplied_consolidations(10).await.unwrap().len(), 1);
+}
+
+async fn sessions_are_due_for_a_summary_by_count_idleness_or_reset(store: SessionStore) {
+    let few = session("few", "");
+    let many = session("many", "");
+    turns(&store, &few, "f", 2, 1_000).await;
+    turns(&store, &many, "m", 4, 1_000).await;
+    let now = nexus_common::now_ms();
+    let chats = |due: Vec<SessionKey>| -> Vec<String> {
+        due.iter().map(|s| s.chat_id().to_owned()).collect()
+    };
+    // With no idle cut only the count counts (turns were stored at 1 000 ms).
+    assert_eq!(
+        chats(store.due_sessions(now, 0, 4, 10).await.unwrap()),
+        ["many"]
+    );
+    assert!(store.due_sessions(now, 0, 5, 10).await.unwrap().is_empty());
+    // Quiet since before the idle cut: both.
+    let mut both = chats(store.due_sessions(now, 5_000, 5, 10).await.unwrap());
+    both.sort();
+    assert_eq!(both, ["few", "many"]);
+    // /new archives turns: due at once.
+    store.reset(&few).await.unwrap();
+    assert_eq!(
+        chats(store.due_sessions(now, 0, 5, 10).await.unwrap()),
+        ["few"]
+    );
+    // Leased: not listed. A failure backs off (a minute at least), then it is due again.
+    let claim = store.claim(&few, "a", now, now + 60_000, 40).await.unwrap();
+    assert!(claim.is_some());
+    assert!(store.due_sessions(now, 0, 5, 10).await.unwrap().is_empty());
+    store.release_claim(&few, "a", true, now).await.unwrap();
+    assert!(
+        store
+            .due_sessions(now + 59_000, 0, 5, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        chats(store.due_sessions(now + 61_000, 0, 5, 10).await.unwrap()),
+        ["few"]
+    );
+    // A release without failure frees it at once.
+    store
+        .claim(&few, "a", now + 61_000, now + 120_000, 40)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .release_claim(&few, "a", false, now + 61_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        chats(store.due_sessions(now + 61_000, 0, 5, 10).await.unwrap()),
+        ["few"]
+    );
+}
+
+async fn earlier_summaries_cover_turns_before_the_window_since_the_last_reset(store: SessionStore) {
+    let s = session("w", "");
+    turns(&store, &s, "w", 6, 1_000).await;
+    // Summarize the first 4 turns in two batches of two.
+    let mut from = 0;
+    for _ in 0..2 {
+        let claim = store
+            .claim(&s, "a", 2_000, 9_000, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let to = claim.entries.last().unwrap().id;
+        let range = store.range_facts(&s, from, to).await.unwrap();
+        assert!(
+            store
+                .commit_consolidation(&summary_of(&s, from, to, range))
+                .await
+                .unwrap()
+        );
+        from = to;
+    }
+    let texts = |v: Vec<super::EarlierSummary>| -> Vec<String> {
+        v.into_iter().map(|e| e.summary).collect()
+    };
+    // A window of 4 turns starts at w2: only the first batch lies (partly) before it.
+    let four = texts(store.earlier_summaries(&s, 4, 8).await.unwrap());
+    assert_eq!(four.len(), 1, "{four:?}");
+    assert!(four[0].starts_with("- entries 0 to "), "{four:?}");
+    // A window of 1 turn: both, oldest first.
+    let one = texts(store.earlier_summaries(&s, 1, 8).await.unwrap());
+    assert_eq!(one.len(), 2);
+    assert!(one[0].starts_with("- entries 0 to "), "{one:?}");
+    assert_eq!(one[1], format!("- entries {} to {}", one_to(&one[0]), from));
+    // After /new the earlier conversation is not recalled.
+    store.reset(&s).await.unwrap();
+    assert!(store.earlier_summaries(&s, 1, 8).await.unwrap().is_empty());
+}
+
+/// The `to` of a `summary_of` text.
+fn one_to(summary: &str) -> String {
+    summary.rsplit(' ').next().unwrap().to_owned()
+}
+
+async fn stored_summaries_wait_until_they_are_marked_applied(store: SessionStore) {
+    let s = session("a", "");
+    turns(&store, &s, "a", 1, 1_000).await;
+    let claim = store
+        .claim(&s, "a", 2_000, 9_000, 40)
+        .await
+        .unwrap()
+        .unwrap();
+    let to = claim.entries.last().unwrap().id;
+    let range = store.range_facts(&s, 0, to).await.unwrap();
+    store
+        .commit_consolidation(&summary_of(&s, 0, to, range))
+        .await
+        .unwrap();
+    let pending = store.unapplied_consolidations(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].users, ["cli_alice"]);
+    assert_eq!(pending[0].session_id, s.id());
+    // Still pending after a reconnect (a crash before the files were written).
+    let store = reopen(store).await;
+    let pending = store.unapplied_consolidations(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    store.mark_applied(pending[0].id, 5).await.unwrap();
+    assert!(store.unapplied_consolidations(10).await.unwrap().is_empty());
 }
