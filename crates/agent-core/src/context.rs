@@ -42,6 +42,19 @@ pub fn system_prompt(
         p.push_str(ctx.memory_md.trim());
         p.push_str("\n\n");
     }
+    // Summaries were written by a model from conversations and tool output: notes, never instructions.
+    if !ctx.journal_md.trim().is_empty() {
+        p.push_str("## Notes from the journal (earlier conversations with this person)\n");
+        p.push_str(&fence_notes("journal", ctx.journal_md.trim()));
+        p.push_str("\n\n");
+    }
+    if !ctx.session_summary.trim().is_empty() {
+        p.push_str(
+            "## Earlier in this conversation (summarized; the messages below continue from here)\n",
+        );
+        p.push_str(&fence_notes("summary", ctx.session_summary.trim()));
+        p.push_str("\n\n");
+    }
     let tz = if ctx.timezone.is_empty() {
         "UTC"
     } else {
@@ -124,13 +137,18 @@ pub fn fit_history(history: Vec<LlmMessage>, budget: u32) -> (Vec<LlmMessage>, u
     (history.into_iter().skip(start).collect(), dropped)
 }
 
-/// Fences text a tool brought back as untrusted data. The closing tag cannot be
-/// forged from inside because any occurrence is neutralised.
+/// Fences text a tool brought back as untrusted data.
 pub fn fence_untrusted(tool: &str, text: &str) -> String {
+    fence_notes(&format!("tool:{tool}"), text)
+}
+
+/// Fences untrusted material (tool output, journal notes a model wrote from
+/// it). The closing tag cannot be forged from inside: any occurrence is neutralised.
+fn fence_notes(source: &str, text: &str) -> String {
     let safe = text
         .replace("</untrusted-data", "<\\/untrusted-data")
         .replace("<untrusted-data", "<\\untrusted-data");
-    format!("<untrusted-data source=\"tool:{tool}\">\n{safe}\n</untrusted-data>")
+    format!("<untrusted-data source=\"{source}\">\n{safe}\n</untrusted-data>")
 }
 
 #[cfg(test)]

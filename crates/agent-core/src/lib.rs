@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod context;
+pub mod journal;
 pub mod llm;
 pub mod progress;
 pub mod tools;
@@ -62,6 +63,12 @@ pub async fn run_with_model(
     bus.ensure_streams().await.context("creating streams")?;
 
     let ack_wait = Duration::from_secs(config.agent.ack_wait_secs.max(2));
+    let (wake, woken) = if config.memory.journal {
+        let (wake, woken) = journal::Wake::channel();
+        (wake, Some(woken))
+    } else {
+        (journal::Wake::default(), None)
+    };
     let agent = Arc::new(Agent {
         bus: bus.clone(),
         model,
@@ -77,6 +84,7 @@ pub async fn run_with_model(
         providers: ProviderEnv::from_env(),
         approvals: tokio::sync::OnceCell::new(),
         config: Arc::new(config.clone()),
+        journal: wake,
     });
     let running = Running::default();
 
@@ -129,6 +137,9 @@ pub async fn run_with_model(
     }
     tasks.spawn(router_loop(agent.clone(), router, shutdown.clone()));
     let watcher = tokio::spawn(watch_for_stop(live, running.clone(), shutdown.clone()));
+    // Summaries run beside the turns, never in front of them.
+    let journal =
+        woken.map(|woken| tokio::spawn(journal::run(agent.clone(), woken, shutdown.clone())));
     // Registered last: a replica that answers `$SRV.PING` (nexus status, nexus up's
     // readiness) is already pulling its partitions.
     let service = bus
@@ -157,6 +168,9 @@ pub async fn run_with_model(
         tasks.shutdown().await;
     }
     let _ = watcher.await;
+    if let Some(journal) = journal {
+        let _ = journal.await;
+    }
     let _ = service.stop().await;
     bus.drain().await;
     tracing::info!("agent-core stopped");

@@ -52,6 +52,8 @@ pub struct Agent {
     pub providers: ProviderEnv,
     /// The approvals bucket, opened on first use.
     pub approvals: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Wakes the journal writer when a session has turns to summarize.
+    pub journal: crate::journal::Wake,
 }
 
 /// Why a turn ended without an answer from the model.
@@ -250,7 +252,7 @@ impl Agent {
                 entries,
                 reply: Some(reply.clone()),
             };
-            if let Err(e) = self
+            match self
                 .bus
                 .request::<_, AppendTurnResponse>(
                     self.bus.subjects().memory(memory_op::APPEND),
@@ -260,7 +262,9 @@ impl Agent {
                 )
                 .await
             {
-                return retry(format!("storing the turn: {e}"));
+                Ok(stored) if stored.consolidation_due => self.journal.session(turn.session_ref()),
+                Ok(_) => {}
+                Err(e) => return retry(format!("storing the turn: {e}")),
             }
         }
 
@@ -359,6 +363,10 @@ impl Agent {
             Command::Help => crate::commands::HELP.to_owned(),
             Command::New => {
                 let r = self.session_command(turn, Op::Reset(true)).await?;
+                // The archived conversation goes to the journal now, not at the next sweep.
+                if r.archived_turns > 0 {
+                    self.journal.session(turn.session_ref());
+                }
                 format!(
                     "Started a new conversation. The previous one ({} turn{}) is archived.",
                     r.archived_turns,
@@ -741,6 +749,7 @@ impl Agent {
                     tool_call_id: call.id.clone(),
                     at_ms: now_ms(),
                     turn_id: turn.msg.id.clone(),
+                    ..Default::default()
                 });
                 req.messages.push(LlmMessage::Tool {
                     call_id: call.id.clone(),
@@ -831,7 +840,7 @@ fn approval_answer(text: &str) -> Option<bool> {
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.
-fn provider_of(model: &str) -> String {
+pub(crate) fn provider_of(model: &str) -> String {
     match model.split_once("::") {
         Some((p, _)) => p.to_owned(),
         None => model.split(['-', ':']).next().unwrap_or(model).to_owned(),

@@ -419,3 +419,70 @@ pub fn journal_hits(hits: &[crate::store::ChunkHit], skip_paths: &[String]) -> V
         .map(|h| format!("[{}] {}", index::label(h), h.text))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn day(s: &str) -> Date {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_question_names_days_by_word_weekday_or_date() {
+        // 2026-11-24 is a Tuesday.
+        let today = day("2026-11-24");
+        let named = |q: &str| -> Vec<String> {
+            days_named(q, today)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(named("What did we discuss on Monday?"), ["2026-11-23"]);
+        assert_eq!(named("and last tuesday"), ["2026-11-17"]);
+        assert_eq!(named("yesterday or today"), ["2026-11-23", "2026-11-24"]);
+        assert_eq!(named("the 2026-11-01 meeting"), ["2026-11-01"]);
+        assert_eq!(
+            named("we sat in the sun on 2026-13-01"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            named("monday tuesday wednesday thursday").len(),
+            3,
+            "at most three days"
+        );
+    }
+
+    #[test]
+    fn a_summary_becomes_bullets_without_headings_or_comments() {
+        let out = bullets(
+            "Planned the launch.\n\n## Heading\n- kept\n  - nested\n<!-- nexus:journal id=1 users=x -->",
+        );
+        assert_eq!(
+            out,
+            "- Planned the launch.\n- Heading\n- kept\n  - nested\n- < !-- nexus:journal id=1 users=x -->\n"
+        );
+        assert_eq!(bullets(" \n"), "- (no summary)\n");
+        assert!(bullets(&"word ".repeat(5000)).len() <= MAX_SUMMARY_BYTES + 8);
+    }
+
+    #[test]
+    fn a_days_sections_are_split_by_their_readers() {
+        let text = "# Journal · Monday\n\nintro\n\n## 09:00 · a\n<!-- nexus:journal id=1 users=alice -->\n\n- one\n\n\
+                    ## 10:00 · b\n<!-- nexus:journal id=2 users=bob -->\n- two\n\n## Notes\n- by hand\n";
+        let got: Vec<(String, Option<Vec<String>>)> = sections(text)
+            .into_iter()
+            .map(|s| (s.text.lines().next().unwrap().to_owned(), s.readers))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("## 09:00 · a".to_owned(), Some(vec!["alice".to_owned()])),
+                ("## 10:00 · b".to_owned(), Some(vec!["bob".to_owned()])),
+                ("## Notes".to_owned(), None),
+            ]
+        );
+    }
+}

@@ -52,8 +52,10 @@ const MAX_DUE: u32 = 100;
 /// Turns one summary covers at most, and bytes of entry text it is given.
 const MAX_BATCH_TURNS: u32 = 40;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// How long a claimed batch stays with its caller before others may take it.
-const LEASE_MS: i64 = 3 * 60 * 1000;
+/// How long a claimed batch stays with its caller before others may take it,
+/// when the caller does not say, and the bounds of what it may ask.
+const DEFAULT_LEASE_MS: i64 = 3 * 60 * 1000;
+const LEASE_BOUNDS_MS: (i64, i64) = (5_000, 3_600_000);
 /// Longest lease owner (a replica id).
 const MAX_OWNER: usize = 128;
 /// Bytes of earlier summaries, and of journal excerpts, in a context.
@@ -482,7 +484,12 @@ impl Memory {
         let session = session_key(req.session.as_ref())?;
         let owner = lease_owner(&req.owner)?;
         let now = now_ms();
-        let lease_until_ms = now.saturating_add(LEASE_MS);
+        let lease_ms = match i64::try_from(req.lease_ms) {
+            Ok(0) => DEFAULT_LEASE_MS,
+            Ok(ms) => ms.clamp(LEASE_BOUNDS_MS.0, LEASE_BOUNDS_MS.1),
+            Err(_) => LEASE_BOUNDS_MS.1,
+        };
+        let lease_until_ms = now.saturating_add(lease_ms);
         let Some(claim) = self
             .store
             .claim(&session, owner, now, lease_until_ms, MAX_BATCH_TURNS)
@@ -813,6 +820,11 @@ fn batch_entry(e: &BatchEntry) -> HistoryEntry {
         tool_call_id: e.entry.tool_call_id.clone(),
         at_ms: e.entry.at_ms,
         turn_id: e.turn_id.as_str().to_owned(),
+        user_id: if e.entry.role == Role::User {
+            e.user_id.clone()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -857,6 +869,7 @@ fn history_entry(past: PastEntry) -> HistoryEntry {
         tool_call_id: past.entry.tool_call_id,
         at_ms: past.entry.at_ms,
         turn_id: past.turn_id.as_str().to_owned(),
+        user_id: String::new(),
     }
 }
 

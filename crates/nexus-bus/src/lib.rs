@@ -756,6 +756,7 @@ fn event_name(kind: &event::Kind) -> &'static str {
         event::Kind::Approval(_) => event_kind::APPROVAL,
         event::Kind::DeadLetter(_) => event_kind::DEAD_LETTER,
         event::Kind::Service(_) => event_kind::SERVICE,
+        event::Kind::Journal(_) => event_kind::JOURNAL,
     }
 }
 

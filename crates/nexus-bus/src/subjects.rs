@@ -23,6 +23,7 @@ pub mod event_kind {
     pub const APPROVAL: &str = "approval";
     pub const DEAD_LETTER: &str = "dead_letter";
     pub const SERVICE: &str = "service";
+    pub const JOURNAL: &str = "journal";
 }
 
 /// memory-svc operations, the last token of `N.memory.<op>`.

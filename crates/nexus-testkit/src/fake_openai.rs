@@ -33,6 +33,9 @@ pub enum Reply {
     EchoUserMessages,
     /// Answers with the prefix and the last user message.
     EchoLastUser(String),
+    /// Answers with the text, `{last_user_json}` replaced by the last user
+    /// message as a JSON string (to answer in a JSON format about the input).
+    Template(String),
     /// An HTTP error with an OpenAI-style error body.
     Status(u16),
     /// A 200 whose body is not a valid completion.
@@ -47,6 +50,8 @@ struct Inner {
     per_model: std::collections::HashMap<String, Reply>,
     /// Added before every answer, to stand for a model that takes its time.
     delay: std::time::Duration,
+    /// The same per requested model; wins over `delay`.
+    model_delay: std::collections::HashMap<String, std::time::Duration>,
     /// Requests being answered right now, by requested model.
     in_flight: std::collections::HashMap<String, usize>,
     requests: Vec<Value>,
@@ -111,6 +116,13 @@ impl FakeOpenAi {
         }
     }
 
+    /// Delays every answer for `model` by `delay` (instead of the general delay).
+    pub fn set_model_delay(&self, model: &str, delay: std::time::Duration) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.model_delay.insert(model.to_owned(), delay);
+        }
+    }
+
     /// Requests for `model` that have arrived and not been answered yet.
     pub fn in_flight(&self, model: &str) -> usize {
         self.inner
@@ -145,7 +157,8 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
                 .unwrap_or(Reply::Text("ok".into())),
         };
         *i.in_flight.entry(requested.clone()).or_default() += 1;
-        (reply, i.delay, requested)
+        let delay = i.model_delay.get(&requested).copied().unwrap_or(i.delay);
+        (reply, delay, requested)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -181,13 +194,10 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
                 .unwrap_or_else(|| "(no tool output)".into());
             (format!("{prefix}{last}"), vec![])
         }
-        Reply::EchoLastUser(prefix) => {
-            let last = body["messages"]
-                .as_array()
-                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                .and_then(|m| m["content"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            (format!("{prefix}{last}"), vec![])
+        Reply::EchoLastUser(prefix) => (format!("{prefix}{}", last_user(&body)), vec![]),
+        Reply::Template(text) => {
+            let last = Value::String(last_user(&body)).to_string();
+            (text.replace("{last_user_json}", &last), vec![])
         }
         Reply::EchoUserMessages => {
             let users: Vec<String> = body["messages"]
@@ -291,4 +301,13 @@ fn sse(model: &str, text: &str, calls: &[(String, Value)], seq: usize) -> Respon
         .header(header::CONTENT_TYPE, "text/event-stream")
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The content of the last user message of a request.
+fn last_user(body: &Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

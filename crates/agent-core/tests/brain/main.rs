@@ -33,8 +33,15 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+mod journal;
+
 /// Publishes a user message the way a gateway does; returns its id.
 async fn send(bus: &Bus, chat: &str, n: usize, text: &str) -> String {
+    send_as(bus, chat, n, text, "u1").await
+}
+
+/// [`send`] from another sender of the test channel.
+async fn send_as(bus: &Bus, chat: &str, n: usize, text: &str, sender: &str) -> String {
     let upstream = format!("{chat}-{n}");
     let msg = InboundMessage {
         id: format!("test:{upstream}"),
@@ -44,7 +51,7 @@ async fn send(bus: &Bus, chat: &str, n: usize, text: &str) -> String {
             ..Default::default()
         }),
         sender: Some(Sender {
-            id: "u1".into(),
+            id: sender.into(),
             ..Default::default()
         }),
         text: text.into(),

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod identity;
+mod journal;
 mod retrieval;
 
 use std::{panic::AssertUnwindSafe, time::Duration};
@@ -320,6 +321,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
         memory_op::ANSWERED,
         memory_op::HISTORY,
         memory_op::SESSION,
+        memory_op::CONSOLIDATE,
     ] {
         let raw = bus
             .client()
