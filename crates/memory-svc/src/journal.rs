@@ -80,12 +80,9 @@ impl Journal {
         }
     }
 
-    /// The local day of an instant, `YYYY-MM-DD`.
+    /// The local day of an instant (`Display` is `YYYY-MM-DD`).
     pub fn day_of(&self, at_ms: i64) -> Date {
-        Timestamp::from_millisecond(at_ms)
-            .unwrap_or(Timestamp::UNIX_EPOCH)
-            .to_zoned_datetime(self.tz.clone())
-            .date()
+        local_day(&self.tz, at_ms)
     }
 
     /// Today, in the configured timezone.
@@ -253,6 +250,14 @@ impl Journal {
         }
         Ok((!out.trim().is_empty()).then_some(out))
     }
+}
+
+/// The day an instant falls on in `tz`.
+pub fn local_day(tz: &TimeZone, at_ms: i64) -> Date {
+    Timestamp::from_millisecond(at_ms)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned_datetime(tz.clone())
+        .date()
 }
 
 /// `<!-- nexus:journal id=<id> `: how a section's marker starts.
@@ -428,6 +433,16 @@ mod tests {
 
     fn day(s: &str) -> Date {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_day_of_a_turn_is_the_day_in_the_configured_timezone() {
+        // 2026-11-24 20:30 UTC is already the 25th in Auckland, still the 24th in New York.
+        let at_ms = 1_795_552_200_000;
+        let in_tz = |name: &str| local_day(&TimeZone::get(name).unwrap(), at_ms).to_string();
+        assert_eq!(in_tz("UTC"), "2026-11-24");
+        assert_eq!(in_tz("Pacific/Auckland"), "2026-11-25");
+        assert_eq!(in_tz("America/New_York"), "2026-11-24");
     }
 
     #[test]

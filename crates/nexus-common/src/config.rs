@@ -587,6 +587,16 @@ mod tests {
         let err = Config::from_sources(None, env(&[("NEXUS_NAMESPACE", "a.b")])).unwrap_err();
         assert!(err.to_string().contains("namespace"), "{err}");
 
+        let err = Config::from_sources(None, env(&[("NEXUS__MEMORY__TIMEZONE", "Mars/Olympus")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("Mars/Olympus"), "{err}");
+        let ok = Config::from_sources(None, env(&[("NEXUS__MEMORY__TIMEZONE", "Europe/Berlin")]))
+            .unwrap();
+        assert_eq!(ok.memory.timezone, "Europe/Berlin");
+        let err = Config::from_sources(None, env(&[("NEXUS__MEMORY__JOURNAL_BATCH_TURNS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("journal_batch_turns"), "{err}");
+
         let err = Config::from_sources(
             Some((Path::new("x.toml"), "[llm]\nmodle = \"typo\"\n")),
             env(&[]),
