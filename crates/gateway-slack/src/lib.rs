@@ -74,6 +74,7 @@ pub async fn run_with(
     let outbound = Outbound::new(
         api.clone(),
         gateway.bus().clone(),
+        gateway.part_log().await?,
         settings.chunk_chars,
         settings.max_file_bytes,
     );

@@ -2,13 +2,12 @@
 //! several messages in the reply's thread, files uploaded, and Slack's errors mapped
 //! to retry or dead letter for `Gateway::deliver`.
 //!
-//! A reply sent in several steps remembers the steps already done, so a retry after
-//! a rate limit does not post the first half twice.
-
-use std::{collections::HashMap, sync::Mutex};
+//! A reply sent in several steps records the steps already done (in KV, see
+//! `PartLog`), so a retry after a rate limit, or a restart, does not post the first
+//! half twice.
 
 use nexus_bus::Bus;
-use nexus_gateway::DeliveryError;
+use nexus_gateway::{DeliveryError, PartLog};
 use nexus_proto::v1::OutboundMessage;
 
 use crate::{
@@ -17,8 +16,6 @@ use crate::{
     mrkdwn,
 };
 
-/// Replies in progress remembered at most.
-const MAX_TRACKED: usize = 1000;
 /// How long to wait before retrying after a transient failure.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -44,43 +41,24 @@ pub struct Outbound {
     bus: Bus,
     chunk_chars: usize,
     max_file_bytes: usize,
-    /// Reply id → steps (messages, files) already posted.
-    progress: Mutex<HashMap<String, usize>>,
+    /// Steps (messages, files) of each reply already posted.
+    parts: PartLog,
 }
 
 impl Outbound {
-    pub fn new(api: SlackApi, bus: Bus, chunk_chars: usize, max_file_bytes: usize) -> Self {
+    pub fn new(
+        api: SlackApi,
+        bus: Bus,
+        parts: PartLog,
+        chunk_chars: usize,
+        max_file_bytes: usize,
+    ) -> Self {
         Self {
             api,
             bus,
             chunk_chars,
             max_file_bytes,
-            progress: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn done(&self, id: &str) -> usize {
-        self.progress
-            .lock()
-            .map(|p| p.get(id).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    fn record(&self, id: &str, steps: Option<usize>) {
-        if let Ok(mut p) = self.progress.lock() {
-            match steps {
-                Some(n) => {
-                    // Entries of replies that were dead-lettered mid-way are never removed;
-                    // bound them (forgetting costs at most a repeated part).
-                    if p.len() >= MAX_TRACKED && !p.contains_key(id) {
-                        p.clear();
-                    }
-                    p.insert(id.to_owned(), n);
-                }
-                None => {
-                    p.remove(id);
-                }
-            }
+            parts,
         }
     }
 
@@ -97,7 +75,13 @@ impl Outbound {
         let ephemeral = msg.metadata.get(EPHEMERAL).is_some_and(|v| v == "true")
             && !msg.recipient_id.is_empty();
         let chunks = mrkdwn::split(&mrkdwn::to_mrkdwn(&msg.text), self.chunk_chars);
-        let done = self.done(&msg.id);
+        let steps = chunks.len() + msg.media.len();
+        // A one-step reply needs no record: the delivered id covers it.
+        let done = if steps > 1 {
+            self.parts.done(&msg.id).await
+        } else {
+            0
+        };
         let mut step = 0;
         for chunk in &chunks {
             step += 1;
@@ -111,7 +95,7 @@ impl Outbound {
             } else {
                 self.api.post_message(&chat.chat_id, thread, chunk).await
             };
-            self.after_step(&msg.id, step, sent)?;
+            self.after_step(&msg.id, step, steps, sent).await?;
         }
         for media in &msg.media {
             step += 1;
@@ -122,7 +106,7 @@ impl Outbound {
                 Ok(b) => b,
                 Err(e) => {
                     // The object store is ours: a missing object will not come back.
-                    self.record(&msg.id, None);
+                    self.parts.clear(&msg.id).await;
                     return Err(DeliveryError::Permanent(format!(
                         "attachment {} unavailable: {e}",
                         media.key
@@ -147,25 +131,30 @@ impl Outbound {
                     },
                 )
                 .await;
-            self.after_step(&msg.id, step, sent)?;
+            self.after_step(&msg.id, step, steps, sent).await?;
         }
-        self.record(&msg.id, None);
+        if steps > 1 {
+            self.parts.clear(&msg.id).await;
+        }
         Ok(())
     }
 
-    fn after_step(
+    async fn after_step(
         &self,
         id: &str,
         step: usize,
+        steps: usize,
         sent: Result<(), ApiError>,
     ) -> Result<(), DeliveryError> {
         match sent {
             Ok(()) => {
-                self.record(id, Some(step));
+                if step < steps {
+                    self.parts.record(id, step).await;
+                }
                 Ok(())
             }
             Err(e @ ApiError::Permanent(_)) => {
-                self.record(id, None);
+                self.parts.clear(id).await;
                 tracing::warn!(error = %e, "Slack refused the reply");
                 Err(e.into())
             }

@@ -69,11 +69,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
+    let parts = gateway.part_log().await?;
     let tg = Arc::new(telegram::Telegram::new(
         gateway,
         bot,
         me,
         settings,
+        parts,
         stop.clone(),
         tasks.clone(),
     ));

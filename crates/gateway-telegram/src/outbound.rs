@@ -67,11 +67,12 @@ impl Telegram {
             .collect();
         parts.extend(reply.media.iter().cloned().map(Part::Media));
 
-        let done = self
-            .progress
-            .lock()
-            .map(|p| p.get(&reply.id).copied().unwrap_or(0))
-            .unwrap_or(0);
+        // A one-part reply needs no record: the delivered id covers it.
+        let done = if parts.len() > 1 {
+            self.parts.done(&reply.id).await
+        } else {
+            0
+        };
         for (index, part) in parts.iter().enumerate().skip(done) {
             // Only the first message quotes the user's; the rest follow it.
             let reply_to = if index == 0 { target.reply_to } else { None };
@@ -80,22 +81,20 @@ impl Telegram {
                 Part::Media(media) => self.send_media(&target, reply_to, media).await,
             };
             if let Err(error) = result {
-                if let Ok(mut p) = self.progress.lock() {
-                    match &error {
-                        DeliveryError::Retry { .. } => p.insert(reply.id.clone(), index),
-                        // Dead-lettered: nothing will continue this reply.
-                        DeliveryError::Permanent(_) => p.remove(&reply.id),
-                    };
-                }
                 if matches!(error, DeliveryError::Permanent(_)) {
+                    // Dead-lettered: nothing will continue this reply.
+                    self.parts.clear(&reply.id).await;
                     self.typing.stop(chat);
                 }
                 tracing::warn!(id = %reply.id, part = index, %error, "reply not delivered yet");
                 return Err(error);
             }
+            if index + 1 < parts.len() {
+                self.parts.record(&reply.id, index + 1).await;
+            }
         }
-        if let Ok(mut p) = self.progress.lock() {
-            p.remove(&reply.id);
+        if parts.len() > 1 {
+            self.parts.clear(&reply.id).await;
         }
         self.typing.stop(chat);
         tracing::info!(id = %reply.id, messages = parts.len(), "reply delivered");

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use anyhow::Context as _;
 use nexus_common::shutdown::CancellationToken;
-use nexus_gateway::Gateway;
+use nexus_gateway::{Gateway, PartLog};
 use nexus_proto::v1::{ServiceNotice, event};
 use teloxide::{
     ApiError, Bot, RequestError,
@@ -27,9 +27,9 @@ pub(crate) struct Telegram {
     pub typing: Typing,
     /// Failed media downloads per update id; after a few, the message is taken in without it.
     pub media_failures: Mutex<HashMap<u32, u32>>,
-    /// Parts of a reply already sent, so a retry after a partial failure continues
-    /// where it stopped instead of repeating the first messages.
-    pub progress: Mutex<HashMap<String, usize>>,
+    /// Parts of a reply already sent, so a retry after a partial failure (or a
+    /// restart) continues where it stopped instead of repeating the first messages.
+    pub parts: PartLog,
     /// This process, for service events.
     pub instance: String,
 }
@@ -40,6 +40,7 @@ impl Telegram {
         bot: Bot,
         me: Me,
         settings: TelegramSettings,
+        parts: PartLog,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
@@ -50,7 +51,7 @@ impl Telegram {
             me,
             settings,
             media_failures: Mutex::default(),
-            progress: Mutex::default(),
+            parts,
             instance: format!(
                 "{}-{}",
                 std::process::id(),

@@ -7,7 +7,8 @@
 //! - the idempotency key is `<channel>:<upstream id>`, so platform retries start no second turn;
 //! - [`Gateway::access`] applies `[channels.<name>] allow_from` (empty = nobody, `"*"` = everyone);
 //! - [`Gateway::deliver`] drains `N.outbound.<channel>` through a durable consumer,
-//!   acks after the platform accepted a reply, and skips replies it already delivered.
+//!   acks after the platform accepted a reply, and skips replies it already delivered;
+//! - [`PartLog`] remembers how much of a multi-part reply was posted, across restarts.
 //!
 //! It must never know a platform's wire format.
 
@@ -177,21 +178,32 @@ impl Gateway {
                 1,
             )
             .await?;
-        let delivered = self
-            .bus
-            .ensure_kv_bucket(
-                &s.delivered_bucket(&self.channel),
-                1,
-                Some(DELIVERED_TTL),
-                "reply ids delivered upstream",
-            )
-            .await?;
+        let delivered = self.delivered_bucket().await?;
         let mut puller = Puller::new(&consumer).await?;
         while let Some(msg) = puller.next(&shutdown).await {
             let outcome = self.deliver_one(&msg, &delivered, &send).await;
             settle(&self.bus, &msg, outcome, self.max_deliver).await;
         }
         Ok(())
+    }
+
+    /// Reply ids delivered upstream, and the parts of replies in progress.
+    async fn delivered_bucket(&self) -> Result<jetstream::kv::Store, BusError> {
+        self.bus
+            .ensure_kv_bucket(
+                &self.bus.subjects().delivered_bucket(&self.channel),
+                1,
+                Some(DELIVERED_TTL),
+                "reply ids delivered upstream",
+            )
+            .await
+    }
+
+    /// The record of parts sent for this channel's multi-part replies.
+    pub async fn part_log(&self) -> Result<PartLog, BusError> {
+        Ok(PartLog {
+            kv: self.delivered_bucket().await?,
+        })
     }
 
     async fn deliver_one<F, Fut>(
@@ -238,6 +250,55 @@ impl Gateway {
         let _ = self.service.stop().await;
         self.bus.drain().await;
     }
+}
+
+/// How many parts (messages, files) of a reply the platform already has. Kept
+/// in KV beside the delivered ids, so a gateway restarted in the middle of a long
+/// reply continues after the last part it sent instead of posting it again.
+#[derive(Clone)]
+pub struct PartLog {
+    kv: jetstream::kv::Store,
+}
+
+impl PartLog {
+    /// Parts of `reply_id` already sent; 0 when none (or when KV does not answer:
+    /// then at worst a part is posted twice, never lost).
+    pub async fn done(&self, reply_id: &str) -> usize {
+        match self.kv.get(part_key(reply_id)).await {
+            Ok(Some(v)) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            Ok(None) => 0,
+            Err(error) => {
+                tracing::warn!(%error, id = reply_id, "parts already sent unknown; starting over");
+                0
+            }
+        }
+    }
+
+    /// Records that the first `parts` parts of `reply_id` were sent.
+    pub async fn record(&self, reply_id: &str, parts: usize) {
+        if let Err(error) = self
+            .kv
+            .put(part_key(reply_id), parts.to_string().into())
+            .await
+        {
+            tracing::warn!(%error, id = reply_id, parts, "part sent, but not recorded");
+        }
+    }
+
+    /// Forgets a reply that is complete (or given up).
+    pub async fn clear(&self, reply_id: &str) {
+        if let Err(error) = self.kv.purge(part_key(reply_id)).await {
+            tracing::debug!(%error, id = reply_id, "parts record not removed; it expires");
+        }
+    }
+}
+
+/// `kv_key` never emits `.`, so the suffix cannot meet another reply's key.
+fn part_key(reply_id: &str) -> String {
+    format!("{}.parts", kv_key(reply_id))
 }
 
 /// The allow-list rule of the design: empty allows nobody, `"*"` everyone.

@@ -58,6 +58,10 @@ struct Inner {
     reject_markup: u32,
     rejected: Vec<Value>,
     rate_limit: u32,
+    /// Sends let through before `rate_limit` applies.
+    rate_limit_after: u32,
+    /// 429s answered so far.
+    limited: u32,
     blocked: Vec<i64>,
     sent: Vec<Sent>,
     actions: Vec<(i64, String)>,
@@ -203,6 +207,19 @@ impl FakeTelegram {
     /// The next `n` send calls get 429 with retry_after 1.
     pub fn rate_limit(&self, n: u32) {
         self.with(|i| i.rate_limit = n);
+    }
+
+    /// After `pass` more successful sends, the next `n` get 429 (`n = 0` lifts it).
+    pub fn rate_limit_after(&self, pass: u32, n: u32) {
+        self.with(|i| {
+            i.rate_limit_after = pass;
+            i.rate_limit = n;
+        });
+    }
+
+    /// 429s answered so far.
+    pub fn limited(&self) -> u32 {
+        self.with(|i| i.limited)
     }
 
     /// The user of `chat` blocked the bot: sends to it get 403.
@@ -457,8 +474,9 @@ fn send(inner: &Arc<Mutex<Inner>>, method: &str, params: &Value) -> Response {
     if i.blocked.contains(&chat) {
         return error(403, "Forbidden: bot was blocked by the user", None);
     }
-    if i.rate_limit > 0 {
+    if i.rate_limit > 0 && i.rate_limit_after == 0 {
         i.rate_limit -= 1;
+        i.limited += 1;
         return error(
             429,
             "Too Many Requests: retry after 1",
@@ -471,6 +489,7 @@ fn send(inner: &Arc<Mutex<Inner>>, method: &str, params: &Value) -> Response {
         .unwrap_or_default()
         .to_owned();
     let parse_mode = params["parse_mode"].as_str().map(str::to_owned);
+    i.rate_limit_after = i.rate_limit_after.saturating_sub(1);
     if method == "sendmessage" {
         if text.trim().is_empty() {
             return error(400, "Bad Request: message text is empty", None);

@@ -448,6 +448,47 @@ async fn a_reply_longer_than_4096_characters_arrives_as_several_messages_in_orde
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_in_the_middle_of_a_long_reply_does_not_send_its_first_part_again() {
+    let text = (0..30)
+        .map(|i| format!("Section {i:02}: {}", "words to fill the message ".repeat(8)))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let parts = gateway_telegram::format::render(&text).len();
+    assert!(parts >= 2, "{parts}");
+    let w = World::new(Reply::Text("unused".into()), false).await;
+    let bus = w.bus().await;
+    let gw = w.gateway(&[]).await;
+
+    // The first part goes out, then Telegram rate-limits the rest.
+    w.tg.rate_limit_after(1, 1_000);
+    bus.publish_outbound(
+        &outbound_message("reply:test:long", ADA, &text),
+        &TraceContext::new_root(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the first part sent and the second refused",
+        WAIT,
+        || async { (w.tg.sent_to(ADA).len() == 1 && w.tg.limited() > 0).then_some(()) },
+    )
+    .await;
+    gw.kill().await;
+    w.tg.rate_limit_after(0, 0);
+
+    let _gw = w.gateway(&[]).await;
+    let sent = w.replies(ADA, parts).await;
+    settle(&bus).await;
+    let sent_now = w.tg.sent_to(ADA);
+    assert_eq!(sent_now.len(), parts, "a part was sent twice or lost");
+    assert!(sent[0].text.starts_with("Section 00:"), "{}", sent[0].text);
+    assert!(
+        !sent[1].text.contains("Section 00:"),
+        "the first part again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn replies_wait_in_n_outbound_while_the_gateway_is_down() {
     let mut w = World::new(Reply::Text("you were away".into()), true).await;
     let bus = w.bus().await;
