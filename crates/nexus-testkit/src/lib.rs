@@ -116,6 +116,9 @@ impl TestEnv {
                 "RUST_LOG".into(),
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             ),
+            // The journal writer calls the model beside the turns; tests that count
+            // model calls would see it. Journal tests switch it back on.
+            ("NEXUS__MEMORY__JOURNAL".into(), "false".into()),
         ]
     }
 
