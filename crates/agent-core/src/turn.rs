@@ -143,6 +143,8 @@ struct LoopResult {
     model: String,
     llm_calls: u32,
     tool_calls: u32,
+    /// Summed over every model call of the turn.
+    usage: crate::llm::LlmUsage,
 }
 
 impl Agent {
@@ -187,6 +189,11 @@ impl Agent {
         let mut user_id = turn.user_id.clone();
         let (reply, stored_entries, counts) = if let (Some(pending), Some(yes)) = (pending, answer)
         {
+            // Stored under the user the question was asked for (resolved then), so the
+            // journal files this exchange with the rest of their conversation.
+            if !pending.user_id.is_empty() {
+                user_id.clone_from(&pending.user_id);
+            }
             let text = self.settle_approval(turn, pending, yes).await;
             let reply = self.outbound(turn, text.clone(), OutboundKind::Reply, "");
             let entries = vec![
@@ -216,7 +223,10 @@ impl Agent {
             };
             match result {
                 Ok(r) => {
-                    let reply = self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
+                    let mut reply =
+                        self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
+                    reply.input_tokens = r.usage.input_tokens;
+                    reply.output_tokens = r.usage.output_tokens;
                     (
                         reply,
                         Some(r.entries),
@@ -562,6 +572,9 @@ impl Agent {
             created_at_ms: now_ms(),
             model: model.to_owned(),
             metadata: Default::default(),
+            // Set by the caller when a model answered.
+            input_tokens: 0,
+            output_tokens: 0,
         }
     }
 
@@ -633,6 +646,7 @@ impl Agent {
         let max_iterations = self.config.llm.max_tool_iterations.max(1);
         let mut llm_calls = 0;
         let mut tool_calls = 0;
+        let mut usage = crate::llm::LlmUsage::default();
         loop {
             // The last allowed call gets no tools, so it must answer in words.
             if llm_calls + 1 >= max_iterations && !req.tools.is_empty() {
@@ -656,6 +670,8 @@ impl Agent {
             let routed = routed?;
             let attempts = routed.attempts;
             let resp = routed.response;
+            usage.input_tokens = usage.input_tokens.saturating_add(resp.usage.input_tokens);
+            usage.output_tokens = usage.output_tokens.saturating_add(resp.usage.output_tokens);
             self.bus
                 .emit(event::Kind::LlmUsage(LlmUsageEvent {
                     turn_id: turn.msg.id.clone(),
@@ -703,6 +719,7 @@ impl Agent {
                     model: resp.model,
                     llm_calls,
                     tool_calls,
+                    usage,
                 });
             }
 
@@ -723,6 +740,7 @@ impl Agent {
                     model: resp.model,
                     llm_calls,
                     tool_calls,
+                    usage,
                 });
             }
             req.messages.push(LlmMessage::Assistant {

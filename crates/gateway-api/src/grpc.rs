@@ -45,6 +45,8 @@ fn response(reply: OutboundMessage, turn_id: &str, session: &str) -> SendRespons
         turn_id: turn_id.to_owned(),
         kind: reply.kind,
         model: reply.model,
+        input_tokens: reply.input_tokens,
+        output_tokens: reply.output_tokens,
     }
 }
 

@@ -169,7 +169,7 @@ async fn get_message(
     Ok(Json(message_json(&reply, &turn_id, &session)))
 }
 
-/// The body of a reply: `{reply, session, turn_id, kind, model}`.
+/// The body of a reply: `{reply, session, turn_id, kind, model, usage}`.
 pub fn message_json(reply: &OutboundMessage, turn_id: &str, session: &str) -> Value {
     json!({
         "reply": reply.text,
@@ -177,6 +177,7 @@ pub fn message_json(reply: &OutboundMessage, turn_id: &str, session: &str) -> Va
         "turn_id": turn_id,
         "kind": kind_name(reply),
         "model": reply.model,
+        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
     })
 }
 

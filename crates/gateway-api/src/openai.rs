@@ -200,8 +200,12 @@ impl Completion {
                 "finish_reason": "stop",
                 "logprobs": null,
             }],
-            // The agent's token usage is in its llm_usage events, not per request.
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            // Over every model call of the turn (tool loops make several).
+            "usage": {
+                "prompt_tokens": reply.input_tokens,
+                "completion_tokens": reply.output_tokens,
+                "total_tokens": reply.input_tokens.saturating_add(reply.output_tokens),
+            },
         })
     }
 

@@ -280,6 +280,8 @@ async fn a_message_posted_over_http_gets_the_agents_reply() {
     assert_eq!(body["reply"], "echo: hello there");
     assert_eq!(body["session"], "work");
     assert_eq!(body["kind"], "reply");
+    assert_eq!(body["usage"]["input_tokens"], 42);
+    assert_eq!(body["usage"]["output_tokens"], 7);
     assert!(
         body["turn_id"].as_str().unwrap().starts_with("api:"),
         "{body}"
@@ -571,6 +573,16 @@ async fn an_openai_client_gets_the_reply_whole_and_streamed() {
     let choice = &response.choices[0];
     assert_eq!(choice.message.content.as_deref(), Some("compat: what now?"));
     assert_eq!(choice.finish_reason, Some(FinishReason::Stop));
+    // The turn's usage, as the fake provider reported it for its one call.
+    let usage = response.usage.expect("usage");
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (42, 7, 49)
+    );
     // Only the last user message became a turn: the model saw it once, not the old one.
     let last = w.fake.requests().last().cloned().unwrap().to_string();
     assert!(
