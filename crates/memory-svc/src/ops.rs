@@ -134,6 +134,8 @@ pub struct Memory {
     history_turns: u32,
     timezone: String,
     max_memory_bytes: usize,
+    /// `[memory] journal`: when off, no session is ever due.
+    journal_enabled: bool,
     journal_batch_turns: u32,
     journal_idle_ms: i64,
 }
@@ -155,6 +157,7 @@ impl Memory {
             history_turns: config.history_turns,
             timezone: config.timezone.clone(),
             max_memory_bytes: config.max_memory_bytes,
+            journal_enabled: config.journal,
             journal_batch_turns: config.journal_batch_turns.max(1),
             journal_idle_ms: i64::try_from(config.journal_idle_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
@@ -412,13 +415,14 @@ impl Memory {
             );
         }
         // A hint only: the sweep finds the session anyway.
-        let consolidation_due = match self.store.pending_turns(&turn.session).await {
-            Ok(pending) => pending >= self.journal_batch_turns,
-            Err(error) => {
-                tracing::warn!(%error, "unsummarized turns not counted");
-                false
-            }
-        };
+        let consolidation_due = self.journal_enabled
+            && match self.store.pending_turns(&turn.session).await {
+                Ok(pending) => pending >= self.journal_batch_turns,
+                Err(error) => {
+                    tracing::warn!(%error, "unsummarized turns not counted");
+                    false
+                }
+            };
         Ok(AppendTurnResponse {
             stored,
             consolidation_due,
@@ -433,6 +437,9 @@ impl Memory {
                 // Summaries stored but not yet in the files (a crash, a full disk) are retried here.
                 if let Err(error) = self.journal.apply_pending().await {
                     tracing::warn!(%error, "stored summaries not written to the journal yet");
+                }
+                if !self.journal_enabled {
+                    return Ok(ConsolidateResponse::default());
                 }
                 let now = now_ms();
                 let limit = if due.limit == 0 {

@@ -290,3 +290,29 @@ async fn a_summary_stored_before_a_crash_is_written_to_the_files_on_the_next_sta
     assert_eq!(read(&test, "memories/2026-11-23.md"), journal);
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn sessions_are_due_by_count_unless_journaling_is_off() {
+    let test = TestEnv::new();
+    let bus = test.bus("test").await;
+    let mut config = test.config.clone();
+    config.memory.journal_batch_turns = 3;
+    let svc = spawn_memory_svc(config.clone(), &bus).await;
+    talk(&bus, "d", 3).await;
+    let due = |bus: Bus| async move {
+        consolidate(&bus, Op::Due(nexus_proto::v1::DueSessions { limit: 0 }))
+            .await
+            .unwrap()
+            .due
+            .into_iter()
+            .map(|s| s.chat_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due(bus.clone()).await, ["d"]);
+    svc.stop().await;
+
+    config.memory.journal = false;
+    let svc = spawn_memory_svc(config, &bus).await;
+    assert!(due(bus.clone()).await.is_empty());
+    svc.stop().await;
+}
