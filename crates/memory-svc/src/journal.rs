@@ -99,16 +99,28 @@ impl Journal {
     }
 
     /// Writes every stored summary whose files are not written yet. Returns how
-    /// many were applied; one that fails stays for the next pass.
+    /// many were applied, or the first failure; a summary that fails stays for
+    /// the next pass and does not hold up the others.
     pub async fn apply_pending(&self) -> Result<usize, JournalError> {
         let pending = self.store.unapplied_consolidations(APPLY_BATCH).await?;
         let mut applied = 0;
+        let mut first_error = None;
         for c in pending {
-            self.apply(&c).await?;
-            self.store.mark_applied(c.id, now_ms()).await?;
-            applied += 1;
+            match self.apply(&c).await {
+                Ok(()) => {
+                    self.store.mark_applied(c.id, now_ms()).await?;
+                    applied += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, summary = c.id, "summary not written to the files yet");
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        Ok(applied)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(applied),
+        }
     }
 
     /// The journal section and the facts of one summary, each written once.

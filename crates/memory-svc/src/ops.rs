@@ -255,9 +255,18 @@ impl Memory {
                 if s.turns == 1 { "" } else { "s" },
                 s.summary.trim_end()
             );
-            if used + part.len() > MAX_SUMMARY_CONTEXT_BYTES {
+            let part = if used + part.len() <= MAX_SUMMARY_CONTEXT_BYTES {
+                part
+            } else if parts.is_empty() {
+                // The newest alone is over budget: its head, rather than nothing.
+                let mut end = MAX_SUMMARY_CONTEXT_BYTES.saturating_sub(" …\n".len());
+                while !part.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{} …\n", &part[..end])
+            } else {
                 break;
-            }
+            };
             used += part.len();
             parts.push(part);
         }

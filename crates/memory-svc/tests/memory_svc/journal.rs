@@ -316,3 +316,65 @@ async fn sessions_are_due_by_count_unless_journaling_is_off() {
     assert!(due(bus.clone()).await.is_empty());
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn turns_before_the_window_come_back_as_their_summary_within_its_budget() {
+    let test = TestEnv::new();
+    let bus = test.bus("test").await;
+    let svc = spawn_memory_svc(test.config.clone(), &bus).await;
+    talk(&bus, "w", 3).await;
+    let batch = claim(&bus, "w", "a").await.unwrap();
+    let long = format!(
+        "- Started with the budget.\n{}",
+        "- More detail.\n".repeat(700)
+    );
+    assert!(long.len() > 8_000);
+    assert!(
+        consolidate(&bus, commit(&batch, &long, vec![]))
+            .await
+            .unwrap()
+            .committed
+    );
+    // Two turns later, with a window of two, the summarized ones are out of it.
+    let entry = |role: Role, text: &str| HistoryEntry {
+        role: role as i32,
+        text: text.into(),
+        at_ms: now_ms(),
+        ..Default::default()
+    };
+    for i in 3..5 {
+        let entries = vec![
+            entry(Role::User, &format!("w question {i}")),
+            entry(Role::Assistant, "ok"),
+        ];
+        append_entries(&bus, "w", &format!("cli:w-{i}"), entries).await;
+    }
+    let ctx: ContextResponse = bus
+        .request(
+            bus.subjects().memory(memory_op::CONTEXT),
+            &ContextRequest {
+                session: session("w"),
+                user_id: "cli_alice".into(),
+                query: "go on".into(),
+                history_turns: 2,
+                channel_sender_id: String::new(),
+            },
+            &TraceContext::new_root(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        ctx.session_summary.contains("(3 turns)"),
+        "{}",
+        ctx.session_summary
+    );
+    assert!(ctx.session_summary.contains("- Started with the budget."));
+    assert!(
+        ctx.session_summary.len() <= 4096,
+        "{}",
+        ctx.session_summary.len()
+    );
+    assert_eq!(ctx.history.len(), 4, "the window: two turns of two entries");
+    svc.stop().await;
+}
