@@ -377,8 +377,13 @@ impl Agent {
                 if r.archived_turns > 0 {
                     self.journal.session(turn.session_ref());
                 }
+                let journal = if r.archived_turns > 0 && self.config.memory.journal {
+                    " Its summary goes to the journal (memories/ in the workspace)."
+                } else {
+                    ""
+                };
                 format!(
-                    "Started a new conversation. The previous one ({} turn{}) is archived.",
+                    "Started a new conversation. The previous one ({} turn{}) is archived.{journal}",
                     r.archived_turns,
                     if r.archived_turns == 1 { "" } else { "s" }
                 )

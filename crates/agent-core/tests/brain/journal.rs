@@ -270,7 +270,8 @@ async fn new_journals_the_conversation_and_a_day_question_sees_only_its_own_jour
     // /new archives each conversation, and the journal gets it at once (2 < batch of 10).
     send(&bus, "a", 1, "/new").await;
     super::send_as(&bus, "b", 1, "/new", "u2").await;
-    replies(&bus, 4, Duration::from_secs(60)).await;
+    let r = replies(&bus, 4, Duration::from_secs(60)).await;
+    assert!(r[2].text.contains("goes to the journal"), "{}", r[2].text);
     let journal = eventually(
         "both conversations journaled",
         Duration::from_secs(60),
