@@ -23,7 +23,7 @@ use slack_morphism::{
         SlackApiAppsConnectionOpenRequest, SlackApiChatPostEphemeralRequest,
         SlackApiChatPostMessageRequest, SlackApiFilesComplete,
         SlackApiFilesCompleteUploadExternalRequest, SlackApiFilesGetUploadUrlExternalRequest,
-        SlackApiFilesUploadViaUrlRequest,
+        SlackApiFilesUploadViaUrlRequest, SlackApiReactionsAddRequest, SlackReactionName,
     },
 };
 
@@ -196,6 +196,17 @@ impl SlackApi {
         Self::timed(session.chat_post_message(&req))
             .await
             .map(|_| ())
+    }
+
+    /// `reactions.add`: the bot reacts to the message `ts` in `channel` (needs `reactions:write`).
+    pub async fn add_reaction(&self, channel: &str, ts: &str, name: &str) -> Result<(), ApiError> {
+        let req = SlackApiReactionsAddRequest::new(
+            SlackChannelId::new(channel.to_owned()),
+            SlackReactionName(name.to_owned()),
+            SlackTs::new(ts.to_owned()),
+        );
+        let session = self.client.open_session(&self.bot_token);
+        Self::timed(session.reactions_add(&req)).await.map(|_| ())
     }
 
     /// `chat.postEphemeral`: seen only by `user`.

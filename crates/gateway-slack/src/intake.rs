@@ -6,7 +6,13 @@
 //! stored the message (or knew it already). This module must never start a turn
 //! for a bot, an edit, or a sender the allow-list does not name.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use nexus_bus::{BusError, TraceContext};
 use nexus_common::now_ms;
@@ -16,7 +22,7 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 
 use crate::{
-    api::{BotIdentity, SlackApi},
+    api::{ApiError, BotIdentity, SlackApi},
     mrkdwn,
     settings::SlackSettings,
 };
@@ -127,6 +133,8 @@ pub struct Intake {
     api: SlackApi,
     settings: SlackSettings,
     bot: RwLock<BotIdentity>,
+    /// Slack said no to a reaction for good (a missing scope): stop asking.
+    reactions_refused: Arc<AtomicBool>,
 }
 
 impl Intake {
@@ -141,6 +149,7 @@ impl Intake {
             api,
             settings,
             bot: RwLock::new(bot),
+            reactions_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -210,9 +219,40 @@ impl Intake {
             msg.text.push_str(&notes.join("\n"));
         }
         let stored = self.gateway.intake(&msg).await?;
+        if !stored.duplicate {
+            self.acknowledge(&ev.channel, &ev.ts);
+        }
         Ok(Handled::Stored {
             duplicate: stored.duplicate,
         })
+    }
+
+    /// Reacts to a message just taken in, in the background (Slack wants its 200
+    /// within 3 s). A workspace that refuses reactions is not asked again.
+    fn acknowledge(&self, channel: &str, ts: &str) {
+        let Some(name) = self.settings.ack_reaction.clone() else {
+            return;
+        };
+        if self.reactions_refused.load(Ordering::Relaxed) {
+            return;
+        }
+        let (api, refused) = (self.api.clone(), self.reactions_refused.clone());
+        let (channel, ts) = (channel.to_owned(), ts.to_owned());
+        tokio::spawn(async move {
+            match api.add_reaction(&channel, &ts, &name).await {
+                Ok(()) => {}
+                Err(ApiError::Permanent(code)) if code == "already_reacted" => {}
+                Err(ApiError::Permanent(code)) => {
+                    refused.store(true, Ordering::Relaxed);
+                    tracing::warn!(
+                        error = %code,
+                        "Slack refused the acknowledgement reaction; not reacting any more \
+                         (give the app the reactions:write scope, or set [channels.slack] ack_reaction = \"none\")"
+                    );
+                }
+                Err(error) => tracing::debug!(%error, "acknowledgement reaction not added"),
+            }
+        });
     }
 
     /// The bot's own ids: from `auth.test` at start, else from the event's authorizations.

@@ -61,6 +61,9 @@ pub struct SlackSettings {
     pub max_file_bytes: usize,
     /// `[channels.slack] chunk_chars`: a longer reply is split into several messages.
     pub chunk_chars: usize,
+    /// `[channels.slack] ack_reaction` (default `eyes`): the emoji the bot puts on a
+    /// message it took in, so people see it was received; empty or `none` for none.
+    pub ack_reaction: Option<String>,
 }
 
 /// Why the settings are unusable; each message names the variable or key to fix.
@@ -160,6 +163,12 @@ impl SlackSettings {
             max_body_bytes: number(channel, "max_body_bytes", 1024 * 1024)?,
             max_file_bytes: number(channel, "max_file_bytes", 20 * 1024 * 1024)?,
             chunk_chars: number(channel, "chunk_chars", DEFAULT_CHUNK_CHARS)?.max(100),
+            ack_reaction: match text(channel, "ack_reaction") {
+                None => Some("eyes".to_owned()),
+                Some(name) => {
+                    Some(name.trim_matches(':').to_owned()).filter(|n| !n.is_empty() && n != "none")
+                }
+            },
         })
     }
 }
@@ -271,6 +280,25 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:3000");
         assert!(s.mention_only);
         assert_eq!(s.mode, Mode::Events);
+        assert_eq!(s.ack_reaction.as_deref(), Some("eyes"));
+        let keys = env(&[
+            ("SLACK_BOT_TOKEN", "xoxb-very-secret"),
+            ("SLACK_SIGNING_SECRET", "signing-very-secret"),
+        ]);
+        let reaction = |v: &str| {
+            SlackSettings::from_sources(
+                &channel(&[("ack_reaction", toml::Value::String(v.into()))]),
+                &keys,
+            )
+            .unwrap()
+            .ack_reaction
+        };
+        assert_eq!(
+            reaction(":white_check_mark:").as_deref(),
+            Some("white_check_mark")
+        );
+        assert_eq!(reaction("none"), None);
+        assert_eq!(reaction(""), None);
         let debug = format!("{s:?}");
         assert!(!debug.contains("very-secret"), "{debug}");
     }

@@ -82,6 +82,7 @@ impl FakeSlack {
             .route("/api/auth.test", get(auth_test).post(auth_test))
             .route("/api/chat.postMessage", post(post_message))
             .route("/api/chat.postEphemeral", post(post_ephemeral))
+            .route("/api/reactions.add", post(add_reaction))
             .route("/api/files.getUploadURLExternal", get(upload_url))
             .route("/api/files.completeUploadExternal", post(complete_upload))
             .route("/api/apps.connections.open", post(connections_open))
@@ -233,6 +234,19 @@ async fn post_message(
         }
     }))
     .into_response()
+}
+
+async fn add_reaction(
+    State((inner, _, _)): State<Shared>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let ok = bearer(&headers) == Some(BOT_TOKEN);
+    record(&inner, "reactions.add", body, ok);
+    if !ok {
+        return slack_error("invalid_auth");
+    }
+    Json(json!({"ok": true})).into_response()
 }
 
 async fn post_ephemeral(

@@ -308,6 +308,17 @@ async fn a_signed_direct_message_is_answered_once_in_its_thread() {
         "*Hello* from <https://nexus.example|Nexus> &amp; co"
     );
     assert_eq!(w.llm.requests().len(), 1);
+    // The message got the "received" reaction, once.
+    let reactions = w.slack.calls("reactions.add");
+    assert_eq!(reactions.len(), 1, "{reactions:?}");
+    assert_eq!(
+        (
+            &reactions[0].body["channel"],
+            &reactions[0].body["timestamp"],
+            &reactions[0].body["name"]
+        ),
+        (&json!("D123"), &json!("1700000000.000100"), &json!("eyes"))
+    );
 
     // Graceful stop: SIGTERM ends the gateway with status 0.
     assert!(gw.terminate(Duration::from_secs(30)).await.success());
