@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     edit::{self, EditError},
-    index::{self, JOURNAL_DIR, MemoryFile, MemoryIndex, UserId},
+    index::{JOURNAL_DIR, MemoryFile, MemoryIndex, UserId},
     markdown::{self, Added, JOURNAL_MARKER},
     store::{Consolidation, SessionStore, StoreError},
     tools::{DEFAULT_SECTION, new_file},
@@ -427,14 +427,6 @@ async fn read_head(path: &std::path::Path, limit: u64) -> io::Result<String> {
     let mut bytes = Vec::new();
     file.take(limit).read_to_end(&mut bytes).await?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// Journal excerpts found by full-text search, for a context: those under `memories/`.
-pub fn journal_hits(hits: &[crate::store::ChunkHit], skip_paths: &[String]) -> Vec<String> {
-    hits.iter()
-        .filter(|h| index::is_journal_path(&h.path) && !skip_paths.contains(&h.path))
-        .map(|h| format!("[{}] {}", index::label(h), h.text))
-        .collect()
 }
 
 #[cfg(test)]

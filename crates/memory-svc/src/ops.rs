@@ -274,39 +274,22 @@ impl Memory {
         parts.concat()
     }
 
-    /// The reader's journal sections for the days the query names, then the
-    /// best full-text matches in the journals. Empty on failure.
+    /// The reader's journal sections for the days the query names ("on Monday",
+    /// "yesterday", 2026-11-23). Empty on failure. Nothing else from the journals
+    /// is searched per turn: that cost every turn a full-text search and a
+    /// freshness check of every memory file; the model has `memory_search`.
     async fn journal_context(&self, query: &str, reader: Option<&UserId>) -> String {
         let mut out = String::new();
-        let mut paths = Vec::new();
         for day in journal::days_named(query, self.journal.today()) {
             let left = MAX_JOURNAL_CONTEXT_BYTES.saturating_sub(out.len());
             match self.journal.day_for_reader(day, reader, left).await {
-                Ok(Some(text)) => {
-                    out.push_str(&format!(
-                        "From memories/{day}.md ({}):\n{text}\n",
-                        day.strftime("%A")
-                    ));
-                    paths.push(format!("{}/{day}.md", index::JOURNAL_DIR));
-                }
+                Ok(Some(text)) => out.push_str(&format!(
+                    "From memories/{day}.md ({}):\n{text}\n",
+                    day.strftime("%A")
+                )),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, %day, "journal of a named day unreadable"),
             }
-        }
-        if index::terms(query).is_empty() {
-            return out;
-        }
-        match self.index.search(query, reader, 8).await {
-            Ok(hits) => {
-                for line in journal::journal_hits(&hits, &paths).into_iter().take(3) {
-                    if out.len() + line.len() + 1 > MAX_JOURNAL_CONTEXT_BYTES {
-                        break;
-                    }
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            }
-            Err(error) => tracing::warn!(%error, "journal search unavailable"),
         }
         out
     }
