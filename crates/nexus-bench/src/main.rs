@@ -49,7 +49,11 @@ struct Up {
 }
 
 impl Up {
-    async fn start(fake: &FakeOpenAi, agents: usize) -> anyhow::Result<Self> {
+    async fn start(
+        fake: &FakeOpenAi,
+        agents: usize,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let workspace = tempfile::tempdir()?;
         let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -67,6 +71,7 @@ impl Up {
             .env("NEXUS__LLM__MODEL", "gpt-4.1-mini")
             .env("NEXUS__LLM__STREAM", "false")
             .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -185,19 +190,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
-    let up = Up::start(&fake, 1).await?;
-    let driver = up.driver.clone();
 
-    // Warm-up, then one session at a time: latency without queueing.
-    for i in 0..warm_turns {
-        driver.turn(&format!("warm-{}", i % 4)).await?;
-    }
-    let mut overhead = Vec::with_capacity(seq_turns);
-    for _ in 0..seq_turns {
-        let (total, llm) = driver.turn("seq").await?;
-        overhead.push(total.saturating_sub(llm));
-    }
-    overhead.sort();
+    // The turn path alone first: journaling off, so no summary runs beside it.
+    let quiet = Up::start(&fake, 1, &[("NEXUS__MEMORY__JOURNAL", "false")]).await?;
+    let overhead = sequential_overhead(&quiet.driver, warm_turns, seq_turns).await?;
+    quiet.stop().await?;
+
+    // The default: a summary of every 10 turns is written beside them (same CPUs).
+    let up = Up::start(&fake, 1, &[]).await?;
+    let journaled = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
     let throughput = up.throughput(sessions, per_session).await?;
     let rss = peak_rss_of_children(up.pid);
     let (startup, namespace, nats_url) = (up.startup, up.namespace.clone(), up.nats_url.clone());
@@ -209,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     for delay in [0, llm_ms] {
         fake.set_delay(Duration::from_millis(delay));
         for agents in [1, 2, 4] {
-            let up = Up::start(&fake, agents).await?;
+            let up = Up::start(&fake, agents, &[]).await?;
             let tps = up.throughput(sessions, per_session).await?;
             up.stop().await?;
             replicas.push((delay, agents, tps));
@@ -227,12 +228,17 @@ async fn main() -> anyhow::Result<()> {
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| per-turn overhead p50 (publish → reply, LLM time excluded, {seq_turns} sequential turns) | {:.2} ms |",
+        "| per-turn overhead p50 (publish → reply, LLM time excluded, {seq_turns} sequential turns, journaling off) | {:.2} ms |",
         ms(percentile(&overhead, 50.0))
     );
     println!(
         "| per-turn overhead p99 | {:.2} ms |",
         ms(percentile(&overhead, 99.0))
+    );
+    println!(
+        "| per-turn overhead p50 / p99 with journaling on (a summary per 10 turns, beside them) | {:.2} / {:.2} ms |",
+        ms(percentile(&journaled, 50.0)),
+        ms(percentile(&journaled, 99.0))
     );
     println!(
         "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {throughput:.0} turns/s |"
@@ -254,6 +260,25 @@ async fn main() -> anyhow::Result<()> {
         println!("| {agents} | {delay} ms | {tps:.0} turns/s |");
     }
     Ok(())
+}
+
+/// Warm-up turns, then `turns` in one session, one at a time (latency without
+/// queueing): each turn's time minus its LLM time, sorted.
+async fn sequential_overhead(
+    driver: &Driver,
+    warm: usize,
+    turns: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    for i in 0..warm {
+        driver.turn(&format!("warm-{}", i % 4)).await?;
+    }
+    let mut overhead = Vec::with_capacity(turns);
+    for _ in 0..turns {
+        let (total, llm) = driver.turn("seq").await?;
+        overhead.push(total.saturating_sub(llm));
+    }
+    overhead.sort();
+    Ok(overhead)
 }
 
 /// The table rows of the memory retrieval figure.
