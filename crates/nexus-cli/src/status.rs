@@ -80,6 +80,20 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
+    // How the journal writer fared over the same 24 h.
+    let mut journal = JournalHealth::default();
+    crate::whatsapp::scan_events(
+        &bus,
+        nexus_bus::event_kind::JOURNAL,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartTime { start_time: since },
+        |at, kind| {
+            if let nexus_proto::v1::event::Kind::Journal(j) = kind {
+                journal.add(at, j);
+            }
+        },
+    )
+    .await?;
+
     if args.json {
         let out = json!({
             "namespace": config.namespace,
@@ -88,6 +102,7 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "streams": streams.iter().map(|(n, i)| json!({"name": n, "messages": i.map(|x| x.0), "bytes": i.map(|x| x.1)})).collect::<Vec<_>>(),
             "agent_consumer": consumer.map(|(p, a, r)| json!({"pending": p, "ack_pending": a, "redelivered": r})),
             "health": health.iter().map(|(svc, (at, n))| json!({"service": svc, "status": n.status, "detail": n.detail, "at_ms": at})).collect::<Vec<_>>(),
+            "journal_24h": journal.json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -123,6 +138,10 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "agent-core backlog: {pending} waiting, {ack_pending} in progress, {redelivered} redelivered"
         );
     }
+    if let Some(line) = journal.line(nexus_common::now_ms()) {
+        println!();
+        println!("{line}");
+    }
     if !health.is_empty() {
         println!();
         println!(
@@ -142,4 +161,65 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Journal summaries of the last 24 h, from `journal` events.
+#[derive(Default)]
+struct JournalHealth {
+    written: u64,
+    turns: u64,
+    failed: u64,
+    last_ok_ms: Option<i64>,
+    last_failure: Option<(i64, String)>,
+}
+
+impl JournalHealth {
+    fn add(&mut self, at_ms: i64, j: nexus_proto::v1::JournalWritten) {
+        if j.ok {
+            self.written += 1;
+            self.turns += u64::from(j.turns);
+            self.last_ok_ms = Some(at_ms);
+        } else {
+            self.failed += 1;
+            self.last_failure = Some((at_ms, j.error));
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "summaries": self.written,
+            "turns": self.turns,
+            "failed": self.failed,
+            "last_ok_ms": self.last_ok_ms,
+            "last_failure": self.last_failure.as_ref().map(|(at, e)| json!({"at_ms": at, "error": e})),
+        })
+    }
+
+    /// One line for people; `None` when nothing was journaled or tried.
+    fn line(&self, now_ms: i64) -> Option<String> {
+        if self.written == 0 && self.failed == 0 {
+            return None;
+        }
+        let mut out = format!(
+            "journal (24 h): {} summar{} of {} turn{}",
+            self.written,
+            if self.written == 1 { "y" } else { "ies" },
+            self.turns,
+            if self.turns == 1 { "" } else { "s" },
+        );
+        if let Some(at) = self.last_ok_ms {
+            out.push_str(&format!(
+                ", last {} ago",
+                crate::whatsapp::ago(now_ms.saturating_sub(at))
+            ));
+        }
+        if let Some((at, error)) = &self.last_failure {
+            out.push_str(&format!(
+                "; {} failed, last {} ago: {error}",
+                self.failed,
+                crate::whatsapp::ago(now_ms.saturating_sub(*at))
+            ));
+        }
+        Some(out)
+    }
 }

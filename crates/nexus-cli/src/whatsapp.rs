@@ -233,6 +233,23 @@ pub(crate) async fn scan_service_events(
     only: Option<&str>,
     mut f: impl FnMut(i64, ServiceNotice),
 ) -> anyhow::Result<()> {
+    scan_events(bus, event_kind::SERVICE, from, |at_ms, kind| {
+        if let event::Kind::Service(n) = kind
+            && only.is_none_or(|o| n.service == o)
+        {
+            f(at_ms, n);
+        }
+    })
+    .await
+}
+
+/// Feeds stored events of one kind (`event_kind::…`) from `from` on, oldest first, to `f`.
+pub(crate) async fn scan_events(
+    bus: &Bus,
+    kind: &str,
+    from: DeliverPolicy,
+    mut f: impl FnMut(i64, event::Kind),
+) -> anyhow::Result<()> {
     let s = bus.subjects();
     let consumer = bus
         .jetstream()
@@ -240,33 +257,32 @@ pub(crate) async fn scan_service_events(
         .await
         .context("events stream")?
         .create_consumer(pull::OrderedConfig {
-            filter_subject: s.event(event_kind::SERVICE),
+            filter_subject: s.event(kind),
             deliver_policy: from,
             ..Default::default()
         })
         .await
-        .context("reading service events")?;
+        .with_context(|| format!("reading {kind} events"))?;
     if consumer.cached_info().num_pending == 0 {
         return Ok(());
     }
     let mut messages = consumer
         .messages()
         .await
-        .context("reading service events")?;
+        .with_context(|| format!("reading {kind} events"))?;
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
             .await
-            .context("reading service events timed out")?
+            .with_context(|| format!("reading {kind} events timed out"))?
             .context("the events stream closed")?
-            .context("reading service events")?;
+            .with_context(|| format!("reading {kind} events"))?;
         if let Ok(Event {
             at_ms,
-            kind: Some(event::Kind::Service(n)),
+            kind: Some(kind),
             ..
         }) = Event::decode(msg.payload.clone())
-            && only.is_none_or(|o| n.service == o)
         {
-            f(at_ms, n);
+            f(at_ms, kind);
         }
         if msg.info().map(|i| i.pending).unwrap_or(0) == 0 {
             return Ok(());

@@ -599,6 +599,37 @@ async fn status_shows_what_services_last_reported_about_their_health() {
         stdout.contains("gateway-telegram") && stdout.contains("recovered"),
         "{stdout}"
     );
+
+    // The journal writer's record: what it summarized and what failed.
+    for (ok, turns, error) in [
+        (true, 10, ""),
+        (true, 4, ""),
+        (false, 3, "the journal model failed: HTTP 503"),
+    ] {
+        bus.emit(event::Kind::Journal(nexus_proto::v1::JournalWritten {
+            session_id: "cli:default".into(),
+            turns,
+            day: "2026-11-24".into(),
+            model: "cheap".into(),
+            ok,
+            error: error.into(),
+            facts: 0,
+        }))
+        .await;
+    }
+    let out = nexus(&test.process_env(), &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["journal_24h"]["summaries"], 2);
+    assert_eq!(v["journal_24h"]["turns"], 14);
+    assert_eq!(v["journal_24h"]["failed"], 1);
+    let out = nexus(&test.process_env(), &["status"]).await;
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("journal (24 h): 2 summaries of 14 turns")
+            && stdout.contains("1 failed")
+            && stdout.contains("HTTP 503"),
+        "{stdout}"
+    );
 }
 
 /// Publishes a message from `sender` on `channel` the way that channel's gateway would.
