@@ -126,6 +126,7 @@ fn first_turn(transcript: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_turns_are_journaled_once_each_within_the_window_even_across_a_crash() {
+    // agent-core and memory-svc are killed mid-summary; two replicas run after that.
     let test = TestEnv::new();
     let fake = FakeOpenAi::start(Reply::EchoLastUser("re: ".into())).await;
     fake.set_model_reply(JOURNAL_MODEL, quoting_summaries());
@@ -152,6 +153,8 @@ async fn two_hundred_turns_are_journaled_once_each_within_the_window_even_across
     fake.set_model_delay(JOURNAL_MODEL, Duration::ZERO);
     stack.memory = Some(stack.spawn("memory-svc"));
     stack.agent = Some(stack.spawn("agent-core"));
+    // From here on two replicas: both writers sweep, and compete for each lease.
+    let _second = stack.spawn("agent-core");
     stack.wait_ready(&test, &["memory-svc", "agent-core"]).await;
 
     let r = replies(&bus, TURNS, Duration::from_secs(180)).await;
