@@ -794,6 +794,15 @@ fn summary_of(
     }
 }
 
+/// Commits a summary of `(from, to]`; whether the pointer moved.
+async fn commit(store: &SessionStore, s: &SessionKey, from: i64, to: i64) -> bool {
+    let range = store.range_facts(s, from, to).await.unwrap();
+    store
+        .commit_consolidation(&summary_of(s, from, to, range))
+        .await
+        .unwrap()
+}
+
 async fn a_batch_is_claimed_committed_once_and_the_pointer_moves_past_it(store: SessionStore) {
     let s = session("c", "");
     turns(&store, &s, "c", 5, 1_000).await;
@@ -824,19 +833,9 @@ async fn a_batch_is_claimed_committed_once_and_the_pointer_moves_past_it(store: 
     assert_eq!(range.turns, 3);
     assert_eq!(range.users, ["cli_alice", "cli_bob"]);
     assert_eq!((range.first_at_ms, range.last_at_ms), (1_000, 1_021));
-    assert!(
-        store
-            .commit_consolidation(&summary_of(&s, 0, to, range.clone()))
-            .await
-            .unwrap()
-    );
+    assert!(commit(&store, &s, 0, to).await);
     // The same range again (a retry, another replica): nothing moves, nothing is stored.
-    assert!(
-        !store
-            .commit_consolidation(&summary_of(&s, 0, to, range))
-            .await
-            .unwrap()
-    );
+    assert!(!commit(&store, &s, 0, to).await);
     assert_eq!(store.unapplied_consolidations(10).await.unwrap().len(), 1);
     assert_eq!(store.pending_turns(&s).await.unwrap(), 2);
 
@@ -850,13 +849,7 @@ async fn a_batch_is_claimed_committed_once_and_the_pointer_moves_past_it(store: 
     let ids: Vec<&str> = next.entries.iter().map(|e| e.turn_id.as_str()).collect();
     assert_eq!(ids, ["c3", "c3", "c4", "c4"]);
     let last = next.entries[3].id;
-    let range = store.range_facts(&s, to, last).await.unwrap();
-    assert!(
-        store
-            .commit_consolidation(&summary_of(&s, to, last, range))
-            .await
-            .unwrap()
-    );
+    assert!(commit(&store, &s, to, last).await);
     assert_eq!(store.pending_turns(&s).await.unwrap(), 0);
     // Nothing left: no batch, and the lease is not kept.
     assert!(
@@ -907,20 +900,9 @@ async fn an_expired_claim_is_taken_over_and_the_late_commit_changes_nothing(stor
     assert_eq!(first.from_entry, second.from_entry);
     assert_eq!(first.entries, second.entries);
     let to = second.entries.last().unwrap().id;
-    let range = store.range_facts(&s, 0, to).await.unwrap();
-    assert!(
-        store
-            .commit_consolidation(&summary_of(&s, 0, to, range.clone()))
-            .await
-            .unwrap()
-    );
+    assert!(commit(&store, &s, 0, to).await);
     // "a" comes back and commits what it had: refused, nothing doubled.
-    assert!(
-        !store
-            .commit_consolidation(&summary_of(&s, 0, to, range))
-            .await
-            .unwrap()
-    );
+    assert!(!commit(&store, &s, 0, to).await);
     assert_eq!(store.unapplied_consolidations(10).await.unwrap().len(), 1);
 }
 
@@ -993,13 +975,7 @@ async fn earlier_summaries_cover_turns_before_the_window_since_the_last_reset(st
             .unwrap()
             .unwrap();
         let to = claim.entries.last().unwrap().id;
-        let range = store.range_facts(&s, from, to).await.unwrap();
-        assert!(
-            store
-                .commit_consolidation(&summary_of(&s, from, to, range))
-                .await
-                .unwrap()
-        );
+        assert!(commit(&store, &s, from, to).await);
         from = to;
     }
     let texts = |v: Vec<super::EarlierSummary>| -> Vec<String> {
@@ -1033,11 +1009,7 @@ async fn stored_summaries_wait_until_they_are_marked_applied(store: SessionStore
         .unwrap()
         .unwrap();
     let to = claim.entries.last().unwrap().id;
-    let range = store.range_facts(&s, 0, to).await.unwrap();
-    store
-        .commit_consolidation(&summary_of(&s, 0, to, range))
-        .await
-        .unwrap();
+    assert!(commit(&store, &s, 0, to).await);
     let pending = store.unapplied_consolidations(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].users, ["cli_alice"]);
