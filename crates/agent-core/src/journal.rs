@@ -41,6 +41,8 @@ const MAX_TRANSCRIPT_CHARS: usize = 48_000;
 const MAX_TOOL_CHARS: usize = 300;
 /// Sessions one sweep looks at.
 const SWEEP_LIMIT: u32 = 32;
+/// `LlmUsage.purpose` of the calls that write the journal.
+pub const USAGE_JOURNAL: &str = "journal";
 /// Room for the answer: a few bullets and facts.
 const MAX_SUMMARY_TOKENS: u32 = 1024;
 
@@ -239,6 +241,14 @@ async fn summarize_batch(
             output_tokens: routed.response.usage.output_tokens,
             duration_ms: started.elapsed().as_millis() as u64,
             attempts: routed.attempts,
+            // Charged to the one participant; a group conversation's to nobody in particular.
+            user_id: match batch.user_ids.as_slice() {
+                [only] => only.clone(),
+                _ => String::new(),
+            },
+            session_id: session_id.clone(),
+            channel: session.channel.clone(),
+            purpose: USAGE_JOURNAL.to_owned(),
         }))
         .await;
     let parsed = match parse_summary(&routed.response.text, &batch.user_ids) {

@@ -41,6 +41,9 @@ use crate::{
     tools::{ToolDirectory, result_text, to_llm_tool},
 };
 
+/// `LlmUsage.purpose` of the calls that answer a message.
+pub const USAGE_TURN: &str = "turn";
+
 /// Everything a turn needs; shared by all turns of a replica.
 pub struct Agent {
     pub bus: Bus,
@@ -686,6 +689,10 @@ impl Agent {
                     output_tokens: resp.usage.output_tokens,
                     duration_ms: started.elapsed().as_millis() as u64,
                     attempts,
+                    user_id: turn.user_id.clone(),
+                    session_id: turn.session.id(),
+                    channel: turn.session.channel().to_string(),
+                    purpose: USAGE_TURN.to_owned(),
                 }))
                 .await;
             tracing::info!(

@@ -5,12 +5,12 @@
 //! (`files`), their search index (`index`, chunked by `markdown`), the
 //! meaning of each operation (`ops`), the memory tools `remember` and
 //! `memory_search` (`tools`, writing through `edit`), the daily journals and
-//! consolidated facts (`journal`, from summaries agent-core writes) and the
-//! request loop (`server`). agent-core builds prompts from what it answers and never reads
+//! consolidated facts (`journal`, from summaries agent-core writes), the usage
+//! ledger (`usage`, fed by `llm_usage` events) and the request loop (`server`). agent-core builds prompts from what it answers and never reads
 //! the disk itself.
 //!
 //! It must never call an LLM or another service's tool, never publish to a
-//! stream, and never exit or panic because of one bad request.
+//! stream (but consumes one: the usage events), and never exit or panic because of one bad request.
 
 pub mod edit;
 pub mod files;
@@ -21,6 +21,7 @@ pub mod ops;
 pub mod server;
 pub mod store;
 pub mod tools;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -76,7 +77,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 tracing::warn!(%error, "journal not caught up; retried on the next sweep")
             }
         }
+        let ledger = tokio::spawn(usage::run(bus.clone(), store.clone(), shutdown.clone()));
         let served = server::serve(&bus, memory, tools, shutdown).await;
+        if let Err(error) = ledger.await {
+            tracing::error!(%error, "usage ledger task failed");
+        }
         bus.drain().await;
         served
     }

@@ -20,8 +20,8 @@ use nexus_proto::{
         CommitBatch, ConsolidateRequest, ConsolidateResponse, ConsolidationBatch, ContextRequest,
         ContextResponse, HistoryEntry, HistoryRequest, HistoryResponse, Identity as IdentityMsg,
         IdentityRequest, IdentityResponse, OutboundMessage, SessionCommandRequest,
-        SessionCommandResponse, SessionRef, consolidate_request, identity_request,
-        session_command_request,
+        SessionCommandResponse, SessionRef, UsageRequest, UsageResponse, UsageRow,
+        consolidate_request, identity_request, session_command_request,
     },
 };
 
@@ -35,6 +35,10 @@ use crate::{
     },
 };
 
+/// Ledger rows one usage request may return; keeps a reply under NATS' payload limit.
+const MAX_USAGE_ROWS: usize = 5_000;
+/// Days a usage request covers when it names no first day.
+const DEFAULT_USAGE_DAYS: i64 = 30;
 /// Most turns one request may ask history for; keeps a reply under NATS' payload limit.
 const MAX_HISTORY_TURNS: u32 = 500;
 /// Excerpts of a large MEMORY.md considered for a context, best first.
@@ -74,10 +78,11 @@ pub enum Op {
     Session,
     Identity,
     Consolidate,
+    Usage,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Context,
         Op::Append,
         Op::Answered,
@@ -85,6 +90,7 @@ impl Op {
         Op::Session,
         Op::Identity,
         Op::Consolidate,
+        Op::Usage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +102,7 @@ impl Op {
             Op::Session => memory_op::SESSION,
             Op::Identity => memory_op::IDENTITY,
             Op::Consolidate => memory_op::CONSOLIDATE,
+            Op::Usage => memory_op::USAGE,
         }
     }
 }
@@ -182,6 +189,7 @@ impl Memory {
             Op::Session => reply(op, self.session(payload).await),
             Op::Identity => reply(op, self.identity(payload).await),
             Op::Consolidate => reply(op, self.consolidate(payload).await),
+            Op::Usage => reply(op, self.usage(payload).await),
         }
     }
 
@@ -418,6 +426,55 @@ impl Memory {
         Ok(AppendTurnResponse {
             stored,
             consolidation_due,
+        })
+    }
+
+    async fn usage(&self, payload: &[u8]) -> Result<UsageResponse, OpError> {
+        let req: UsageRequest = decode(payload)?;
+        let day = |s: &str, what: &str| {
+            s.parse::<jiff::civil::Date>().map_err(|e| {
+                OpError::BadRequest(format!("{what} {s:?} is not a YYYY-MM-DD day: {e}"))
+            })
+        };
+        let to = if req.to_day.is_empty() {
+            crate::usage::utc_day(now_ms())
+                .parse::<jiff::civil::Date>()
+                .map_err(|e| OpError::BadRequest(e.to_string()))?
+        } else {
+            day(&req.to_day, "to_day")?
+        };
+        let from = if req.from_day.is_empty() {
+            to.checked_sub(jiff::Span::new().days(DEFAULT_USAGE_DAYS - 1))
+                .map_err(|e| OpError::BadRequest(e.to_string()))?
+        } else {
+            day(&req.from_day, "from_day")?
+        };
+        if from > to {
+            return Err(OpError::BadRequest(format!(
+                "from_day {from} is after to_day {to}"
+            )));
+        }
+        let rows = self.store.usage(&from.to_string(), &to.to_string()).await?;
+        if rows.len() > MAX_USAGE_ROWS {
+            return Err(OpError::BadRequest(format!(
+                "{} ledger rows from {from} to {to}; ask for fewer days (at most {MAX_USAGE_ROWS} rows)",
+                rows.len()
+            )));
+        }
+        Ok(UsageResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| UsageRow {
+                    day: r.key.day,
+                    user_id: r.key.user_id,
+                    channel: r.key.channel,
+                    model: r.key.model,
+                    purpose: r.key.purpose,
+                    calls: r.calls,
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                })
+                .collect(),
         })
     }
 

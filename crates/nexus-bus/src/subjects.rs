@@ -35,6 +35,7 @@ pub mod memory_op {
     pub const SESSION: &str = "session";
     pub const IDENTITY: &str = "identity";
     pub const CONSOLIDATE: &str = "consolidate";
+    pub const USAGE: &str = "usage";
 }
 
 /// Operator commands a gateway serves, the last token of `N.gateway.<channel>.<op>`.
@@ -135,6 +136,10 @@ impl Subjects {
     pub fn agent_consumer(&self, partition: u32) -> String {
         format!("{}_agent-core-p{partition}", self.ns)
     }
+    /// Durable consumer of memory-svc on `N_EVENTS` (`llm_usage`), feeding the usage ledger.
+    pub fn usage_consumer(&self) -> String {
+        format!("{}_memory-svc-usage", self.ns)
+    }
     /// Durable consumer that routes unpartitioned inbound messages to their partition.
     pub fn router_consumer(&self) -> String {
         format!("{}_agent-core-router", self.ns)
@@ -203,6 +208,7 @@ impl Subjects {
             ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
             ("memory", Some(memory_op::IDENTITY)) => "nexus.v1.IdentityRequest",
             ("memory", Some(memory_op::CONSOLIDATE)) => "nexus.v1.ConsolidateRequest",
+            ("memory", Some(memory_op::USAGE)) => "nexus.v1.UsageRequest",
             ("gateway", Some(_)) if parts.next().is_some() => "nexus.v1.GatewayCommandRequest",
             _ => return None,
         })

@@ -164,42 +164,6 @@ mod sql {
          ORDER BY c.to_entry DESC LIMIT $3";
 }
 
-/// The same statements on either pool.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            SessionStore::Sqlite(s) => {
-                let $pool = s.pool();
-                $body
-            }
-            SessionStore::Postgres(s) => {
-                let $pool = s.pool();
-                $body
-            }
-        }
-    };
-}
-
-/// The same transaction on either pool.
-macro_rules! in_tx {
-    ($store:expr, $tx:ident => $body:expr) => {
-        match $store {
-            SessionStore::Sqlite(s) => {
-                let mut $tx = s.pool().begin().await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-            SessionStore::Postgres(s) => {
-                let mut $tx = s.pool().begin().await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-        }
-    };
-}
-
 impl SessionStore {
     /// Sessions to summarize now, quietest first (see [`sql::DUE`]).
     pub async fn due_sessions(

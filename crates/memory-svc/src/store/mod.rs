@@ -183,6 +183,42 @@ macro_rules! upsert_session_fn {
     };
 }
 
+/// The same statements on either pool.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            SessionStore::Sqlite(s) => {
+                let $pool = s.pool();
+                $body
+            }
+            SessionStore::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+
+/// The same transaction on either pool.
+macro_rules! in_tx {
+    ($store:expr, $tx:ident => $body:expr) => {
+        match $store {
+            SessionStore::Sqlite(s) => {
+                let mut $tx = s.pool().begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+            SessionStore::Postgres(s) => {
+                let mut $tx = s.pool().begin().await?;
+                let out = $body;
+                $tx.commit().await?;
+                out
+            }
+        }
+    };
+}
+
 mod chunks;
 mod consolidation;
 mod identities;
@@ -190,6 +226,7 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::{str::FromStr, time::Duration};
 
@@ -206,6 +243,7 @@ pub use consolidation::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use usage::{UsageKey, UsageSums};
 
 /// How long a connection waits for a lock or a free pool slot before failing.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);

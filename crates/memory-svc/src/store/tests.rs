@@ -113,6 +113,7 @@ on_both_backends!(
     sessions_are_due_for_a_summary_by_count_idleness_or_reset,
     earlier_summaries_cover_turns_before_the_window_since_the_last_reset,
     stored_summaries_wait_until_they_are_marked_applied,
+    the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -1020,4 +1021,78 @@ async fn stored_summaries_wait_until_they_are_marked_applied(store: SessionStore
     assert_eq!(pending.len(), 1);
     store.mark_applied(pending[0].id, 5).await.unwrap();
     assert!(store.unapplied_consolidations(10).await.unwrap().is_empty());
+}
+
+async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
+    store: SessionStore,
+) {
+    let key = |day: &str, user: &str| super::UsageKey {
+        day: day.into(),
+        user_id: user.into(),
+        channel: "slack".into(),
+        model: "gpt-4.1-mini".into(),
+        purpose: "turn".into(),
+    };
+    assert!(
+        store
+            .record_usage("c", 1, &key("2026-11-23", "alice"), 100, 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_usage("c", 2, &key("2026-11-24", "alice"), 200, 20)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_usage("c", 3, &key("2026-11-24", "alice"), 300, 30)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_usage("c", 4, &key("2026-11-24", "bob"), 5, 1)
+            .await
+            .unwrap()
+    );
+    // A redelivered event (same or older sequence) changes nothing.
+    assert!(
+        !store
+            .record_usage("c", 3, &key("2026-11-24", "alice"), 300, 30)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_usage("c", 1, &key("2026-11-24", "alice"), 1, 1)
+            .await
+            .unwrap()
+    );
+
+    let rows = store.usage("2026-11-24", "2026-11-24").await.unwrap();
+    let view: Vec<(&str, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.key.user_id.as_str(),
+                r.calls,
+                r.input_tokens,
+                r.output_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(view, [("alice", 2, 500, 50), ("bob", 1, 5, 1)]);
+    assert_eq!(
+        store.usage("2026-11-01", "2026-11-30").await.unwrap().len(),
+        3
+    );
+    assert!(
+        store
+            .usage("2026-12-01", "2026-12-31")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -5,6 +5,7 @@
 mod identity;
 mod journal;
 mod retrieval;
+mod usage;
 
 use std::{panic::AssertUnwindSafe, time::Duration};
 

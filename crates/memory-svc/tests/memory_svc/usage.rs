@@ -1,0 +1,94 @@
+//! The usage ledger through `N.memory.usage`, fed by `llm_usage` events.
+
+use nexus_bus::{Bus, TraceContext, memory_op};
+use nexus_testkit::TestEnv;
+
+use super::spawn_memory_svc;
+
+#[tokio::test]
+async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
+    use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
+    let test = TestEnv::new();
+    let bus = test.bus("agent-core").await;
+    let usage_event = |user: &str, input: u32| {
+        event::Kind::LlmUsage(LlmUsage {
+            turn_id: "t".into(),
+            model: "gpt-4.1-mini".into(),
+            provider: "openai".into(),
+            input_tokens: input,
+            output_tokens: 7,
+            duration_ms: 1,
+            attempts: 1,
+            user_id: user.into(),
+            session_id: "cli:default".into(),
+            channel: "cli".into(),
+            purpose: "turn".into(),
+        })
+    };
+    let ledger = |bus: Bus| async move {
+        let resp: UsageResponse = bus
+            .request(
+                bus.subjects().memory(memory_op::USAGE),
+                &UsageRequest::default(),
+                &TraceContext::new_root(),
+                None,
+            )
+            .await
+            .unwrap();
+        resp.rows
+            .into_iter()
+            .map(|r| (r.user_id, r.calls, r.input_tokens, r.output_tokens))
+            .collect::<Vec<_>>()
+    };
+    // Events that came before memory-svc started are counted too.
+    bus.emit(usage_event("cli_alice", 100)).await;
+    let svc = spawn_memory_svc(test.config.clone(), &bus).await;
+    bus.emit(usage_event("cli_alice", 50)).await;
+    bus.emit(usage_event("cli_bob", 1)).await;
+    let expected = vec![
+        ("cli_alice".to_owned(), 2, 150, 14),
+        ("cli_bob".to_owned(), 1, 1, 7),
+    ];
+    nexus_testkit::eventually(
+        "the ledger to count 3 events",
+        std::time::Duration::from_secs(20),
+        || {
+            let (bus, expected) = (bus.clone(), expected.clone());
+            async move { (ledger(bus).await == expected).then_some(()) }
+        },
+    )
+    .await;
+    svc.stop().await;
+
+    // After a restart nothing is counted twice, and new events still are.
+    let svc = spawn_memory_svc(test.config.clone(), &bus).await;
+    bus.emit(usage_event("cli_bob", 2)).await;
+    let expected = vec![
+        ("cli_alice".to_owned(), 2, 150, 14),
+        ("cli_bob".to_owned(), 2, 3, 14),
+    ];
+    nexus_testkit::eventually(
+        "the ledger to count the 4th event",
+        std::time::Duration::from_secs(20),
+        || {
+            let (bus, expected) = (bus.clone(), expected.clone());
+            async move { (ledger(bus).await == expected).then_some(()) }
+        },
+    )
+    .await;
+    // A bad range is a clear 400.
+    let err = bus
+        .request::<_, UsageResponse>(
+            bus.subjects().memory(memory_op::USAGE),
+            &UsageRequest {
+                from_day: "2026-11-30".into(),
+                to_day: "2026-11-01".into(),
+            },
+            &TraceContext::new_root(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after"), "{err}");
+    svc.stop().await;
+}
