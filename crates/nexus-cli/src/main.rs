@@ -6,6 +6,7 @@ mod chat;
 mod status;
 mod tail;
 mod up;
+mod usage;
 mod users;
 mod whatsapp;
 
@@ -36,6 +37,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Link a channel's sender to a user id, or list the links.
     Users(users::UsersArgs),
+    /// Model calls, tokens and cost per user, model, channel, day or purpose.
+    Usage(usage::UsageArgs),
     /// Pair the WhatsApp channel (`login` draws the QR code) or show its status.
     #[command(name = "whatsapp")]
     WhatsApp(whatsapp::WhatsAppArgs),
@@ -64,6 +67,7 @@ async fn main() -> ExitCode {
         Command::Tail(a) => tail::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
         Command::Users(a) => users::run(config, a).await,
+        Command::Usage(a) => usage::run(config, a).await,
         Command::WhatsApp(a) => whatsapp::run(config, a).await,
     };
     match result {

@@ -57,26 +57,13 @@ pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let listing = matches!(op, Op::List(_));
-    let reply: IdentityResponse = match bus
-        .request(
-            bus.subjects().memory(memory_op::IDENTITY),
-            &IdentityRequest { op: Some(op) },
-            &TraceContext::new_root(),
-            Some(REQUEST_TIMEOUT),
-        )
-        .await
-    {
-        Ok(reply) => reply,
-        Err(BusError::NoResponders { .. }) => bail!(
-            "memory-svc is not running in namespace \"{}\" on {}: start it (`nexus up`) and try again",
-            config.namespace,
-            config.nats.url
-        ),
-        Err(BusError::Remote {
-            code: 400, message, ..
-        }) => bail!("{message}"),
-        Err(e) => return Err(e).context("asking memory-svc"),
-    };
+    let reply: IdentityResponse = ask_memory(
+        &bus,
+        &config,
+        memory_op::IDENTITY,
+        &IdentityRequest { op: Some(op) },
+    )
+    .await?;
     if listing {
         print!("{}", table(&reply));
     } else {
@@ -88,6 +75,36 @@ pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One request to memory-svc, its failures said in words: not running, or a
+/// request it refused (its message as is).
+pub(crate) async fn ask_memory<Req: prost::Message, Resp: prost::Message + Default>(
+    bus: &Bus,
+    config: &Config,
+    op: &str,
+    req: &Req,
+) -> anyhow::Result<Resp> {
+    match bus
+        .request(
+            bus.subjects().memory(op),
+            req,
+            &TraceContext::new_root(),
+            Some(REQUEST_TIMEOUT),
+        )
+        .await
+    {
+        Ok(reply) => Ok(reply),
+        Err(BusError::NoResponders { .. }) => bail!(
+            "memory-svc is not running in namespace \"{}\" on {}: start it (`nexus up`) and try again",
+            config.namespace,
+            config.nats.url
+        ),
+        Err(BusError::Remote {
+            code: 400, message, ..
+        }) => bail!("{message}"),
+        Err(e) => Err(e).context("asking memory-svc"),
+    }
 }
 
 /// One line per identity under a header, columns aligned; a note when there are none.

@@ -82,6 +82,16 @@ pub struct LlmConfig {
     pub channel_routes: BTreeMap<String, String>,
     /// Route per user id; wins over the channel's.
     pub user_routes: BTreeMap<String, String>,
+    /// Price per model, for `nexus usage`: USD per million tokens.
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// What a model costs, in USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
 }
 
 /// A list of model names; accepts a TOML list or a comma-separated string.
@@ -220,6 +230,7 @@ impl Default for LlmConfig {
             routes: BTreeMap::new(),
             channel_routes: BTreeMap::new(),
             user_routes: BTreeMap::new(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -432,7 +443,8 @@ impl Config {
 }
 
 /// Tables whose keys are data, not setting names: `NEXUS__API__KEYS__AbC=alice` keeps `AbC`.
-const CASE_KEPT_TABLES: &[[&str; 2]] = &[["api", "keys"], ["llm", "user_routes"]];
+const CASE_KEPT_TABLES: &[[&str; 2]] =
+    &[["api", "keys"], ["llm", "user_routes"], ["llm", "prices"]];
 
 /// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
 fn merge(base: &mut toml::Value, overlay: toml::Value) {

@@ -732,3 +732,54 @@ async fn two_senders_linked_to_one_user_share_one_profile_across_channels() {
     assert!(other.contains("profile of slack_U8"), "{other}");
     assert!(!other.contains("Earl Grey"), "{other}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_reports_calls_tokens_and_cost_per_user_from_the_ledger() {
+    let test = TestEnv::new();
+    // Prices come from the config file; the fake provider reports 42 + 7 tokens a call.
+    std::fs::write(
+        test.config_path(),
+        "[llm.prices.\"gpt-4.1-mini\"]\ninput = 0.4\noutput = 1.6\n",
+    )
+    .unwrap();
+    let fake = FakeOpenAi::start(Reply::Text("hi".into())).await;
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+    for session in ["a", "b"] {
+        let out = nexus(stack.env(), &["chat", "-m", "hello", "--session", session]).await;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+
+    let report = eventually(
+        "both calls in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let out = nexus(stack.env(), &["usage", "--json"]).await;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["total"]["calls"] == 2).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(report["by"], "user");
+    assert_eq!(report["lines"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["total"]["input_tokens"], 84);
+    assert_eq!(report["total"]["output_tokens"], 14);
+    let cost = report["total"]["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (84.0 * 0.4 + 14.0 * 1.6) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    assert_eq!(report["total"]["cost_is_lower_bound"], false);
+
+    let out = nexus(stack.env(), &["usage", "--by", "model"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("gpt-4.1-mini") && stdout.contains("TOTAL"),
+        "{stdout}"
+    );
+
+    let out = nexus(stack.env(), &["usage", "--from", "yesterday"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("YYYY-MM-DD"), "{}", text(&out).1);
+}
