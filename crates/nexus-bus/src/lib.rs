@@ -632,41 +632,80 @@ pub struct ServiceInstance {
 }
 
 /// Pulls a durable consumer one message at a time, the way every Nexus consumer does:
-/// long polls with heartbeats, transient pull errors retried, `None` on shutdown.
+/// one pull request for one message, issued only when the caller asks for the next
+/// one (after it settled the last), long-polled, re-issued when it expires or fails;
+/// `None` on shutdown.
+///
+/// A standing pull stream that prefetches asks the server for the next message while
+/// the last is still unacknowledged; with `max_ack_pending = 1` (every Nexus consumer)
+/// that request could be lost, and the stream only noticed through missed heartbeats:
+/// a message then waited ~30 s in its partition (seen in `just bench`). Pulling after
+/// the ack never asks for more than the consumer may hand out.
 pub struct Puller {
-    messages: pull::Stream,
+    consumer: jetstream::consumer::PullConsumer,
+    batch: Option<pull::Batch>,
 }
+
+/// How long the server keeps one pull request; the client gives up 5 s later.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Wait before pulling again after a failed pull.
+const PULL_RETRY: Duration = Duration::from_millis(500);
 
 impl Puller {
     pub async fn new(consumer: &jetstream::consumer::PullConsumer) -> Result<Self, BusError> {
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(1)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(BusError::nats)?;
-        Ok(Self { messages })
+        Ok(Self {
+            consumer: consumer.clone(),
+            batch: None,
+        })
     }
 
-    /// The next message, or `None` once `shutdown` is cancelled or the consumer is gone.
+    /// The next message, or `None` once `shutdown` is cancelled.
     pub async fn next(
         &mut self,
         shutdown: &nexus_common::shutdown::CancellationToken,
     ) -> Option<jetstream::Message> {
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                m = self.messages.next() => match m {
-                    Some(Ok(m)) => return Some(m),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "pulling messages failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            let batch = match self.batch.as_mut() {
+                Some(batch) => batch,
+                None => {
+                    let pulled = tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        b = self.consumer.batch().max_messages(1).expires(PULL_EXPIRES).messages() => b,
+                    };
+                    match pulled {
+                        Ok(batch) => self.batch.insert(batch),
+                        Err(error) => {
+                            tracing::warn!(%error, "pulling messages failed; retrying");
+                            Self::pause(shutdown).await?;
+                            continue;
+                        }
                     }
-                    None => return None,
-                },
+                }
+            };
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                m = batch.next() => m,
+            };
+            // A pull serves one message at most: whatever came, the next one needs a new pull.
+            self.batch = None;
+            match item {
+                Some(Ok(m)) => return Some(m),
+                // A status instead of a message (e.g. the consumer is at its ack limit).
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "pull ended without a message; pulling again");
+                    Self::pause(shutdown).await?;
+                }
+                // Expired with nothing to deliver: long-poll again.
+                None => {}
             }
+        }
+    }
+
+    /// Waits before the next pull; `None` if shutdown came first.
+    async fn pause(shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            _ = tokio::time::sleep(PULL_RETRY) => Some(()),
         }
     }
 }
