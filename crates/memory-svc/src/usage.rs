@@ -28,21 +28,31 @@ pub async fn run(bus: Bus, store: SessionStore, shutdown: CancellationToken) {
     let s = bus.subjects();
     let name = s.usage_consumer();
     // max_deliver -1: an event is retried until it is counted, never dead-lettered.
-    let consumer = match bus
-        .durable_consumer(
-            &s.events_stream(),
-            &name,
-            s.event(event_kind::LLM_USAGE),
-            ACK_WAIT,
-            -1,
-            1,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(error) => {
-            tracing::error!(%error, "usage ledger not fed: cannot create its consumer");
-            return;
+    // The events stream may not exist yet (agent-core creates it): wait for it.
+    let mut logged = false;
+    let consumer = loop {
+        match bus
+            .durable_consumer(
+                &s.events_stream(),
+                &name,
+                s.event(event_kind::LLM_USAGE),
+                ACK_WAIT,
+                -1,
+                1,
+            )
+            .await
+        {
+            Ok(c) => break c,
+            Err(error) => {
+                if !logged {
+                    tracing::warn!(%error, "usage ledger waiting for the events stream");
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+            }
         }
     };
     let mut puller = match Puller::new(&consumer).await {

@@ -30,7 +30,14 @@ pub struct UsageSums {
 }
 
 mod sql {
-    pub const CURSOR: &str = "SELECT last_seq FROM usage_cursor WHERE consumer = $1";
+    // Writes first, so the transaction holds the write lock from its first
+    // statement (a read first would have to upgrade, which SQLite refuses while
+    // another connection writes). One of the two moves the cursor iff `$2` is new.
+    pub const ADVANCE_CURSOR: &str =
+        "UPDATE usage_cursor SET last_seq = $2 WHERE consumer = $1 AND last_seq < $2";
+
+    pub const FIRST_CURSOR: &str = "INSERT INTO usage_cursor (consumer, last_seq) VALUES ($1, $2) \
+         ON CONFLICT (consumer) DO NOTHING";
 
     pub const ADD: &str = "INSERT INTO usage_daily (day, user_id, channel, model, purpose, calls, input_tokens, output_tokens) \
          VALUES ($1, $2, $3, $4, $5, 1, $6, $7) \
@@ -38,9 +45,6 @@ mod sql {
            calls = usage_daily.calls + 1, \
            input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
            output_tokens = usage_daily.output_tokens + excluded.output_tokens";
-
-    pub const MOVE_CURSOR: &str = "INSERT INTO usage_cursor (consumer, last_seq) VALUES ($1, $2) \
-         ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq";
 
     pub const ROWS: &str = "SELECT day, user_id, channel, model, purpose, calls, input_tokens, output_tokens \
          FROM usage_daily WHERE day >= $1 AND day <= $2 \
@@ -60,15 +64,22 @@ impl SessionStore {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let counted = in_tx!(self, tx => {
-            let last: Option<i64> = sqlx::query(sql::CURSOR)
+            let advanced = sqlx::query(sql::ADVANCE_CURSOR)
                 .bind(consumer)
-                .fetch_optional(&mut *tx)
+                .bind(seq)
+                .execute(&mut *tx)
                 .await?
-                .map(|row| row.try_get("last_seq"))
-                .transpose()?;
-            if last.is_some_and(|last| seq <= last) {
-                false
-            } else {
+                .rows_affected()
+                == 1;
+            let new = advanced
+                || sqlx::query(sql::FIRST_CURSOR)
+                    .bind(consumer)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+            if new {
                 sqlx::query(sql::ADD)
                     .bind(&key.day)
                     .bind(&key.user_id)
@@ -79,13 +90,8 @@ impl SessionStore {
                     .bind(tokens(output_tokens))
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(sql::MOVE_CURSOR)
-                    .bind(consumer)
-                    .bind(seq)
-                    .execute(&mut *tx)
-                    .await?;
-                true
             }
+            new
         });
         Ok(counted)
     }

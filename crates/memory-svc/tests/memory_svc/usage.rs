@@ -92,3 +92,42 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
     assert!(err.to_string().contains("after"), "{err}");
     svc.stop().await;
 }
+
+#[tokio::test]
+async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
+    use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
+    let test = TestEnv::new();
+    // No streams yet: memory-svc is the first service up.
+    let bus = Bus::connect(&test.config, "agent-core").await.unwrap();
+    let svc = spawn_memory_svc(test.config.clone(), &bus).await;
+    bus.ensure_streams().await.unwrap();
+    bus.emit(event::Kind::LlmUsage(LlmUsage {
+        model: "m".into(),
+        input_tokens: 3,
+        output_tokens: 4,
+        user_id: "cli_alice".into(),
+        ..Default::default()
+    }))
+    .await;
+    nexus_testkit::eventually(
+        "the event counted",
+        std::time::Duration::from_secs(20),
+        || {
+            let bus = bus.clone();
+            async move {
+                let resp: UsageResponse = bus
+                    .request(
+                        bus.subjects().memory(memory_op::USAGE),
+                        &UsageRequest::default(),
+                        &TraceContext::new_root(),
+                        None,
+                    )
+                    .await
+                    .ok()?;
+                (resp.rows.len() == 1 && resp.rows[0].input_tokens == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    svc.stop().await;
+}
