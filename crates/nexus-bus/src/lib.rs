@@ -644,18 +644,22 @@ pub struct ServiceInstance {
 pub struct Puller {
     consumer: jetstream::consumer::PullConsumer,
     batch: Option<pull::Batch>,
+    /// Pulls that failed in a row, for the backoff.
+    failures: u32,
 }
 
 /// How long the server keeps one pull request; the client gives up 5 s later.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// Wait before pulling again after a failed pull.
+/// Wait before pulling again after a failed pull, doubling while failures go on.
 const PULL_RETRY: Duration = Duration::from_millis(500);
+const PULL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Puller {
     pub async fn new(consumer: &jetstream::consumer::PullConsumer) -> Result<Self, BusError> {
         Ok(Self {
             consumer: consumer.clone(),
             batch: None,
+            failures: 0,
         })
     }
 
@@ -673,10 +677,15 @@ impl Puller {
                         b = self.consumer.batch().max_messages(1).expires(PULL_EXPIRES).messages() => b,
                     };
                     match pulled {
-                        Ok(batch) => self.batch.insert(batch),
+                        Ok(batch) => {
+                            self.failures = 0;
+                            self.batch.insert(batch)
+                        }
                         Err(error) => {
-                            tracing::warn!(%error, "pulling messages failed; retrying");
-                            Self::pause(shutdown).await?;
+                            // A consumer that is gone (or NATS down) fails every pull: back off.
+                            self.failures = self.failures.saturating_add(1);
+                            tracing::warn!(%error, failures = self.failures, "pulling messages failed; retrying");
+                            self.pause(shutdown).await?;
                             continue;
                         }
                     }
@@ -693,7 +702,7 @@ impl Puller {
                 // A status instead of a message (e.g. the consumer is at its ack limit).
                 Some(Err(error)) => {
                     tracing::debug!(%error, "pull ended without a message; pulling again");
-                    Self::pause(shutdown).await?;
+                    self.pause(shutdown).await?;
                 }
                 // Expired with nothing to deliver: long-poll again.
                 None => {}
@@ -702,12 +711,20 @@ impl Puller {
     }
 
     /// Waits before the next pull; `None` if shutdown came first.
-    async fn pause(shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
+    async fn pause(&self, shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
+        let wait = pull_retry_wait(self.failures);
         tokio::select! {
             _ = shutdown.cancelled() => None,
-            _ = tokio::time::sleep(PULL_RETRY) => Some(()),
+            _ = tokio::time::sleep(wait) => Some(()),
         }
     }
+}
+
+/// 0.5 s, doubling with each failed pull in a row, at most 5 s.
+fn pull_retry_wait(failures: u32) -> Duration {
+    PULL_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(4))
+        .min(PULL_RETRY_MAX)
 }
 
 /// What a JetStream handler decided for one message.
@@ -827,6 +844,15 @@ fn service_of(subject: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_pulls_back_off_to_five_seconds() {
+        let ms = |f| pull_retry_wait(f).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(4), ms(9)],
+            [500, 500, 1000, 2000, 4000, 5000]
+        );
+    }
 
     #[test]
     fn kv_keys_are_valid_and_distinct() {
