@@ -584,39 +584,22 @@ async fn routes_choose_the_model_by_user_then_channel_and_by_name_with_model() {
     let _stack = Stack::start(&test, &refs(&env)).await;
     let bus = test.bus("test").await;
 
-    let from = |sender: &str, chat: &str, n: usize, text: &str| InboundMessage {
-        id: format!("test:{chat}-{n}"),
-        channel: "test".into(),
-        chat: Some(ChatRef {
-            chat_id: chat.into(),
-            ..Default::default()
-        }),
-        sender: Some(Sender {
-            id: sender.into(),
-            ..Default::default()
-        }),
-        text: text.into(),
-        upstream_id: format!("{chat}-{n}"),
-        ..Default::default()
-    };
     let models = || -> Vec<String> {
         fake.requests()
             .iter()
             .map(|r| r["model"].as_str().unwrap().to_owned())
             .collect()
     };
-    for (i, m) in [
-        from("u1", "c1", 0, "hello"),
-        from("vip", "c2", 0, "hello"),
-        from("u1", "c1", 1, "/model coding"),
-        from("u1", "c1", 2, "and now?"),
+    for (i, (sender, chat, n, text)) in [
+        ("u1", "c1", 0, "hello"),
+        ("vip", "c2", 0, "hello"),
+        ("u1", "c1", 1, "/model coding"),
+        ("u1", "c1", 2, "and now?"),
     ]
     .into_iter()
     .enumerate()
     {
-        bus.publish_inbound(&m, &TraceContext::new_root())
-            .await
-            .unwrap();
+        send_as(&bus, chat, n, text, sender).await;
         replies(&bus, i + 1, Duration::from_secs(60)).await;
     }
     assert_eq!(models(), ["cheap", "coder", "coder"]);
