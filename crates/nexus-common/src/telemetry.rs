@@ -20,9 +20,7 @@ pub fn init(service: &'static str) {
 
 /// Like [`init`], with `level` as the default when `RUST_LOG` is unset.
 pub fn init_with_default(service: &'static str, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn,genai=warn"))
-    });
+    let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref());
     let json = std::env::var("NEXUS_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -36,6 +34,24 @@ pub fn init_with_default(service: &'static str, level: &str) {
     };
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
+    }
+}
+
+/// genai's OpenAI streamer warns `EMPTY CHOICE CONTENT` for every delta without text,
+/// and every OpenAI stream opens with one (the role), so each streamed turn warned.
+/// That is its only WARN; its errors still show.
+const GENAI_EMPTY_CHOICE: &str = "genai::adapter::adapters::openai::streamer=error";
+
+/// `rust_log` (or the defaults at `level`), with genai's empty-choice warning quieted
+/// unless `rust_log` asks about genai itself.
+fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
+    let defaults = || EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn,genai=warn"));
+    let filter = rust_log
+        .and_then(|r| EnvFilter::try_new(r).ok())
+        .unwrap_or_else(defaults);
+    match GENAI_EMPTY_CHOICE.parse() {
+        Ok(quiet) if !rust_log.is_some_and(|r| r.contains("genai")) => filter.add_directive(quiet),
+        _ => filter,
     }
 }
 
@@ -106,7 +122,63 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use std::sync::{Arc, Mutex};
+
+    use super::{filter, redact};
+
+    /// What a subscriber with `filter("info", rust_log)` prints while `emit` runs.
+    fn printed(rust_log: Option<&str>, emit: impl FnOnce()) -> String {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter("info", rust_log))
+            .with_writer(move || Captured(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn genais_empty_choice_warning_is_quiet_but_its_errors_and_other_warnings_show() {
+        for rust_log in [None, Some("info")] {
+            let out = printed(rust_log, || {
+                tracing::warn!(target: "genai::adapter::adapters::openai::streamer", "EMPTY CHOICE CONTENT");
+                tracing::error!(target: "genai::adapter::adapters::openai::streamer", "stream broke");
+                tracing::warn!(target: "genai::adapter::adapters::anthropic::streamer", "other warning");
+                tracing::warn!("our own warning");
+            });
+            assert!(!out.contains("EMPTY CHOICE CONTENT"), "{rust_log:?}: {out}");
+            for shown in ["stream broke", "other warning", "our own warning"] {
+                assert!(
+                    out.contains(shown),
+                    "{rust_log:?}: {shown} missing in {out}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rust_log_that_names_genai_sees_everything_it_asked_for() {
+        let out = printed(Some("info,genai=debug"), || {
+            tracing::warn!(target: "genai::adapter::adapters::openai::streamer", "EMPTY CHOICE CONTENT");
+        });
+        assert!(out.contains("EMPTY CHOICE CONTENT"), "{out}");
+    }
 
     #[test]
     fn secrets_and_phone_numbers_are_redacted() {
