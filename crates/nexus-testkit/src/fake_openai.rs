@@ -38,6 +38,8 @@ pub enum Reply {
     Template(String),
     /// An HTTP error with an OpenAI-style error body.
     Status(u16),
+    /// The same, with a `Retry-After` header (seconds or an HTTP date).
+    StatusRetryAfter(u16, String),
     /// A 200 whose body is not a valid completion.
     Junk,
 }
@@ -55,6 +57,8 @@ struct Inner {
     /// Requests being answered right now, by requested model.
     in_flight: std::collections::HashMap<String, usize>,
     requests: Vec<Value>,
+    /// When each request arrived, in the order of `requests`.
+    arrivals: Vec<std::time::Instant>,
 }
 
 /// The running fake. Dropping it does not stop the server; tests end with the runtime.
@@ -139,6 +143,14 @@ impl FakeOpenAi {
             .map(|i| i.requests.clone())
             .unwrap_or_default()
     }
+
+    /// When each request arrived, in the order of [`Self::requests`] (to check backoffs).
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.inner
+            .lock()
+            .map(|i| i.arrivals.clone())
+            .unwrap_or_default()
+    }
 }
 
 async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
@@ -147,6 +159,7 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
         i.requests.push(body.clone());
+        i.arrivals.push(std::time::Instant::now());
         let requested = body["model"].as_str().unwrap_or_default().to_owned();
         let reply = match i.per_model.get(&requested) {
             Some(r) => r.clone(),
@@ -171,11 +184,9 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
     let model = body["model"].as_str().unwrap_or("fake").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
     let (text, calls) = match reply {
-        Reply::Status(code) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let err = json!({"error": {"message": format!("fake failure {code}"), "type": "server_error", "code": null}});
-            return (status, Json(err)).into_response();
-        }
+        // OpenAI answers a failed streamed request with a JSON error too, not SSE.
+        Reply::Status(code) => return failure(code, None),
+        Reply::StatusRetryAfter(code, after) => return failure(code, Some(&after)),
         Reply::Junk => {
             return (
                 StatusCode::OK,
@@ -218,6 +229,16 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
     } else {
         Json(full(&model, &text, &calls, seq)).into_response()
     }
+}
+
+fn failure(code: u16, retry_after: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let err = json!({"error": {"message": format!("fake failure {code}"), "type": "server_error", "code": null}});
+    let mut response = (status, Json(err)).into_response();
+    if let Some(value) = retry_after.and_then(|v| header::HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn tool_call_json(i: usize, seq: usize, name: &str, args: &Value) -> Value {
