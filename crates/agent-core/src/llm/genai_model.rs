@@ -219,22 +219,51 @@ impl GenaiModel {
     }
 }
 
+/// Sorts a genai failure by what the caller should do.
+///
+/// A streamed call reports its failure boxed inside `Error::WebStream`: an HTTP status
+/// arrives there as genai's own `HttpError` (with the response headers), a connection
+/// failure as the `reqwest::Error`. Both are looked for there, so a streamed 429 is a
+/// rate limit exactly like a plain one, not an unreachable provider.
 fn map_error(e: genai::Error, timeout_hint: Duration) -> LlmError {
-    if let Some(status) = e.status() {
-        let code = status.as_u16();
-        let detail: String = e.to_string().chars().take(500).collect();
-        return match code {
-            429 => LlmError::RateLimited { retry_after: None },
-            500..=599 => LlmError::Upstream {
-                status: code,
-                detail,
-            },
-            _ => LlmError::Rejected {
-                status: code,
-                detail,
-            },
+    let boxed = match &e {
+        genai::Error::WebStream { error, .. } => Some(error.as_ref()),
+        _ => None,
+    };
+    let http = boxed
+        .and_then(|b| b.downcast_ref::<genai::Error>())
+        .unwrap_or(&e);
+    if let Some(status) = http.status() {
+        let retry_after = http
+            .headers()
+            .and_then(|h| retry_after(h, jiff::Timestamp::now()));
+        return from_status(status.as_u16(), retry_after, clip(&e.to_string(), 500));
+    }
+
+    let transport = match &e {
+        genai::Error::WebModelCall {
+            webc_error: genai::webc::Error::Reqwest(r),
+            ..
+        }
+        | genai::Error::WebAdapterCall {
+            webc_error: genai::webc::Error::Reqwest(r),
+            ..
+        } => Some(r),
+        _ => boxed.and_then(|b| b.downcast_ref::<reqwest::Error>()),
+    };
+    if let Some(r) = transport {
+        // Connecting failed (refused, DNS, connect timeout): unreachable. A timeout once
+        // connected is a slow model. Anything else broke the connection mid-answer.
+        return if r.is_timeout() && !r.is_connect() {
+            LlmError::Timeout(timeout_hint)
+        } else {
+            LlmError::Transport(clip(&with_sources(r), 300))
         };
     }
+    if boxed.is_some_and(|b| b.is::<genai::webc::StreamTimeout>()) {
+        return LlmError::Timeout(timeout_hint);
+    }
+
     let text = e.to_string();
     match &e {
         genai::Error::RequiresApiKey { .. }
@@ -249,13 +278,66 @@ fn map_error(e: genai::Error, timeout_hint: Duration) -> LlmError {
             if lower.contains("timed out") || lower.contains("timeout") {
                 LlmError::Timeout(timeout_hint)
             } else if lower.contains("json") || lower.contains("parse") {
-                LlmError::BadResponse(text.chars().take(300).collect())
+                LlmError::BadResponse(clip(&text, 300))
             } else {
-                LlmError::Transport(text.chars().take(300).collect())
+                LlmError::Transport(clip(&text, 300))
             }
         }
-        _ => LlmError::BadResponse(text.chars().take(300).collect()),
+        _ => LlmError::BadResponse(clip(&text, 300)),
     }
+}
+
+/// What an HTTP status from the provider means for the caller.
+fn from_status(code: u16, retry_after: Option<Duration>, detail: String) -> LlmError {
+    match code {
+        429 => LlmError::RateLimited { retry_after },
+        500..=599 => LlmError::Upstream {
+            status: code,
+            detail,
+        },
+        _ => LlmError::Rejected {
+            status: code,
+            detail,
+        },
+    }
+}
+
+/// How long the provider asked us to wait: OpenAI's `retry-after-ms` if present, else
+/// the standard `Retry-After` in seconds or as an HTTP date (a past date is no wait).
+fn retry_after(headers: &reqwest::header::HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    let value = get("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let at = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
+}
+
+/// An error with its causes (reqwest's own text hides "connection refused" in a source).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn clip(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
 }
 
 fn usage_of(u: &genai::chat::Usage) -> LlmUsage {
@@ -349,6 +431,8 @@ impl ChatModel for GenaiModel {
 
 #[cfg(test)]
 mod tests {
+    use nexus_testkit::fake_openai::{FakeOpenAi, Reply};
+
     use super::*;
 
     #[test]
@@ -378,6 +462,106 @@ mod tests {
     fn base_urls_keep_their_last_segment() {
         assert_eq!(with_trailing_slash("http://h/v1"), "http://h/v1/");
         assert_eq!(with_trailing_slash("http://h/v1/"), "http://h/v1/");
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> reqwest::header::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    reqwest::header::HeaderName::from_static(k),
+                    reqwest::header::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_milliseconds_or_an_http_date() {
+        let now: jiff::Timestamp = "2015-10-21T07:27:00Z".parse().unwrap();
+        let wait = |pairs: &[(&'static str, &'static str)]| retry_after(&headers(pairs), now);
+        assert_eq!(wait(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait(&[("retry-after", " 1.5 ")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            Some(Duration::from_secs(60))
+        );
+        // A date already past means no wait, not a failure to parse.
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:00:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+        // OpenAI's finer header wins when both are sent.
+        assert_eq!(
+            wait(&[("retry-after-ms", "250"), ("retry-after", "1")]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(wait(&[("retry-after", "-3")]), None);
+        assert_eq!(wait(&[]), None);
+    }
+
+    fn model_for(base_url: String, stream: bool) -> GenaiModel {
+        let env = ProviderEnv {
+            openai_api_key: Some("sk-test-key-000000".into()),
+            openai_base_url: Some(base_url),
+            ..Default::default()
+        };
+        GenaiModel::new(env, Duration::from_secs(10), stream).unwrap()
+    }
+
+    async fn call(model: &GenaiModel) -> Result<LlmResponse, LlmError> {
+        let req = LlmRequest {
+            model: "gpt-4.1-mini".into(),
+            system: "be brief".into(),
+            messages: vec![LlmMessage::User("hi".into())],
+            tools: vec![],
+            max_output_tokens: 0,
+        };
+        model.chat(&req, &|_| {}).await
+    }
+
+    #[tokio::test]
+    async fn a_429_is_a_rate_limit_with_its_retry_after_streamed_or_not() {
+        let fake = FakeOpenAi::start(Reply::StatusRetryAfter(429, "7".into())).await;
+        for stream in [true, false] {
+            let err = call(&model_for(fake.base_url(), stream)).await.unwrap_err();
+            assert!(
+                matches!(err, LlmError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(7)),
+                "stream={stream}: {err:?}"
+            );
+        }
+        assert_eq!(fake.requests().len(), 2);
+        assert_eq!(fake.requests()[0]["stream"], true);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_is_an_upstream_failure_with_its_status_streamed_or_not() {
+        let fake = FakeOpenAi::start(Reply::Status(503)).await;
+        for stream in [true, false] {
+            let err = call(&model_for(fake.base_url(), stream)).await.unwrap_err();
+            assert!(
+                matches!(err, LlmError::Upstream { status: 503, .. }),
+                "stream={stream}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_an_unreachable_provider_streamed_or_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("http://{}/v1", listener.local_addr().unwrap());
+        drop(listener);
+        for stream in [true, false] {
+            let err = call(&model_for(closed.clone(), stream)).await.unwrap_err();
+            assert!(
+                matches!(&err, LlmError::Transport(detail) if detail.to_ascii_lowercase().contains("refused")),
+                "stream={stream}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -108,15 +108,21 @@ impl LlmError {
     }
 
     /// A message for the person in the chat: what happened and what to do.
+    /// The one place an [`LlmError`] becomes text for a user; it never includes details
+    /// from the provider (they may echo the request) and never a key.
     pub fn user_message(&self) -> String {
         match self {
             Self::NotConfigured(m) => m.clone(),
             Self::RateLimited { .. } => {
-                "The language model provider is rate limiting us right now. Please try again in a minute.".into()
+                "The language model provider is rate limiting us: it is getting too many requests right now. \
+                 Please try again in a minute."
+                    .into()
             }
-            Self::Upstream { status, .. } => format!(
-                "The language model provider is failing (HTTP {status}) and did not recover after several retries. Please try again later."
-            ),
+            Self::Upstream { .. } => {
+                "The language model provider is failing right now and did not recover after several retries. \
+                 Please try again later."
+                    .into()
+            }
             Self::Timeout(d) => format!(
                 "The language model did not answer within {}s, even after retries. Please try again later.",
                 d.as_secs()
@@ -142,4 +148,31 @@ pub type TextSink = dyn for<'s> Fn(&'s str) + Send + Sync;
 pub trait ChatModel: Send + Sync {
     /// One call. `on_text` receives text as it streams in (when the implementation streams).
     async fn chat(&self, req: &LlmRequest, on_text: &TextSink) -> Result<LlmResponse, LlmError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_told_whether_the_provider_is_failing_rate_limiting_or_unreachable() {
+        let secret = "sk-proj-leaked-in-a-body";
+        let failing = LlmError::Upstream {
+            status: 502,
+            detail: secret.into(),
+        }
+        .user_message();
+        let limited = LlmError::RateLimited {
+            retry_after: Some(Duration::from_secs(3)),
+        }
+        .user_message();
+        let unreachable = LlmError::Transport(format!("connect {secret}")).user_message();
+        assert!(failing.contains("failing"), "{failing}");
+        assert!(limited.contains("rate limiting"), "{limited}");
+        assert!(unreachable.contains("could not reach"), "{unreachable}");
+        for m in [&failing, &limited, &unreachable] {
+            assert!(!m.contains(secret) && !m.contains("HTTP"), "{m}");
+        }
+        assert!(failing != limited && limited != unreachable && failing != unreachable);
+    }
 }

@@ -14,18 +14,20 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before retry number `attempt` (1-based), honouring a provider's Retry-After.
+    /// Delay before retry number `attempt` (1-based): the exponential backoff, or longer
+    /// if the provider's Retry-After asks for it, and never more than `max_delay` (a
+    /// provider asking for an hour gets the cap, then the router's failover).
     pub fn delay(&self, attempt: u32, err: &LlmError) -> Duration {
-        if let LlmError::RateLimited {
-            retry_after: Some(d),
-        } = err
-        {
-            return (*d).min(self.max_delay);
-        }
         let exp = self
             .base_delay
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        exp.min(self.max_delay)
+        let asked = match err {
+            LlmError::RateLimited {
+                retry_after: Some(d),
+            } => *d,
+            _ => Duration::ZERO,
+        };
+        exp.max(asked).min(self.max_delay)
     }
 }
 
@@ -138,6 +140,37 @@ mod tests {
         };
         let (_, attempts) = chat_with_retry(&m, POLICY, &req(), &|_| {}).await;
         assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn a_retry_after_is_honoured_but_never_shortens_the_backoff_or_passes_the_cap() {
+        let after = |secs| LlmError::RateLimited {
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(POLICY.delay(1, &after(7)), Duration::from_secs(7));
+        assert_eq!(POLICY.delay(1, &after(3600)), Duration::from_secs(30));
+        assert_eq!(POLICY.delay(3, &after(0)), Duration::from_millis(400));
+        assert_eq!(
+            POLICY.delay(2, &LlmError::RateLimited { retry_after: None }),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_call_waits_as_long_as_the_provider_asked() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let m = Flaky {
+            fail_first: 1,
+            calls: calls.clone(),
+            err: LlmError::RateLimited {
+                retry_after: Some(Duration::from_secs(5)),
+            },
+        };
+        let started = tokio::time::Instant::now();
+        let (r, attempts) = chat_with_retry(&m, POLICY, &req(), &|_| {}).await;
+        assert_eq!(r.unwrap().text, "ok");
+        assert_eq!(attempts, 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[test]
