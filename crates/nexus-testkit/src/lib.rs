@@ -6,7 +6,9 @@
 //! (default `nats://127.0.0.1:4222`) and the PostgreSQL at `TEST_POSTGRES_URL`.
 
 pub mod fake_openai;
+pub mod nats;
 pub mod process;
+pub mod proxy;
 pub mod stack;
 
 use std::{path::Path, time::Duration};
@@ -14,7 +16,9 @@ use std::{path::Path, time::Duration};
 use nexus_bus::Bus;
 use nexus_common::{Config, domain::Namespace};
 
+pub use nats::NatsServer;
 pub use process::{ServiceProcess, bin_path};
+pub use proxy::TcpProxy;
 pub use stack::{Stack, nexus};
 
 /// NATS URL used by tests.
@@ -44,6 +48,8 @@ pub fn init_logging() {
 /// One test's private world: namespace, workspace, config.
 pub struct TestEnv {
     pub namespace: String,
+    /// The NATS this test's processes and probes use.
+    pub nats_url: String,
     pub workspace: tempfile::TempDir,
     pub config: Config,
 }
@@ -51,12 +57,17 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh namespace (`t<random>`) and an empty workspace directory.
     pub fn new() -> Self {
+        Self::with_nats(nats_url())
+    }
+
+    /// Like [`TestEnv::new`], on the NATS at `url` (a [`NatsServer`] of the test's own).
+    pub fn with_nats(url: String) -> Self {
         init_logging();
         sweep_abandoned_namespaces();
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let workspace = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let env = vec![
-            ("NATS_URL".to_owned(), nats_url()),
+            ("NATS_URL".to_owned(), url.clone()),
             ("NEXUS_NAMESPACE".to_owned(), namespace.clone()),
             (
                 "NEXUS_WORKSPACE".to_owned(),
@@ -67,6 +78,7 @@ impl TestEnv {
         config.nats.request_timeout_secs = 10;
         Self {
             namespace,
+            nats_url: url,
             workspace,
             config,
         }
@@ -89,9 +101,9 @@ impl TestEnv {
     /// A bus connection in this namespace, with streams created.
     pub async fn bus(&self, service: &str) -> Bus {
         let ns = Namespace::parse(&self.namespace).unwrap_or_else(|e| panic!("{e}"));
-        let client = async_nats::connect(nats_url())
+        let client = async_nats::connect(&self.nats_url)
             .await
-            .unwrap_or_else(|e| panic!("NATS at {} must be running for tests: {e}", nats_url()));
+            .unwrap_or_else(|e| panic!("NATS at {} must be running for tests: {e}", self.nats_url));
         let bus = Bus::from_client(client, ns, service, Duration::from_secs(10));
         bus.ensure_streams()
             .await
@@ -102,7 +114,7 @@ impl TestEnv {
     /// Environment for a service process of this test (namespace, workspace, NATS).
     pub fn process_env(&self) -> Vec<(String, String)> {
         vec![
-            ("NATS_URL".into(), nats_url()),
+            ("NATS_URL".into(), self.nats_url.clone()),
             ("NEXUS_NAMESPACE".into(), self.namespace.clone()),
             (
                 "NEXUS_WORKSPACE".into(),
@@ -178,6 +190,7 @@ impl Drop for TestEnv {
     /// pile up JetStream state on the shared server.
     fn drop(&mut self) {
         let ns = self.namespace.clone();
+        let url = self.nats_url.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -186,7 +199,7 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                let Ok(client) = async_nats::connect(nats_url()).await else {
+                let Ok(client) = async_nats::connect(url).await else {
                     return;
                 };
                 let js = async_nats::jetstream::new(client.clone());
