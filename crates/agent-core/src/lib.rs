@@ -26,7 +26,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use nexus_bus::{Bus, INBOUND_PARTITIONS, Outcome, Puller, TraceContext, settle};
+use nexus_bus::{Bus, INBOUND_PARTITIONS, InProgress, Outcome, Puller, TraceContext, settle};
 use nexus_common::{Config, shutdown::CancellationToken};
 use nexus_proto::v1::InboundMessage;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -235,7 +235,7 @@ async fn partition_loop(
     ack_wait: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut puller = match Puller::new(&consumer).await {
+    let mut puller = match Puller::new(&agent.bus, &consumer).await {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "cannot pull an inbound partition");
@@ -244,7 +244,7 @@ async fn partition_loop(
     };
     while let Some(msg) = puller.next(&shutdown).await {
         // Keep the message ours in JetStream while it waits for a slot and runs.
-        let _heartbeat = heartbeat(msg.clone(), ack_wait);
+        let _in_progress = InProgress::keep(&msg, ack_wait);
         let Ok(_permit) = slots.acquire().await else {
             break;
         };
@@ -282,7 +282,7 @@ async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
 /// (their id gets a `#routed` suffix, since the original id is already in the stream);
 /// undecodable ones are dead-lettered.
 async fn router_loop(agent: Arc<Agent>, consumer: PullConsumer, shutdown: CancellationToken) {
-    let mut puller = match Puller::new(&consumer).await {
+    let mut puller = match Puller::new(&agent.bus, &consumer).await {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "cannot pull unpartitioned inbound messages");
@@ -311,27 +311,5 @@ async fn router_loop(agent: Arc<Agent>, consumer: PullConsumer, shutdown: Cancel
             },
         };
         settle(&agent.bus, &msg, outcome, agent.config.agent.max_deliver).await;
-    }
-}
-
-/// Sends progress acks every third of `ack_wait` until dropped.
-fn heartbeat(msg: jetstream::Message, ack_wait: Duration) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ack_wait / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if msg.ack_with(jetstream::AckKind::Progress).await.is_err() {
-                return;
-            }
-        }
-    }))
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -197,7 +197,10 @@ impl Agent {
             if !pending.user_id.is_empty() {
                 user_id.clone_from(&pending.user_id);
             }
-            let text = self.settle_approval(turn, pending, yes).await;
+            let text = match self.settle_approval(turn, pending, yes).await {
+                Ok(text) => text,
+                Err(e) => return retry(format!("approvals: {e}")),
+            };
             let reply = self.outbound(turn, text.clone(), OutboundKind::Reply, "");
             let entries = vec![
                 entry(turn, Role::User, &turn.msg.text),
@@ -265,9 +268,10 @@ impl Agent {
                 entries,
                 reply: Some(reply.clone()),
             };
+            // Stored once per turn id, so it may be sent again after a lost connection.
             match self
                 .bus
-                .request::<_, AppendTurnResponse>(
+                .request_idempotent::<_, AppendTurnResponse>(
                     self.bus.subjects().memory(memory_op::APPEND),
                     &req,
                     &turn.trace,
@@ -299,7 +303,7 @@ impl Agent {
     async fn answered(&self, turn: &Turn) -> Result<Option<OutboundMessage>, BusError> {
         let resp: AnsweredResponse = self
             .bus
-            .request(
+            .request_idempotent(
                 self.bus.subjects().memory(memory_op::ANSWERED),
                 &AnsweredRequest {
                     turn_id: turn.msg.id.clone(),
@@ -313,7 +317,7 @@ impl Agent {
 
     async fn context(&self, turn: &Turn) -> Result<ContextResponse, BusError> {
         self.bus
-            .request(
+            .request_idempotent(
                 self.bus.subjects().memory(memory_op::CONTEXT),
                 &ContextRequest {
                     session: Some(turn.session_ref()),
@@ -502,12 +506,17 @@ impl Agent {
         Ok(question)
     }
 
-    /// Runs (yes) or drops (no) the waiting call, and says what happened.
-    async fn settle_approval(&self, turn: &Turn, pending: PendingApproval, yes: bool) -> String {
-        // Cleared first: a redelivered "yes" is answered from the stored turn, never runs twice.
-        if let Err(e) = self.clear_approval(turn).await {
-            tracing::warn!(error = %e, "approval not cleared");
-        }
+    /// Runs (yes) or drops (no) the waiting call, and says what happened. `Err`
+    /// when the approval could not be cleared: then nothing runs (the turn is retried).
+    async fn settle_approval(
+        &self,
+        turn: &Turn,
+        pending: PendingApproval,
+        yes: bool,
+    ) -> Result<String, String> {
+        // Cleared first, and only then run: a redelivered "yes" finds no approval (or
+        // the stored turn), so the call never runs twice.
+        self.clear_approval(turn).await?;
         self.bus
             .emit(event::Kind::Approval(Approval {
                 turn_id: turn.msg.id.clone(),
@@ -517,7 +526,7 @@ impl Agent {
             }))
             .await;
         if !yes {
-            return format!("Okay, I did not run {}.", pending.tool_name);
+            return Ok(format!("Okay, I did not run {}.", pending.tool_name));
         }
         let specs = self.tools.specs().await;
         let call = ToolCall {
@@ -542,10 +551,10 @@ impl Agent {
             .tools
             .call(specs.get(&pending.tool_name), call, &turn.trace.child())
             .await;
-        match result_text(&result) {
+        Ok(match result_text(&result) {
             (true, out) => format!("Done. {out}"),
             (false, err) => format!("I tried, but {} failed: {err}", pending.tool_name),
-        }
+        })
     }
 
     async fn publish_reply(&self, turn: &Turn, reply: &OutboundMessage) -> Outcome {

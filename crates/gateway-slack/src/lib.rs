@@ -71,15 +71,15 @@ pub async fn run_with(
         settings.clone(),
         bot,
     ));
+    // Cancelled on shutdown, or when one part fails for good so the others stop too.
+    let stop = shutdown.child_token();
     let outbound = Outbound::new(
         api.clone(),
         gateway.bus().clone(),
-        gateway.part_log().await?,
+        gateway.part_log(stop.clone()),
         settings.chunk_chars,
         settings.max_file_bytes,
     );
-    // Cancelled on shutdown, or when one part fails for good so the others stop too.
-    let stop = shutdown.child_token();
 
     let events_api = Arc::new(EventsApi {
         intake: intake.clone(),

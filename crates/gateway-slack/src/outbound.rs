@@ -78,7 +78,7 @@ impl Outbound {
         let steps = chunks.len() + msg.media.len();
         // A one-step reply needs no record: the delivered id covers it.
         let done = if steps > 1 {
-            self.parts.done(&msg.id).await
+            self.parts.done(&msg.id).await?
         } else {
             0
         };
@@ -133,9 +133,7 @@ impl Outbound {
                 .await;
             self.after_step(&msg.id, step, steps, sent).await?;
         }
-        if steps > 1 {
-            self.parts.clear(&msg.id).await;
-        }
+        // The step count is dropped by delivery once the reply's id is recorded.
         Ok(())
     }
 
@@ -149,7 +147,7 @@ impl Outbound {
         match sent {
             Ok(()) => {
                 if step < steps {
-                    self.parts.record(id, step).await;
+                    self.parts.record(id, step).await?;
                 }
                 Ok(())
             }

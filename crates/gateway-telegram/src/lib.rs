@@ -69,7 +69,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
-    let parts = gateway.part_log().await?;
+    let parts = gateway.part_log(stop.clone());
     let tg = Arc::new(telegram::Telegram::new(
         gateway,
         bot,

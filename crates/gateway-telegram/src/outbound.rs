@@ -69,7 +69,7 @@ impl Telegram {
 
         // A one-part reply needs no record: the delivered id covers it.
         let done = if parts.len() > 1 {
-            self.parts.done(&reply.id).await
+            self.parts.done(&reply.id).await?
         } else {
             0
         };
@@ -90,12 +90,10 @@ impl Telegram {
                 return Err(error);
             }
             if index + 1 < parts.len() {
-                self.parts.record(&reply.id, index + 1).await;
+                self.parts.record(&reply.id, index + 1).await?;
             }
         }
-        if parts.len() > 1 {
-            self.parts.clear(&reply.id).await;
-        }
+        // The part count is dropped by delivery once the reply's id is recorded.
         self.typing.stop(chat);
         tracing::info!(id = %reply.id, messages = parts.len(), "reply delivered");
         Ok(())

@@ -10,14 +10,14 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use nexus_bus::{Bus, Outcome, Puller, event_kind, settle};
+use nexus_bus::{Bus, InProgress, Outcome, Puller, event_kind, settle};
 use nexus_common::shutdown::CancellationToken;
 use nexus_proto::v1::{Event, event};
 
 use crate::store::{SessionStore, StoreError, UsageKey};
 
 /// How long one event may take to be counted before it is redelivered.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Wait before trying an event again after a database failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// `purpose` of events from agent-cores that did not say.
@@ -55,7 +55,7 @@ pub async fn run(bus: Bus, store: SessionStore, shutdown: CancellationToken) {
             }
         }
     };
-    let mut puller = match Puller::new(&consumer).await {
+    let mut puller = match Puller::new(&bus, &consumer).await {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "usage ledger not fed: cannot pull usage events");
@@ -63,6 +63,7 @@ pub async fn run(bus: Bus, store: SessionStore, shutdown: CancellationToken) {
         }
     };
     while let Some(msg) = puller.next(&shutdown).await {
+        let _in_progress = InProgress::keep(&msg, ACK_WAIT);
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let outcome = match count(&store, &name, seq, &msg.payload).await {
             Ok(()) => Outcome::Ack,

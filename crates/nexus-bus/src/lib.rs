@@ -4,6 +4,7 @@
 //!
 //! It must never hold business logic: it moves typed protobuf messages.
 
+mod link;
 pub mod subjects;
 mod trace;
 
@@ -21,6 +22,7 @@ use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
 use prost::Message;
 
 pub use async_nats;
+pub use link::{Link, LinkState};
 pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op};
 pub use trace::TraceContext;
 
@@ -44,6 +46,10 @@ pub enum BusError {
     NoResponders { subject: String, service: String },
     #[error("{subject} did not answer within {timeout:?}")]
     Timeout { subject: String, timeout: Duration },
+    /// The connection to NATS was lost before the answer came: the request may or
+    /// may not have been served. Retry once connected if that is safe.
+    #[error("the connection to NATS was lost while waiting for {subject}")]
+    Disconnected { subject: String },
     #[error("{subject} answered with error {code}: {message}")]
     Remote {
         subject: String,
@@ -80,17 +86,32 @@ pub struct Bus {
     subjects: Subjects,
     source: String,
     request_timeout: Duration,
+    link: Link,
 }
 
 impl Bus {
     /// Connects to `config.nats.url` as `service` (used in events and the NATS connection name).
     pub async fn connect(config: &Config, service: &str) -> Result<Self, BusError> {
         let ns = Namespace::parse(&config.namespace).map_err(|e| BusError::Nats(e.to_string()))?;
+        let (feed, link) = link::LinkFeed::new();
         // No retry_on_initial_connect: a missing server must be an error at start,
         // not a timeout on the first request. Supervisors (nexus up, compose) restart us.
         let client = async_nats::ConnectOptions::new()
             .name(format!("{}:{service}", config.namespace))
             .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(link::reconnect_delay)
+            .event_callback(move |event| {
+                let feed = feed.clone();
+                async move {
+                    match &event {
+                        async_nats::Event::Connected | async_nats::Event::Disconnected => {
+                            tracing::info!(%event, "NATS connection")
+                        }
+                        _ => tracing::debug!(%event, "NATS connection event"),
+                    }
+                    feed.event(&event);
+                }
+            })
             .connect(config.nats.url.as_str());
         let client = tokio::time::timeout(Duration::from_secs(10), client)
             .await
@@ -102,15 +123,18 @@ impl Bus {
                 url: config.nats.url.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Self::from_client(
+        let mut bus = Self::from_client(
             client,
             ns,
             service,
             Duration::from_secs(config.nats.request_timeout_secs.max(1)),
-        ))
+        );
+        bus.link = link;
+        Ok(bus)
     }
 
-    /// Wraps an existing client.
+    /// Wraps an existing client. Its connection state is not followed: waits on
+    /// [`Bus::link`] see a connection that never drops (tests' probes use this).
     pub fn from_client(
         client: async_nats::Client,
         ns: Namespace,
@@ -124,7 +148,13 @@ impl Bus {
             subjects: Subjects::new(ns),
             source: service.to_owned(),
             request_timeout,
+            link: Link::fixed(),
         }
+    }
+
+    /// The state of the connection to NATS.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -349,6 +379,12 @@ impl Bus {
     }
 
     /// Typed request/reply with timeout, trace propagation and typed errors.
+    ///
+    /// While NATS is unreachable the request waits for the connection (within the
+    /// timeout) rather than being buffered blind; if the connection drops before the
+    /// answer, it fails at once with [`BusError::Disconnected`] instead of waiting out
+    /// the timeout. It is sent once: use [`Bus::request_idempotent`] to have it
+    /// sent again after a reconnect.
     #[tracing::instrument(skip_all, fields(subject = %subject))]
     pub async fn request<Req: Message, Resp: Message + Default>(
         &self,
@@ -358,27 +394,91 @@ impl Bus {
         timeout: Option<Duration>,
     ) -> Result<Resp, BusError> {
         let timeout = timeout.unwrap_or(self.request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.request_once(
+            subject,
+            req.encode_to_vec().into(),
+            trace,
+            deadline,
+            timeout,
+        )
+        .await
+    }
+
+    /// Like [`Bus::request`], for requests that may be served twice (reads, and
+    /// writes keyed by an id): sent again, until the timeout, when the connection
+    /// dropped before the answer or nobody served the subject yet (a service that is
+    /// restarting, or resubscribing after NATS came back).
+    #[tracing::instrument(skip_all, fields(subject = %subject))]
+    pub async fn request_idempotent<Req: Message, Resp: Message + Default>(
+        &self,
+        subject: String,
+        req: &Req,
+        trace: &TraceContext,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, BusError> {
+        let timeout = timeout.unwrap_or(self.request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let payload: Bytes = req.encode_to_vec().into();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self
+                .request_once(subject.clone(), payload.clone(), trace, deadline, timeout)
+                .await
+            {
+                Err(e @ (BusError::Disconnected { .. } | BusError::NoResponders { .. }))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(error = %e, "request not served; sending it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once<Resp: Message + Default>(
+        &self,
+        subject: String,
+        payload: Bytes,
+        trace: &TraceContext,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Resp, BusError> {
+        let timed_out = || BusError::Timeout {
+            subject: subject.clone(),
+            timeout,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.link.connected(left).await {
+            return Err(timed_out());
+        }
+        let since = self.link.state();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
         let mut headers = HeaderMap::new();
         headers.insert(TRACEPARENT, trace.header().as_str());
         let request = async_nats::Request::new()
-            .payload(req.encode_to_vec().into())
+            .payload(payload)
             .headers(headers)
-            .timeout(Some(timeout));
-        let reply = self
-            .client
-            .send_request(subject.clone(), request)
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
-                    service: service_of(&subject),
-                    subject: subject.clone(),
-                },
-                async_nats::RequestErrorKind::TimedOut => BusError::Timeout {
-                    subject: subject.clone(),
-                    timeout,
-                },
-                _ => BusError::nats(e),
-            })?;
+            .timeout(Some(left));
+        let answer = tokio::select! {
+            answer = self.client.send_request(subject.clone(), request) => answer,
+            _ = self.link.changed_from(since) => {
+                return Err(BusError::Disconnected { subject });
+            }
+        };
+        let reply = answer.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => BusError::NoResponders {
+                service: service_of(&subject),
+                subject: subject.clone(),
+            },
+            async_nats::RequestErrorKind::TimedOut => timed_out(),
+            _ => BusError::nats(e),
+        })?;
         if let Some(h) = &reply.headers
             && let Some(err) = h.get(service::NATS_SERVICE_ERROR)
         {
@@ -605,11 +705,18 @@ impl Bus {
         };
         match stream.create_consumer(config.clone()).await {
             Ok(c) => Ok(c),
-            // A consumer that exists with other settings is updated in place.
-            Err(_) => stream
-                .get_consumer(durable)
-                .await
-                .map_err(|e| BusError::Nats(format!("consumer {durable}: {e}"))),
+            // A consumer that exists with other settings (an older `ack_wait`, say) is
+            // updated in place; if the server refuses, the existing one is used as is.
+            Err(_) => match stream.update_consumer(config).await {
+                Ok(c) => Ok(c),
+                Err(error) => {
+                    tracing::debug!(%error, durable, "consumer not updated; using it as it is");
+                    stream
+                        .get_consumer(durable)
+                        .await
+                        .map_err(|e| BusError::Nats(format!("consumer {durable}: {e}")))
+                }
+            },
         }
     }
 
@@ -641,9 +748,14 @@ pub struct ServiceInstance {
 /// that request could be lost, and the stream only noticed through missed heartbeats:
 /// a message then waited ~30 s in its partition (seen in `just bench`). Pulling after
 /// the ack never asks for more than the consumer may hand out.
+///
+/// A pull request lives on one connection: when it drops (NATS restarted, network
+/// cut) the request is pulled again as soon as the connection is back, rather than
+/// when it would have expired.
 pub struct Puller {
     consumer: jetstream::consumer::PullConsumer,
-    batch: Option<pull::Batch>,
+    link: Link,
+    batch: Option<(pull::Batch, LinkState)>,
     /// Pulls that failed in a row, for the backoff.
     failures: u32,
 }
@@ -655,9 +767,13 @@ const PULL_RETRY: Duration = Duration::from_millis(500);
 const PULL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Puller {
-    pub async fn new(consumer: &jetstream::consumer::PullConsumer) -> Result<Self, BusError> {
+    pub async fn new(
+        bus: &Bus,
+        consumer: &jetstream::consumer::PullConsumer,
+    ) -> Result<Self, BusError> {
         Ok(Self {
             consumer: consumer.clone(),
+            link: bus.link().clone(),
             batch: None,
             failures: 0,
         })
@@ -669,9 +785,10 @@ impl Puller {
         shutdown: &nexus_common::shutdown::CancellationToken,
     ) -> Option<jetstream::Message> {
         loop {
-            let batch = match self.batch.as_mut() {
-                Some(batch) => batch,
+            let (batch, since) = match self.batch.as_mut() {
+                Some((batch, since)) => (batch, *since),
                 None => {
+                    let since = self.link.state();
                     let pulled = tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         b = self.consumer.batch().max_messages(1).expires(PULL_EXPIRES).messages() => b,
@@ -679,7 +796,8 @@ impl Puller {
                     match pulled {
                         Ok(batch) => {
                             self.failures = 0;
-                            self.batch.insert(batch)
+                            let (batch, since) = self.batch.insert((batch, since));
+                            (batch, *since)
                         }
                         Err(error) => {
                             // A consumer that is gone (or NATS down) fails every pull: back off.
@@ -691,12 +809,22 @@ impl Puller {
                     }
                 }
             };
+            let link = self.link.clone();
             let item = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                m = batch.next() => m,
+                m = batch.next() => Some(m),
+                _ = link.changed_from(since) => None,
             };
             // A pull serves one message at most: whatever came, the next one needs a new pull.
             self.batch = None;
+            let Some(item) = item else {
+                // The request went with the connection: ask again once it is back.
+                tracing::debug!("connection to NATS changed; pulling again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = link.reconnected() => continue,
+                }
+            };
             match item {
                 Some(Ok(m)) => return Some(m),
                 // A status instead of a message (e.g. the consumer is at its ack limit).
@@ -710,12 +838,20 @@ impl Puller {
         }
     }
 
-    /// Waits before the next pull; `None` if shutdown came first.
+    /// Waits before the next pull; `None` if shutdown came first. While NATS is
+    /// unreachable the wait ends when the connection is back, not at the backoff.
     async fn pause(&self, shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
         let wait = pull_retry_wait(self.failures);
+        let link = &self.link;
         tokio::select! {
             _ = shutdown.cancelled() => None,
             _ = tokio::time::sleep(wait) => Some(()),
+            _ = async {
+                if link.is_connected() {
+                    std::future::pending::<()>().await
+                }
+                link.reconnected().await
+            } => Some(()),
         }
     }
 }
@@ -725,6 +861,35 @@ fn pull_retry_wait(failures: u32) -> Duration {
     PULL_RETRY
         .saturating_mul(1 << failures.saturating_sub(1).min(4))
         .min(PULL_RETRY_MAX)
+}
+
+/// Keeps a message ours while it is worked on: a progress ack every third of
+/// `ack_wait`, until dropped. Consumers keep `ack_wait` short, so the message of a
+/// process that died is redelivered within seconds, and long work stays covered.
+pub struct InProgress(tokio::task::JoinHandle<()>);
+
+impl InProgress {
+    pub fn keep(msg: &jetstream::Message, ack_wait: Duration) -> Self {
+        let msg = msg.clone();
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ack_wait / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // A progress ack lost with the connection is followed by the next one.
+                if let Err(error) = msg.ack_with(jetstream::AckKind::Progress).await {
+                    tracing::debug!(%error, "progress ack not sent");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a JetStream handler decided for one message.
@@ -746,7 +911,7 @@ pub async fn settle(bus: &Bus, msg: &jetstream::Message, outcome: Outcome, max_d
         .map(|i| (i.stream_sequence, i.delivered))
         .unwrap_or((0, 1));
     let result = match outcome {
-        Outcome::Ack => msg.double_ack().await,
+        Outcome::Ack => ack(bus, msg).await,
         Outcome::Retry { delay, reason } if delivered < max_deliver => {
             tracing::warn!(subject = %msg.subject, delivered, reason, "will retry");
             msg.ack_with(jetstream::AckKind::Nak(Some(delay))).await
@@ -782,6 +947,29 @@ pub async fn settle(bus: &Bus, msg: &jetstream::Message, outcome: Outcome, max_d
         tracing::warn!(%error, subject = %msg.subject, "ack failed; JetStream will redeliver");
     }
 }
+
+/// Acks and waits for JetStream's confirmation; an ack lost with the connection is
+/// sent again once it is back, so the consumer does not wait out `ack_wait` (it
+/// holds its next message until then) and the message is not redelivered.
+async fn ack(bus: &Bus, msg: &jetstream::Message) -> Result<(), async_nats::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match msg.double_ack().await {
+            Ok(()) => return Ok(()),
+            Err(error) if tries < ACK_TRIES => {
+                tracing::debug!(%error, tries, "ack not confirmed; sending it again when connected");
+                let _ = bus.link().connected(ACK_RECONNECT_WAIT).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// An ack is sent at most this often; each waits up to `ACK_RECONNECT_WAIT` for
+/// the connection (JetStream redelivers anyway if all of them are lost).
+const ACK_TRIES: u32 = 3;
+const ACK_RECONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// Decodes a protobuf payload; the error says what it expected.
 pub fn decode<T: Message + Default>(payload: &[u8]) -> Result<T, BusError> {

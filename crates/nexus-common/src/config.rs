@@ -240,7 +240,7 @@ impl Default for AgentConfig {
         Self {
             concurrency: 128,
             max_deliver: 5,
-            ack_wait_secs: 30,
+            ack_wait_secs: 5,
             shutdown_grace_secs: 20,
         }
     }

@@ -7,15 +7,18 @@
 //! - the idempotency key is `<channel>:<upstream id>`, so platform retries start no second turn;
 //! - [`Gateway::access`] applies `[channels.<name>] allow_from` (empty = nobody, `"*"` = everyone);
 //! - [`Gateway::deliver`] drains `N.outbound.<channel>` through a durable consumer,
-//!   acks after the platform accepted a reply, and skips replies it already delivered;
+//!   acks after the platform accepted a reply and the record of it is stored, and
+//!   never sends a reply it delivered (or cannot tell whether it did);
 //! - [`PartLog`] remembers how much of a multi-part reply was posted, across restarts.
 //!
 //! It must never know a platform's wire format.
 
+mod records;
+
 use std::{future::Future, time::Duration};
 
 use async_nats::{jetstream, service::Service};
-use nexus_bus::{Bus, BusError, Outcome, Puller, Stored, TraceContext, kv_key, settle};
+use nexus_bus::{Bus, BusError, InProgress, Outcome, Puller, Stored, TraceContext, kv_key, settle};
 use nexus_common::{
     Config,
     config::ChannelConfig,
@@ -25,9 +28,15 @@ use nexus_common::{
 };
 use nexus_proto::v1::{InboundMessage, OutboundMessage};
 use prost::Message as _;
+pub use records::PartLog;
+use records::Records;
 
 /// How long delivered-reply ids are remembered (longer than any redelivery).
 const DELIVERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a reply in delivery stays ours without a progress ack: a crashed
+/// gateway's reply goes to another replica (or its restart) this soon. Progress
+/// acks every third of it cover slow platforms and rate limits.
+const OUTBOUND_ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether a sender may talk to the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +63,7 @@ pub struct Gateway {
     settings: ChannelConfig,
     max_deliver: i64,
     service: Service,
+    records: Records,
 }
 
 impl Gateway {
@@ -63,6 +73,15 @@ impl Gateway {
         let service_name = format!("gateway-{channel}");
         let bus = Bus::connect(config, &service_name).await?;
         bus.ensure_streams().await?;
+        let records = bus
+            .ensure_kv_bucket(
+                &bus.subjects().delivered_bucket(&channel),
+                1,
+                Some(DELIVERED_TTL),
+                "reply ids delivered upstream",
+            )
+            .await?;
+        let records = Records::new(records, bus.link().clone());
         let service = bus
             .register_service(&service_name, &format!("{channel} ↔ NATS"))
             .await?;
@@ -72,6 +91,7 @@ impl Gateway {
             channel,
             max_deliver: 10,
             service,
+            records,
         })
     }
 
@@ -172,45 +192,35 @@ impl Gateway {
                 &s.outbound_stream(),
                 &s.gateway_consumer(&self.channel),
                 s.outbound(&self.channel),
-                Duration::from_secs(60),
+                OUTBOUND_ACK_WAIT,
                 self.max_deliver,
                 // One reply at a time keeps replies in order per channel.
                 1,
             )
             .await?;
-        let delivered = self.delivered_bucket().await?;
-        let mut puller = Puller::new(&consumer).await?;
+        let mut puller = Puller::new(&self.bus, &consumer).await?;
         while let Some(msg) = puller.next(&shutdown).await {
-            let outcome = self.deliver_one(&msg, &delivered, &send).await;
+            let _in_progress = InProgress::keep(&msg, OUTBOUND_ACK_WAIT);
+            let outcome = self.deliver_one(&msg, &send, &shutdown).await;
             settle(&self.bus, &msg, outcome, self.max_deliver).await;
         }
         Ok(())
     }
 
-    /// Reply ids delivered upstream, and the parts of replies in progress.
-    async fn delivered_bucket(&self) -> Result<jetstream::kv::Store, BusError> {
-        self.bus
-            .ensure_kv_bucket(
-                &self.bus.subjects().delivered_bucket(&self.channel),
-                1,
-                Some(DELIVERED_TTL),
-                "reply ids delivered upstream",
-            )
-            .await
-    }
-
-    /// The record of parts sent for this channel's multi-part replies.
-    pub async fn part_log(&self) -> Result<PartLog, BusError> {
-        Ok(PartLog {
-            kv: self.delivered_bucket().await?,
-        })
+    /// The record of parts sent for this channel's multi-part replies. `shutdown`
+    /// bounds how long a record is still tried while NATS is away.
+    pub fn part_log(&self, shutdown: CancellationToken) -> PartLog {
+        PartLog {
+            records: self.records.clone(),
+            stop: shutdown,
+        }
     }
 
     async fn deliver_one<F, Fut>(
         &self,
         msg: &jetstream::Message,
-        delivered: &jetstream::kv::Store,
         send: &F,
+        shutdown: &CancellationToken,
     ) -> Outcome
     where
         F: Fn(OutboundMessage) -> Fut,
@@ -224,17 +234,31 @@ impl Gateway {
                 };
             }
         };
-        let key = kv_key(&reply.id);
-        if let Ok(Some(_)) = delivered.get(&key).await {
-            tracing::info!(id = %reply.id, "reply already delivered; not sending it twice");
-            return Outcome::Ack;
-        }
         let id = reply.id.clone();
+        match self.records.delivered(&id, shutdown).await {
+            Ok(true) => {
+                // Sent by this process while NATS was away: the record may still be missing.
+                if !self.records.mark_delivered(&id, now_ms(), shutdown).await {
+                    return not_recorded(&id);
+                }
+                tracing::info!(id, "reply already delivered; not sending it twice");
+                return Outcome::Ack;
+            }
+            Ok(false) => {}
+            // Not knowing is not "not delivered": wait for a redelivery.
+            Err(reason) => {
+                return Outcome::Retry {
+                    delay: Duration::from_secs(1),
+                    reason,
+                };
+            }
+        }
         match send(reply).await {
             Ok(()) => {
-                if let Err(error) = delivered.put(&key, now_ms().to_string().into()).await {
-                    tracing::warn!(%error, id, "delivered, but the record of it was not stored");
+                if !self.records.mark_delivered(&id, now_ms(), shutdown).await {
+                    return not_recorded(&id);
                 }
+                self.records.forget_parts(&id).await;
                 Outcome::Ack
             }
             Err(DeliveryError::Retry { reason, after }) => Outcome::Retry {
@@ -252,53 +276,17 @@ impl Gateway {
     }
 }
 
-/// How many parts (messages, files) of a reply the platform already has. Kept
-/// in KV beside the delivered ids, so a gateway restarted in the middle of a long
-/// reply continues after the last part it sent instead of posting it again.
-#[derive(Clone)]
-pub struct PartLog {
-    kv: jetstream::kv::Store,
-}
-
-impl PartLog {
-    /// Parts of `reply_id` already sent; 0 when none (or when KV does not answer:
-    /// then at worst a part is posted twice, never lost).
-    pub async fn done(&self, reply_id: &str) -> usize {
-        match self.kv.get(part_key(reply_id)).await {
-            Ok(Some(v)) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            Ok(None) => 0,
-            Err(error) => {
-                tracing::warn!(%error, id = reply_id, "parts already sent unknown; starting over");
-                0
-            }
-        }
+/// Shutdown came while the record of a delivered reply could not be stored. The
+/// reply is left to redelivery; this process remembers it, a restarted one may not.
+fn not_recorded(id: &str) -> Outcome {
+    tracing::error!(
+        id,
+        "reply delivered, but NATS did not take the record of it before shutdown"
+    );
+    Outcome::Retry {
+        delay: Duration::from_secs(1),
+        reason: format!("{id} delivered; its record is not stored yet"),
     }
-
-    /// Records that the first `parts` parts of `reply_id` were sent.
-    pub async fn record(&self, reply_id: &str, parts: usize) {
-        if let Err(error) = self
-            .kv
-            .put(part_key(reply_id), parts.to_string().into())
-            .await
-        {
-            tracing::warn!(%error, id = reply_id, parts, "part sent, but not recorded");
-        }
-    }
-
-    /// Forgets a reply that is complete (or given up).
-    pub async fn clear(&self, reply_id: &str) {
-        if let Err(error) = self.kv.purge(part_key(reply_id)).await {
-            tracing::debug!(%error, id = reply_id, "parts record not removed; it expires");
-        }
-    }
-}
-
-/// `kv_key` never emits `.`, so the suffix cannot meet another reply's key.
-fn part_key(reply_id: &str) -> String {
-    format!("{}.parts", kv_key(reply_id))
 }
 
 /// The allow-list rule of the design: empty allows nobody, `"*"` everyone.
