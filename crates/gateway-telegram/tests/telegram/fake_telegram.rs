@@ -66,6 +66,8 @@ struct Inner {
     sent: Vec<Sent>,
     actions: Vec<(i64, String)>,
     files: HashMap<String, (String, Vec<u8>)>,
+    /// Runs once, after the next send is taken and before it is answered.
+    after_next_send: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Clone)]
@@ -220,6 +222,12 @@ impl FakeTelegram {
     /// 429s answered so far.
     pub fn limited(&self) -> u32 {
         self.with(|i| i.limited)
+    }
+
+    /// Runs `f` once, when the next message is sent: after "Telegram" has it, before
+    /// the bot hears back (to crash something at exactly that point).
+    pub fn after_next_send(&self, f: impl FnOnce() + Send + 'static) {
+        self.with(|i| i.after_next_send = Some(Box::new(f)));
     }
 
     /// The user of `chat` blocked the bot: sends to it get 403.
@@ -553,6 +561,9 @@ fn send(inner: &Arc<Mutex<Inner>>, method: &str, params: &Value) -> Response {
         reply_to,
         file,
     });
+    if let Some(f) = i.after_next_send.take() {
+        f();
+    }
     let chat_json = if chat < 0 {
         json!({"id": chat, "type": "group", "title": "group"})
     } else {

@@ -6,7 +6,7 @@
 
 mod fake_telegram;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use fake_telegram::FakeTelegram;
@@ -17,7 +17,7 @@ use nexus_proto::v1::{
     ChatRef, DeadLetter, Event, InboundMessage, OutboundKind, OutboundMessage, event, media_ref,
 };
 use nexus_testkit::{
-    ServiceProcess, Stack, TestEnv, eventually,
+    NatsServer, ServiceProcess, Stack, TcpProxy, TestEnv, eventually,
     fake_openai::{FakeOpenAi, Reply},
 };
 use prost::Message;
@@ -38,7 +38,11 @@ struct World {
 
 impl World {
     async fn new(reply: Reply, with_stack: bool) -> Self {
-        let test = TestEnv::new();
+        Self::on(TestEnv::new(), reply, with_stack).await
+    }
+
+    /// A world on the NATS that `test` names.
+    async fn on(test: TestEnv, reply: Reply, with_stack: bool) -> Self {
         let llm = FakeOpenAi::start(reply).await;
         let tg = FakeTelegram::start(TOKEN).await;
         let stack = if with_stack {
@@ -787,4 +791,58 @@ async fn a_missing_token_is_a_clear_error_and_exit_code_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TELEGRAM_BOT_TOKEN"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_sent_just_before_nats_dies_is_not_sent_again_when_nats_returns() {
+    // NATS of our own, killed at the worst moment: Telegram has the reply, and what
+    // the gateway writes next (the record of it, the ack) is lost with the server.
+    // The gateway reaches NATS through a proxy that swallows those bytes, as a
+    // socket to a dying server does; the other services connect directly.
+    let mut nats = NatsServer::start().await;
+    let proxy = TcpProxy::start(nats.url().trim_start_matches("nats://")).await;
+    let w = World::on(
+        TestEnv::with_nats(nats.url()),
+        Reply::Text("noted".into()),
+        true,
+    )
+    .await;
+    let gw = w.gateway(&[("NATS_URL", &proxy.nats_url())]).await;
+    let kill = nats.killer();
+    let swallow = {
+        let state = Arc::new(proxy);
+        let hook = state.clone();
+        w.tg.after_next_send(move || {
+            hook.black_hole();
+            kill();
+        });
+        state
+    };
+
+    let (_, first) = w.tg.push_text(ADA, "ada", "first");
+    w.replies(ADA, 1).await;
+    // Down longer than a publish waits for its ack, so the gateway's writes fail.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    nats.restart().await;
+    swallow.restore();
+
+    // Replies go out one at a time, in order: the second comes only after the first
+    // is settled, so a resend of the first would show up before it.
+    let (_, second) = w.tg.push_text(ADA, "ada", "second");
+    eventually("the reply to the second message", WAIT, || async {
+        let sent = w.tg.sent_to(ADA);
+        sent.iter()
+            .any(|s| s.reply_to == Some(second))
+            .then_some(())
+    })
+    .await;
+    settle(&w.bus().await).await;
+    let replies: Vec<Option<i64>> = w.tg.sent_to(ADA).iter().map(|s| s.reply_to).collect();
+    assert_eq!(
+        replies,
+        vec![Some(first), Some(second)],
+        "each message answered once, in order"
+    );
+    assert!(gw.terminate(Duration::from_secs(30)).await.success());
+    assert_eq!(w.tg.sent_to(ADA).len(), 2);
 }
