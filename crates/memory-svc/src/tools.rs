@@ -128,6 +128,7 @@ impl MemoryTool {
             parameters_json_schema: parameters.to_string(),
             requires_approval: false,
             timeout_ms: u64::try_from(self.timeout().as_millis()).unwrap_or(u64::MAX),
+            encoding: String::new(),
             provider: provider.to_owned(),
         }
     }

@@ -86,6 +86,14 @@ impl Subjects {
     pub fn tool(&self, name: &ToolName) -> String {
         format!("{}.tool.{name}", self.ns)
     }
+    /// `N.tools.announce`: providers' `ToolAnnouncement`s.
+    pub fn tools_announce(&self) -> String {
+        format!("{}.tools.announce", self.ns)
+    }
+    /// `N.tools.discover`: asks every provider to announce at once.
+    pub fn tools_discover(&self) -> String {
+        format!("{}.tools.discover", self.ns)
+    }
     /// `N.memory.<op>`
     pub fn memory(&self, op: &str) -> String {
         format!("{}.memory.{op}", self.ns)

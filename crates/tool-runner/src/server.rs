@@ -163,6 +163,7 @@ async fn publish_specs(bus: &Bus, registry: &Registry) -> anyhow::Result<()> {
             parameters_json_schema: spec.parameters.to_string(),
             requires_approval: spec.requires_approval,
             timeout_ms: spec.timeout.as_millis() as u64,
+            encoding: String::new(),
             provider: provider.clone(),
         };
         store
