@@ -6,7 +6,7 @@
 //! - [`ToolServer`]: serves tools on `N.tool.<name>` in the provider's queue group,
 //!   with a per-tool timeout and an output cap, and announces them;
 //! - [`ToolDirectory`]: the caller's view of the live tools;
-//! - [`wire`]: the protocol's protobuf and JSON encodings (`docs/TOOL_PROTOCOL.md`).
+//! - [`wire`]: the protocol's protobuf and JSON encodings (`proto/TOOL_PROTOCOL.md`).
 //!
 //! It must never know what a particular tool does.
 

@@ -2,7 +2,7 @@
 //! `ToolAnnouncement` of `tool.proto`) is what Nexus's own providers speak; the
 //! JSON form carries the same fields for providers in languages without protobuf
 //! tooling. A JSON announcement (header `Content-Type: application/json`) makes
-//! its tools' calls JSON too. `docs/TOOL_PROTOCOL.md` is the contract.
+//! its tools' calls JSON too. `proto/TOOL_PROTOCOL.md` is the contract.
 
 use std::collections::HashMap;
 
