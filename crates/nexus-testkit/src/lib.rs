@@ -7,6 +7,7 @@
 
 pub mod fake_openai;
 pub mod nats;
+pub mod plugins;
 pub mod process;
 pub mod proxy;
 pub mod stack;

@@ -39,7 +39,18 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `name` with `env` (added to a clean environment that keeps PATH and HOME).
     pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Self {
-        let mut cmd = Command::new(bin_path(name));
+        Self::spawn_program(name, bin_path(name).as_os_str(), args, env)
+    }
+
+    /// Like [`ServiceProcess::spawn`], for a program that is not a workspace binary
+    /// (an interpreter with a script, say); `name` labels its logs.
+    pub fn spawn_program(
+        name: &str,
+        program: &std::ffi::OsStr,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(
