@@ -99,6 +99,8 @@ async def main():
     stopping = asyncio.Event()
 
     async def announce(withdrawn=False):
+        if stopping.is_set() and not withdrawn:
+            return  # never re-announce once stopping: the withdrawal is the last word
         body = {
             "protocol": 1,
             "provider": PROVIDER,
@@ -112,8 +114,7 @@ async def main():
         await nc.publish(f"{NAMESPACE}.tools.announce", payload, headers=JSON_HEADERS)
 
     async def on_discover(_msg):
-        if not stopping.is_set():  # never re-announce after the withdrawal
-            await announce()
+        await announce()
 
     async def on_call(msg):
         started = time.monotonic()
