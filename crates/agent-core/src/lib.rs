@@ -80,7 +80,9 @@ pub async fn run_with_model(
             },
             Duration::from_secs(config.llm.cooldown_secs),
         ),
-        tools: ToolDirectory::new(bus.clone()),
+        tools: ToolDirectory::start(bus.clone(), shutdown.clone())
+            .await
+            .context("following the tools' announcements")?,
         providers: ProviderEnv::from_env(),
         approvals: tokio::sync::OnceCell::new(),
         config: Arc::new(config.clone()),

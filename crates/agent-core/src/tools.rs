@@ -1,84 +1,38 @@
-//! The tools agent-core can offer the model: discovered from the `N_tools` KV
-//! bucket that tool-runner fills, and called over `N.tool.<name>`.
+//! The tools agent-core can offer the model: live as their providers announce
+//! them (`nexus_tools::ToolDirectory`), and called over `N.tool.<name>` in the
+//! encoding each provider speaks.
 //!
 //! agent-core never executes a tool itself; failures come back as data.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use nexus_bus::{Bus, BusError, TraceContext};
-use nexus_common::domain::ToolName;
+use nexus_common::{domain::ToolName, shutdown::CancellationToken};
 use nexus_proto::v1::{ToolCall, ToolError, ToolErrorKind, ToolResult, ToolSpec, tool_result};
-use prost::Message;
-use tokio::sync::Mutex;
+use nexus_tools::wire::{self, Encoding};
 
 use crate::llm::LlmTool;
-
-/// How long a discovered list of tools is reused before the bucket is read again.
-const REFRESH: Duration = Duration::from_secs(5);
 
 /// Tool specs by name.
 pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
 
-/// Cached tool specs.
+/// The live tools and how to call them.
 #[derive(Clone)]
 pub struct ToolDirectory {
     bus: Bus,
-    cache: Arc<Mutex<Option<(Instant, Specs)>>>,
+    live: nexus_tools::ToolDirectory,
 }
 
 impl ToolDirectory {
-    pub fn new(bus: Bus) -> Self {
-        Self {
-            bus,
-            cache: Arc::new(Mutex::new(None)),
-        }
+    /// Starts following the providers' announcements until `shutdown`.
+    pub async fn start(bus: Bus, shutdown: CancellationToken) -> Result<Self, BusError> {
+        let live = nexus_tools::ToolDirectory::start(&bus, shutdown).await?;
+        Ok(Self { bus, live })
     }
 
-    /// The tools available now. An unreadable bucket means no tools, not a failed turn.
+    /// The tools available now.
     pub async fn specs(&self) -> Specs {
-        let mut cache = self.cache.lock().await;
-        if let Some((at, specs)) = cache.as_ref()
-            && at.elapsed() < REFRESH
-        {
-            return specs.clone();
-        }
-        let specs = Arc::new(match self.read_bucket().await {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read tool specs; the turn runs without tools");
-                BTreeMap::new()
-            }
-        });
-        *cache = Some((Instant::now(), specs.clone()));
-        specs
-    }
-
-    async fn read_bucket(&self) -> Result<BTreeMap<String, ToolSpec>, BusError> {
-        let bucket = self.bus.subjects().tools_bucket();
-        let kv = match self.bus.jetstream().get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            // No tool-runner has ever started in this namespace.
-            Err(_) => return Ok(BTreeMap::new()),
-        };
-        let mut keys = kv.keys().await.map_err(|e| BusError::Nats(e.to_string()))?;
-        let mut out = BTreeMap::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| BusError::Nats(e.to_string()))?;
-            if let Ok(Some(bytes)) = kv.get(&key).await {
-                match ToolSpec::decode(bytes) {
-                    Ok(spec) if ToolName::parse(&spec.name).is_ok() => {
-                        out.insert(spec.name.clone(), spec);
-                    }
-                    _ => tracing::warn!(key, "ignoring an invalid tool spec"),
-                }
-            }
-        }
-        Ok(out)
+        Arc::new(self.live.specs())
     }
 
     /// Runs one call on tool-runner. Every failure becomes a `ToolResult` error the model can read.
@@ -109,16 +63,24 @@ impl ToolDirectory {
             return failed(ToolErrorKind::NotFound, "Invalid tool name.".into(), false);
         };
         let timeout = Duration::from_millis(spec.timeout_ms.max(1000)) + Duration::from_secs(2);
-        match self
+        let encoding = Encoding::of_spec(spec);
+        let answer = self
             .bus
-            .request::<ToolCall, ToolResult>(
+            .request_bytes(
                 self.bus.subjects().tool(&name),
-                &call,
+                wire::encode_call(&call, encoding),
+                encoding.headers(),
                 trace,
                 Some(timeout),
             )
             .await
-        {
+            .and_then(|bytes| {
+                wire::decode_result(&bytes, encoding).map_err(|message| BusError::Decode {
+                    what: "ToolResult",
+                    message,
+                })
+            });
+        match answer {
             Ok(mut r) => {
                 r.call_id = call.call_id.clone();
                 r

@@ -34,7 +34,7 @@ pub use files::MarkdownFiles;
 pub use index::{MemoryIndex, UserId};
 pub use ops::{Memory, Op, OpError};
 pub use store::{ChunkHit, Identity, ModelOverride, SessionStore, StoreError};
-pub use tools::{MemoryTool, MemoryTools};
+pub use tools::MemoryTools;
 
 /// Runs memory-svc until `shutdown` is cancelled: templates, database,
 /// NATS, then requests. Returns once every request in flight has answered.
@@ -63,8 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let result = async {
         let bus = Bus::connect(&config, server::SERVICE_NAME).await?;
         let index = MemoryIndex::new(store.clone(), files.root());
-        let tools = Arc::new(MemoryTools::new(index.clone(), &config.tools));
-        server::publish_tool_specs(&bus, &tools).await?;
+        let tools = Arc::new(MemoryTools::new(index.clone())).serve(&config.tools);
         let memory = Arc::new(
             Memory::new(store.clone(), files, index, &config.memory)
                 .context("[memory] timezone")?,
@@ -78,7 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         }
         let ledger = tokio::spawn(usage::run(bus.clone(), store.clone(), shutdown.clone()));
-        let served = server::serve(&bus, memory, tools, shutdown).await;
+        let served =
+            server::serve(&bus, memory, tools, config.tools.max_output_bytes, shutdown).await;
         if let Err(error) = ledger.await {
             tracing::error!(%error, "usage ledger task failed");
         }

@@ -10,26 +10,14 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use futures::StreamExt as _;
 use nexus_bus::{Bus, TraceContext, async_nats::service};
-use nexus_common::domain::ToolName;
-use nexus_proto::Message as _;
+use nexus_tools::{DynTool, ServeOptions, ToolServer};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{
-    ops::{Memory, Op},
-    tools::{MemoryTool, MemoryTools},
-};
-
-/// What a request asks for: a memory operation or a tool call.
-#[derive(Debug, Clone, Copy)]
-enum Work {
-    Op(Op),
-    Tool(MemoryTool),
-}
+use crate::ops::{Memory, Op};
 
 /// Name in the NATS service API (`nats micro ls`).
 pub const SERVICE_NAME: &str = "memory-svc";
@@ -41,79 +29,53 @@ const MAX_IN_FLIGHT: usize = 64;
 /// How long requests in flight may take to answer after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// `memory-svc/<version>`: who serves the memory tools, in their specs.
-pub fn provider() -> String {
-    format!("{SERVICE_NAME}/{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Puts the spec of every enabled memory tool in the tools KV bucket (one key
-/// per tool, beside tool-runner's), and removes the specs of disabled ones.
-/// Specs stay when memory-svc stops: other replicas may still serve them.
-pub async fn publish_tool_specs(bus: &Bus, tools: &MemoryTools) -> anyhow::Result<()> {
-    let bucket = bus.subjects().tools_bucket();
-    let store = bus
-        .ensure_kv_bucket(&bucket, 1, None, "Tool specs, one key per tool")
-        .await?;
-    let provider = provider();
-    for tool in MemoryTool::ALL {
-        if tools.enabled().contains(&tool) {
-            let spec = tool.spec(&provider);
-            store
-                .put(tool.name(), Bytes::from(spec.encode_to_vec()))
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot publish the spec of {} in {bucket}: {e}",
-                        tool.name()
-                    )
-                })?;
-        } else if let Ok(Some(_)) = store.get(tool.name()).await
-            && let Err(error) = store.delete(tool.name()).await
-        {
-            tracing::warn!(%error, tool = tool.name(), "spec of a disabled tool not removed");
-        }
-    }
-    Ok(())
-}
-
-/// Serves the memory operations and tools on `bus` until `shutdown` is cancelled.
+/// Serves the memory operations (and, through the shared tool runtime, the memory
+/// tools) on `bus` until `shutdown` is cancelled.
 pub async fn serve(
     bus: &Bus,
     memory: Arc<Memory>,
-    tools: Arc<MemoryTools>,
+    tools: Vec<Arc<dyn DynTool>>,
+    max_output_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = bus
         .register_service(SERVICE_NAME, DESCRIPTION)
         .await
         .context("cannot register with the NATS service API")?;
-    let work = Op::ALL
-        .into_iter()
-        .map(Work::Op)
-        .chain(tools.enabled().iter().copied().map(Work::Tool));
+    let tool_server = ToolServer::new(
+        bus.clone(),
+        service,
+        SERVICE_NAME,
+        env!("CARGO_PKG_VERSION"),
+        ServeOptions {
+            max_output_bytes,
+            ..ServeOptions::default()
+        },
+    );
     let mut endpoints = Vec::new();
-    for work in work {
-        let (name, subject) = match work {
-            Work::Op(op) => (op.name(), bus.subjects().memory(op.name())),
-            Work::Tool(tool) => (
-                tool.name(),
-                bus.subjects().tool(&ToolName::parse(tool.name())?),
-            ),
-        };
-        let endpoint = service
+    for op in Op::ALL {
+        let subject = bus.subjects().memory(op.name());
+        let endpoint = tool_server
             .endpoint_builder()
-            .name(name)
+            .context("the service stopped while starting")?
+            .name(op.name())
             .add(subject.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve {subject}: {e}"))?;
-        endpoints.push(endpoint.map(move |request| (work, request)));
+        endpoints.push(endpoint.map(move |request| (op, request)));
     }
+    for tool in tools {
+        tool_server.add(tool).await?;
+    }
+    let announcing = {
+        let (server, shutdown) = (tool_server.clone(), shutdown.clone());
+        tokio::spawn(async move { server.run(shutdown).await })
+    };
     let mut requests = futures::stream::select_all(endpoints);
-    let tool_names: Vec<&str> = tools.enabled().iter().map(|t| t.name()).collect();
     tracing::info!(
         namespace = %bus.subjects().namespace(),
         subjects = %bus.subjects().memory("*"),
-        tools = ?tool_names,
+        tools = ?tool_server.names(),
         "memory-svc ready"
     );
 
@@ -133,18 +95,15 @@ pub async fn serve(
             _ = shutdown.cancelled() => break Ok(()),
             next = requests.next() => next,
         };
-        let Some((work, request)) = next else {
+        let Some((op, request)) = next else {
             break Err(anyhow::anyhow!(
                 "the NATS subscriptions of memory-svc closed"
             ));
         };
-        let (memory, tools) = (Arc::clone(&memory), Arc::clone(&tools));
+        let memory = Arc::clone(&memory);
         tasks.spawn(async move {
             let _permit = permit;
-            match work {
-                Work::Op(op) => answer(&memory, op, request).await,
-                Work::Tool(tool) => answer_tool(&tools, tool, request).await,
-            }
+            answer(&memory, op, request).await;
         });
         // Reap finished tasks so the set holds only work in flight.
         while tasks.try_join_next().is_some() {}
@@ -169,9 +128,12 @@ pub async fn serve(
         );
         tasks.shutdown().await;
     }
-    if let Err(error) = service.stop().await {
-        tracing::warn!(%error, "service API registration not withdrawn");
+    match announcing.await {
+        Ok(Err(error)) => tracing::warn!(%error, "memory tools did not stop cleanly"),
+        Err(error) => tracing::error!(%error, "memory tools task failed"),
+        Ok(Ok(())) => {}
     }
+    tool_server.stop_service().await;
     outcome
 }
 
@@ -183,29 +145,6 @@ async fn answer(memory: &Memory, op: Op, request: service::Request) {
         let reply = memory.handle(op, &request.message.payload).await;
         if let Err(error) = request.respond(reply).await {
             tracing::warn!(%error, "reply not sent; the caller will time out");
-        }
-    }
-    .instrument(span)
-    .await;
-}
-
-/// Runs one tool call and sends its `ToolResult`; failures travel inside it.
-async fn answer_tool(tools: &MemoryTools, tool: MemoryTool, request: service::Request) {
-    let trace = TraceContext::from_headers(request.message.headers.as_ref());
-    let span = tracing::info_span!("tool_call", tool = tool.name(), trace_id = trace.trace_id());
-    async {
-        let result = tools.handle(tool, &request.message.payload).await;
-        match &result.outcome {
-            Some(nexus_proto::v1::tool_result::Outcome::Error(e)) => tracing::info!(
-                error_kind = ?e.kind(),
-                duration_ms = result.duration_ms,
-                "tool call failed"
-            ),
-            _ => tracing::info!(duration_ms = result.duration_ms, "tool call finished"),
-        }
-        let reply = Ok(Bytes::from(result.encode_to_vec()));
-        if let Err(error) = request.respond(reply).await {
-            tracing::warn!(%error, "tool result not sent; the caller will time out");
         }
     }
     .instrument(span)

@@ -395,14 +395,28 @@ impl Bus {
     ) -> Result<Resp, BusError> {
         let timeout = timeout.unwrap_or(self.request_timeout);
         let deadline = tokio::time::Instant::now() + timeout;
-        self.request_once(
-            subject,
-            req.encode_to_vec().into(),
-            trace,
-            deadline,
-            timeout,
-        )
-        .await
+        let payload = req.encode_to_vec().into();
+        let reply = self
+            .request_once(subject, payload, None, trace, deadline, timeout)
+            .await?;
+        decode(&reply)
+    }
+
+    /// [`Bus::request`] for a payload encoded by the caller (with `headers` saying
+    /// how, e.g. JSON for a tool provider that speaks it); the answer comes back raw.
+    #[tracing::instrument(skip_all, fields(subject = %subject))]
+    pub async fn request_bytes(
+        &self,
+        subject: String,
+        payload: Bytes,
+        headers: HeaderMap,
+        trace: &TraceContext,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, BusError> {
+        let timeout = timeout.unwrap_or(self.request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.request_once(subject, payload, Some(headers), trace, deadline, timeout)
+            .await
     }
 
     /// Like [`Bus::request`], for requests that may be served twice (reads, and
@@ -423,7 +437,14 @@ impl Bus {
         let mut pause = Duration::from_millis(50);
         loop {
             match self
-                .request_once(subject.clone(), payload.clone(), trace, deadline, timeout)
+                .request_once(
+                    subject.clone(),
+                    payload.clone(),
+                    None,
+                    trace,
+                    deadline,
+                    timeout,
+                )
                 .await
             {
                 Err(e @ (BusError::Disconnected { .. } | BusError::NoResponders { .. }))
@@ -433,19 +454,20 @@ impl Bus {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                other => return other,
+                other => return decode(&other?),
             }
         }
     }
 
-    async fn request_once<Resp: Message + Default>(
+    async fn request_once(
         &self,
         subject: String,
         payload: Bytes,
+        headers: Option<HeaderMap>,
         trace: &TraceContext,
         deadline: tokio::time::Instant,
         timeout: Duration,
-    ) -> Result<Resp, BusError> {
+    ) -> Result<Bytes, BusError> {
         let timed_out = || BusError::Timeout {
             subject: subject.clone(),
             timeout,
@@ -459,7 +481,7 @@ impl Bus {
         if left.is_zero() {
             return Err(timed_out());
         }
-        let mut headers = HeaderMap::new();
+        let mut headers = headers.unwrap_or_default();
         headers.insert(TRACEPARENT, trace.header().as_str());
         let request = async_nats::Request::new()
             .payload(payload)
@@ -492,10 +514,7 @@ impl Bus {
                 message: err.to_string(),
             });
         }
-        Resp::decode(reply.payload).map_err(|e| BusError::Decode {
-            what: std::any::type_name::<Resp>(),
-            message: e.to_string(),
-        })
+        Ok(reply.payload)
     }
 
     /// Registers this process with the NATS service API so `nats micro ls` and

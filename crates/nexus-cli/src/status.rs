@@ -1,4 +1,5 @@
-//! `nexus status`: live replicas (NATS service API) and stream backlogs.
+//! `nexus status`: live replicas (NATS service API), tool providers (their
+//! announcements: tools, MCP servers, tools not offered and why) and stream backlogs.
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
@@ -19,9 +20,14 @@ pub struct StatusArgs {
 
 pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&config, "nexus-status").await?;
+    // Asked first, so the providers' answers arrive while the services are pinged.
+    let stop = nexus_common::shutdown::CancellationToken::new();
+    let tools = nexus_tools::ToolDirectory::start(&bus, stop.clone()).await?;
     let instances = bus
         .discover_services(Duration::from_millis(args.wait_ms))
         .await?;
+    let providers = tools.providers();
+    stop.cancel();
     let mut by_name: BTreeMap<&str, Vec<&nexus_bus::ServiceInstance>> = BTreeMap::new();
     for i in &instances {
         by_name.entry(i.name.as_str()).or_default().push(i);
@@ -103,6 +109,10 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "agent_consumer": consumer.map(|(p, a, r)| json!({"pending": p, "ack_pending": a, "redelivered": r})),
             "health": health.iter().map(|(svc, (at, n))| json!({"service": svc, "status": n.status, "detail": n.detail, "at_ms": at})).collect::<Vec<_>>(),
             "journal_24h": journal.json(),
+            "tool_providers": providers.iter().map(|p| json!({
+                "provider": p.provider, "instance": p.instance, "version": p.version,
+                "tools": p.tools, "status": p.status,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
@@ -124,6 +134,7 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             ids.join(",")
         );
     }
+    print_tools(&providers);
     println!();
     println!("{:<22} {:>10} {:>12}", "STREAM", "MESSAGES", "BYTES");
     for (name, info) in &streams {
@@ -161,6 +172,40 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tool providers, their tool counts, and what each reports about itself (MCP
+/// servers and their health, tools it does not offer and why).
+fn print_tools(providers: &[nexus_tools::LiveProvider]) {
+    println!();
+    println!("{:<18} {:>6}  reports", "TOOL PROVIDER", "TOOLS");
+    if providers.is_empty() {
+        println!("(no tool provider announces tools: the agent has none)");
+    }
+    let mut by_name: BTreeMap<&str, Vec<&nexus_tools::LiveProvider>> = BTreeMap::new();
+    for p in providers {
+        by_name.entry(p.provider.as_str()).or_default().push(p);
+    }
+    for (name, list) in by_name {
+        // Replicas announce the same tools and health; show the freshest.
+        let Some(p) = list.iter().min_by_key(|p| p.age) else {
+            continue;
+        };
+        let replicas = if list.len() > 1 {
+            format!(" (×{})", list.len())
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<18} {:>6}  {}",
+            format!("{name}{replicas}"),
+            p.tools.len(),
+            p.tools.join(" ")
+        );
+        for (key, value) in &p.status {
+            println!("{:<18} {:>6}  {key}: {value}", "", "");
+        }
+    }
 }
 
 /// Journal summaries of the last 24 h, from `journal` events.

@@ -150,6 +150,68 @@ pub struct ToolsConfig {
     /// Tools that are switched off by name.
     #[serde(deserialize_with = "list")]
     pub disabled: Vec<String>,
+    /// `web_search` and `fetch_url`.
+    pub web: WebToolsConfig,
+    /// MCP servers whose tools tool-runner offers as `<server>__<tool>`.
+    pub mcp: Vec<McpServerConfig>,
+}
+
+/// `[tools.web]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebToolsConfig {
+    /// Hosts, as written in a URL (a name or an IP literal), that `fetch_url` may
+    /// reach although they resolve to private, loopback or link-local addresses.
+    #[serde(deserialize_with = "list")]
+    pub allow_hosts: Vec<String>,
+    /// Seconds one fetch or search may take.
+    pub timeout_secs: u64,
+    /// Bytes of a page read at most.
+    pub max_page_bytes: usize,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+}
+
+impl Default for WebToolsConfig {
+    fn default() -> Self {
+        Self {
+            allow_hosts: Vec::new(),
+            timeout_secs: 20,
+            max_page_bytes: 5 * 1024 * 1024,
+            max_redirects: 5,
+        }
+    }
+}
+
+/// One `[[tools.mcp]]` server: `command` (+ `args`, `env`) over stdio, or `url`
+/// (+ `headers`) over streamable HTTP.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// Prefix of its tools' names (`<name>__<tool>`).
+    pub name: String,
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub url: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    /// Seconds one call may take (default 60).
+    pub timeout_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for McpServerConfig {
+    /// Env values and headers often hold tokens: only their names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServerConfig")
+            .field("name", &self.name)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
 }
 
 /// Settings of one channel. Gateways read the keys they know.
@@ -268,6 +330,8 @@ impl Default for ToolsConfig {
             grep_max_results: 200,
             max_file_bytes: 10 * 1024 * 1024,
             disabled: Vec::new(),
+            web: WebToolsConfig::default(),
+            mcp: Vec::new(),
         }
     }
 }
@@ -412,6 +476,29 @@ impl Config {
                 "[memory] timezone \"{}\" is not an IANA time zone (e.g. \"Europe/Berlin\", \"UTC\"): {e}",
                 self.memory.timezone
             )));
+        }
+        for (i, server) in self.tools.mcp.iter().enumerate() {
+            let name = &server.name;
+            let valid = !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !name.contains("__");
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "[[tools.mcp]] #{}: name \"{name}\" must be 1-32 letters, digits, '-' or '_' (no \"__\")",
+                    i + 1
+                )));
+            }
+            if server.command.is_some() == server.url.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "[[tools.mcp]] {name}: give exactly one of command (stdio) or url (streamable HTTP)"
+                )));
+            }
+            if self.tools.mcp[..i].iter().any(|s| &s.name == name) {
+                return Err(ConfigError::Invalid(format!(
+                    "[[tools.mcp]] {name}: two servers share this name"
+                )));
+            }
         }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::anyhow;
-use async_nats::service::{Request, Service, endpoint::Endpoint};
+use async_nats::service::{EndpointBuilder, Request, Service, endpoint::Endpoint};
 use futures::StreamExt;
 use nexus_bus::{Bus, TraceContext};
 use nexus_common::domain::ToolName;
@@ -67,7 +67,8 @@ pub struct ToolServer {
 
 struct Inner {
     bus: Bus,
-    service: Service,
+    /// Taken out by [`ToolServer::stop_service`].
+    service: Mutex<Option<Service>>,
     provider: String,
     version: String,
     instance: String,
@@ -91,8 +92,9 @@ struct Served {
 }
 
 impl ToolServer {
-    /// A server for `provider` (`service` is its registration with the NATS
-    /// service API; endpoints are added to it). `version` goes into the specs.
+    /// A server for `provider`: `service` is its registration with the NATS service
+    /// API (the tools' endpoints are added to it; a provider with endpoints of its
+    /// own adds them through [`ToolServer::endpoint_builder`]). `version` goes into the specs.
     pub fn new(
         bus: Bus,
         service: Service,
@@ -104,7 +106,7 @@ impl ToolServer {
         Self {
             inner: Arc::new(Inner {
                 bus,
-                service,
+                service: Mutex::new(Some(service)),
                 provider: provider.to_owned(),
                 version: version.to_owned(),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -127,10 +129,10 @@ impl ToolServer {
         let name =
             ToolName::parse(&spec.name).map_err(|e| anyhow!("tool name {:?}: {e}", spec.name))?;
         self.remove_quietly(&spec.name);
-        let endpoint = self
-            .inner
-            .service
+        let builder = self
             .endpoint_builder()
+            .ok_or_else(|| anyhow!("the service of {} is stopped", self.inner.provider))?;
+        let endpoint = builder
             .name(&spec.name)
             .add(self.inner.bus.subjects().tool(&name))
             .await
@@ -164,6 +166,27 @@ impl ToolServer {
         ));
         self.inner.changed.notify_one();
         Ok(())
+    }
+
+    /// An endpoint of the provider's service, for endpoints other than tools;
+    /// `None` once the service is stopped.
+    pub fn endpoint_builder(&self) -> Option<EndpointBuilder> {
+        self.inner
+            .service
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.endpoint_builder()))
+    }
+
+    /// Unregisters the service (after [`ToolServer::run`] returned and the
+    /// provider's own endpoints drained).
+    pub async fn stop_service(&self) {
+        let service = self.inner.service.lock().ok().and_then(|mut s| s.take());
+        if let Some(service) = service
+            && let Err(error) = service.stop().await
+        {
+            tracing::debug!(%error, "service stop");
+        }
     }
 
     /// Stops serving `name` and announces the smaller set.
@@ -300,8 +323,12 @@ impl ToolServer {
             }
             anyhow::Ok(())
         };
-        if let Err(error) = sent.await {
-            tracing::debug!(%error, "tool announcement not sent; the next one follows");
+        match sent.await {
+            Err(error) => {
+                tracing::debug!(%error, "tool announcement not sent; the next one follows")
+            }
+            Ok(()) if withdrawn => tracing::info!("tools withdrawn"),
+            Ok(()) => {}
         }
     }
 }

@@ -484,19 +484,14 @@ async fn a_large_memory_md_gives_the_excerpts_relevant_to_the_message_within_the
 }
 
 #[tokio::test]
-async fn the_memory_tools_are_advertised_in_the_tools_bucket_and_bad_calls_are_tool_errors() {
+async fn the_memory_tools_are_announced_and_bad_calls_are_tool_errors() {
     let env = TestEnv::new();
     let bus = env.bus("test").await;
     let svc = spawn_memory_svc(env.config.clone(), &bus).await;
 
-    let kv = bus
-        .jetstream()
-        .get_key_value(bus.subjects().tools_bucket())
-        .await
-        .unwrap();
+    let specs = announced(&bus, 2).await;
     for name in ["remember", "memory_search"] {
-        let bytes = kv.get(name).await.unwrap().expect("spec published");
-        let spec = ToolSpec::decode(bytes).unwrap();
+        let spec = &specs[name];
         assert_eq!(spec.name, name);
         assert_eq!(
             spec.provider,
@@ -563,21 +558,13 @@ async fn the_memory_tools_are_advertised_in_the_tools_bucket_and_bad_calls_are_t
 }
 
 #[tokio::test]
-async fn a_disabled_memory_tool_is_neither_served_nor_advertised() {
+async fn a_disabled_memory_tool_is_neither_served_nor_announced() {
     let mut env = TestEnv::new();
     let bus = env.bus("test").await;
-    let svc = spawn_memory_svc(env.config.clone(), &bus).await;
-    svc.stop().await;
-
     env.config.tools.disabled = vec!["remember".into()];
     let svc = spawn_memory_svc(env.config.clone(), &bus).await;
-    let kv = bus
-        .jetstream()
-        .get_key_value(bus.subjects().tools_bucket())
-        .await
-        .unwrap();
-    assert!(kv.get("remember").await.unwrap().is_none());
-    assert!(kv.get("memory_search").await.unwrap().is_some());
+    let specs = announced(&bus, 1).await;
+    assert!(specs.contains_key("memory_search"));
 
     let err = bus
         .request::<_, ToolResult>(
@@ -595,4 +582,20 @@ async fn a_disabled_memory_tool_is_neither_served_nor_advertised() {
             .contains("MEMORY.md")
     );
     svc.stop().await;
+}
+
+/// The tools announced in `bus`'s namespace, once `want` of them are live.
+async fn announced(bus: &Bus, want: usize) -> std::collections::BTreeMap<String, ToolSpec> {
+    let directory = nexus_tools::ToolDirectory::start(bus, Default::default())
+        .await
+        .unwrap();
+    nexus_testkit::eventually(
+        "the memory tools to be announced",
+        Duration::from_secs(20),
+        || async {
+            let specs = directory.specs();
+            (specs.len() == want).then_some(specs)
+        },
+    )
+    .await
 }
