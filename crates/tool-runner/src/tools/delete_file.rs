@@ -8,51 +8,53 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{Spec, Tool, ToolCtx, blocking, parse_args};
-use crate::error::ToolFailure;
+use super::{ToolEnv, blocking};
+use crate::{error::ToolFailure, sandbox::Workspace};
 
 pub const NAME: &str = "delete_file";
 
-pub fn build(_config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(DeleteFile)
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(DeleteFile {
+        ws: env.workspace.clone(),
+    })
 }
 
-pub struct DeleteFile;
+pub struct DeleteFile {
+    ws: Arc<Workspace>,
+}
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// File path relative to the workspace
     path: String,
 }
 
 #[async_trait]
 impl Tool for DeleteFile {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "Delete a file in the workspace (not a directory). The file is moved to \
-                          the workspace trash, so the deletion can be undone by an operator.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the workspace"}
-                },
-                "required": ["path"],
-                "additionalProperties": false
-            }),
-            requires_approval: true,
-            timeout: Duration::from_secs(10),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "Delete a file in the workspace (not a directory). The file is moved to \
+         the workspace trash, so the deletion can be undone by an operator."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
-        let ws = ctx.workspace.clone();
-        let caller = ctx.caller.clone();
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+    fn requires_approval(&self) -> bool {
+        true
+    }
+
+    async fn call(&self, caller: &Caller, args: Args) -> Result<String, ToolFailure> {
+        let ws = self.ws.clone();
+        let caller = caller.clone();
         blocking(move || {
             let path = ws.resolve(&args.path)?;
             let trashed = ws.trash(&path)?;
@@ -77,18 +79,20 @@ impl Tool for DeleteFile {
 mod tests {
     use std::os::unix::fs::symlink;
 
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
     async fn a_deleted_file_lands_in_the_trash_with_its_content() {
         let (w, ctx) = world();
         w.write("old/notes.md", "keep me");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"path": "old/notes.md"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"path": "old/notes.md"})).await;
         assert!(
             out.starts_with("deleted 'old/notes.md': it was moved to the trash as '.nexus/trash/"),
             "{out}"
@@ -104,11 +108,11 @@ mod tests {
     #[tokio::test]
     async fn deleting_the_same_name_twice_keeps_both_copies() {
         let (w, ctx) = world();
-        let tool = build(&config());
+        let tool = build(&ctx);
         w.write("a.md", "one");
-        ok(&*tool, &ctx, json!({"path": "a.md"})).await;
+        ok(&*tool, json!({"path": "a.md"})).await;
         w.write("a.md", "two");
-        ok(&*tool, &ctx, json!({"path": "a.md"})).await;
+        ok(&*tool, json!({"path": "a.md"})).await;
         let trash = std::fs::read_dir(w.dir.path().join(".nexus/trash"))
             .unwrap()
             .count();
@@ -120,38 +124,14 @@ mod tests {
         let (w, ctx) = world();
         w.write("dir/a.md", "a");
         symlink(w.dir.path().join("dir/a.md"), w.dir.path().join("link")).unwrap();
-        let tool = build(&config());
-        let m = fails(
-            &*tool,
-            &ctx,
-            json!({"path": "dir"}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
+        let tool = build(&ctx);
+        let m = fails(&*tool, json!({"path": "dir"}), ToolErrorKind::InvalidArgs).await;
         assert!(m.contains("never directories"), "{m}");
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": "."}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
-        let m = fails(
-            &*tool,
-            &ctx,
-            json!({"path": "link"}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
+        fails(&*tool, json!({"path": "."}), ToolErrorKind::InvalidArgs).await;
+        let m = fails(&*tool, json!({"path": "link"}), ToolErrorKind::InvalidArgs).await;
         assert!(m.contains("symbolic link"), "{m}");
         assert_eq!(w.read("dir/a.md"), "a");
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": "gone.md"}),
-            ToolErrorKind::NotFound,
-        )
-        .await;
+        fails(&*tool, json!({"path": "gone.md"}), ToolErrorKind::NotFound).await;
     }
 
     #[tokio::test]
@@ -159,7 +139,7 @@ mod tests {
         let (w, ctx) = world();
         w.plant_escapes();
         w.write(".nexus/trash/x", "x");
-        let tool = build(&config());
+        let tool = build(&ctx);
         for path in [
             w.secret().display().to_string(),
             "link-file".into(),
@@ -167,7 +147,7 @@ mod tests {
             "hard".into(),
             ".nexus/trash/x".into(),
         ] {
-            fails(&*tool, &ctx, json!({"path": path}), ToolErrorKind::Denied).await;
+            fails(&*tool, json!({"path": path}), ToolErrorKind::Denied).await;
         }
         w.assert_secret_untouched();
         assert_eq!(w.read(".nexus/trash/x"), "x");

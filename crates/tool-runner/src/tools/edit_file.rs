@@ -6,64 +6,61 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{Spec, Tool, ToolCtx, blocking, parse_args, read_text};
-use crate::error::ToolFailure;
+use super::{ToolEnv, blocking, read_text};
+use crate::{error::ToolFailure, sandbox::Workspace};
 
 pub const NAME: &str = "edit_file";
 
-pub fn build(config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(EditFile {
-        max_file_bytes: config.max_file_bytes,
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(EditFile {
+        ws: env.workspace.clone(),
+        max_file_bytes: env.config.max_file_bytes,
     })
 }
 
 pub struct EditFile {
+    ws: Arc<Workspace>,
     max_file_bytes: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// File path relative to the workspace
     path: String,
+    /// Exact text to replace; must occur exactly once
     old_text: String,
+    /// Replacement text
     new_text: String,
 }
 
 #[async_trait]
 impl Tool for EditFile {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "Replace text in a workspace file. old_text must match the file's content \
-                          exactly once (whitespace and line breaks included); include enough \
-                          surrounding text to make it unique.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the workspace"},
-                    "old_text": {"type": "string", "description": "Exact text to replace; must occur exactly once"},
-                    "new_text": {"type": "string", "description": "Replacement text"}
-                },
-                "required": ["path", "old_text", "new_text"],
-                "additionalProperties": false
-            }),
-            requires_approval: false,
-            timeout: Duration::from_secs(10),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "Replace text in a workspace file. old_text must match the file's content \
+         exactly once (whitespace and line breaks included); include enough \
+         surrounding text to make it unique."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    async fn call(&self, _: &Caller, args: Args) -> Result<String, ToolFailure> {
         if args.old_text.is_empty() {
             return Err(ToolFailure::invalid_args(
                 "old_text is empty; give the exact text to replace (use write_file to create a file)",
             ));
         }
-        let ws = ctx.workspace.clone();
+        let ws = self.ws.clone();
         let max = self.max_file_bytes;
         blocking(move || {
             let path = ws.resolve(&args.path)?;
@@ -99,20 +96,21 @@ impl Tool for EditFile {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
     async fn an_exact_single_match_is_replaced() {
         let (w, ctx) = world();
         w.write("a.md", "alpha\nbeta\ngamma\n");
-        let tool = build(&config());
+        let tool = build(&ctx);
         let out = ok(
             &*tool,
-            &ctx,
             json!({"path": "a.md", "old_text": "beta\n", "new_text": "BETA\nDELTA\n"}),
         )
         .await;
@@ -124,10 +122,9 @@ mod tests {
     async fn no_match_is_refused_and_says_zero() {
         let (w, ctx) = world();
         w.write("a.md", "alpha\n");
-        let tool = build(&config());
+        let tool = build(&ctx);
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "a.md", "old_text": "Alpha", "new_text": "x"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -140,10 +137,9 @@ mod tests {
     async fn several_matches_are_refused_and_counted() {
         let (w, ctx) = world();
         w.write("a.md", "x = 1\nx = 1\nx = 1\n");
-        let tool = build(&config());
+        let tool = build(&ctx);
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "a.md", "old_text": "x = 1", "new_text": "x = 2"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -156,17 +152,15 @@ mod tests {
     async fn an_empty_old_text_and_a_missing_file_are_refused() {
         let (w, ctx) = world();
         w.write("a.md", "alpha\n");
-        let tool = build(&config());
+        let tool = build(&ctx);
         fails(
             &*tool,
-            &ctx,
             json!({"path": "a.md", "old_text": "", "new_text": "x"}),
             ToolErrorKind::InvalidArgs,
         )
         .await;
         fails(
             &*tool,
-            &ctx,
             json!({"path": "b.md", "old_text": "a", "new_text": "x"}),
             ToolErrorKind::NotFound,
         )
@@ -177,7 +171,7 @@ mod tests {
     async fn nothing_outside_the_workspace_can_be_edited() {
         let (w, ctx) = world();
         w.plant_escapes();
-        let tool = build(&config());
+        let tool = build(&ctx);
         for path in [
             w.secret().display().to_string(),
             "link-file".into(),
@@ -186,7 +180,6 @@ mod tests {
         ] {
             fails(
                 &*tool,
-                &ctx,
                 json!({"path": path, "old_text": "secret", "new_text": "pwned"}),
                 ToolErrorKind::Denied,
             )

@@ -13,12 +13,12 @@ use std::{
 
 use async_trait::async_trait;
 use globset::{GlobBuilder, GlobMatcher};
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
 use regex::{Regex, RegexBuilder};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{Spec, Tool, ToolCtx, blocking, looks_binary, next_line, parse_args};
+use super::{ToolEnv, blocking, looks_binary, next_line};
 use crate::{
     error::ToolFailure,
     sandbox::{EntryKind, SandboxError, Workspace, WorkspacePath},
@@ -31,27 +31,34 @@ const MAX_LINE_CHARS: usize = 300;
 /// Bytes of one line searched at most (a minified file is one huge line).
 const MAX_LINE_BYTES: usize = 256 * 1024;
 
-pub fn build(config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(GrepSearch {
-        max_results: config.grep_max_results.max(1),
-        max_file_bytes: config.max_file_bytes,
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(GrepSearch {
+        ws: env.workspace.clone(),
+        max_results: env.config.grep_max_results.max(1),
+        max_file_bytes: env.config.max_file_bytes,
     })
 }
 
 pub struct GrepSearch {
+    ws: Arc<Workspace>,
     max_results: usize,
     max_file_bytes: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// Regular expression
     pattern: String,
+    /// File or directory to search, relative to the workspace
     #[serde(default = "dot")]
     path: String,
+    /// Only files whose name (or relative path, if it has a '/') matches, e.g. "*.md"
     glob: Option<String>,
     #[serde(default)]
     case_insensitive: bool,
+    /// Matches to return at most (capped by the service's limit)
+    #[schemars(range(min = 1))]
     max_results: Option<usize>,
 }
 
@@ -88,31 +95,21 @@ struct Search {
 
 #[async_trait]
 impl Tool for GrepSearch {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "Search workspace files for lines matching a regular expression (Rust regex \
-                          syntax). Prints 'path:line: text'. Narrow with path and a glob such as \
-                          \"*.md\". Binary files are skipped.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "pattern": {"type": "string", "description": "Regular expression"},
-                    "path": {"type": "string", "description": "File or directory to search, relative to the workspace", "default": "."},
-                    "glob": {"type": "string", "description": "Only files whose name (or relative path, if it has a '/') matches, e.g. \"*.md\""},
-                    "case_insensitive": {"type": "boolean", "default": false},
-                    "max_results": {"type": "integer", "minimum": 1, "maximum": self.max_results}
-                },
-                "required": ["pattern"],
-                "additionalProperties": false
-            }),
-            requires_approval: false,
-            timeout: Duration::from_secs(30),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "Search workspace files for lines matching a regular expression (Rust regex \
+         syntax). Prints 'path:line: text'. Narrow with path and a glob such as \
+         \"*.md\". Binary files are skipped."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    async fn call(&self, _: &Caller, args: Args) -> Result<String, ToolFailure> {
         let regex = RegexBuilder::new(&args.pattern)
             .case_insensitive(args.case_insensitive)
             .size_limit(1 << 20)
@@ -143,7 +140,7 @@ impl Tool for GrepSearch {
             results: Vec::new(),
             skipped: Skipped::default(),
         };
-        let ws = ctx.workspace.clone();
+        let ws = self.ws.clone();
         blocking(move || {
             let start = ws.resolve(&args.path)?;
             let capped = match ws.kind(&start)? {
@@ -272,11 +269,14 @@ impl Search {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use nexus_common::config::ToolsConfig;
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
         sandbox::tests::SECRET,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
@@ -284,15 +284,10 @@ mod tests {
         let (w, ctx) = world();
         w.write("a.md", "intro\nTODO: write tests\n");
         w.write("src/b.rs", "// todo later\nfn main() {}\n");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"pattern": "TODO"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"pattern": "TODO"})).await;
         assert_eq!(out, "a.md:2: TODO: write tests");
-        let out = ok(
-            &*tool,
-            &ctx,
-            json!({"pattern": "todo", "case_insensitive": true}),
-        )
-        .await;
+        let out = ok(&*tool, json!({"pattern": "todo", "case_insensitive": true})).await;
         assert_eq!(out, "a.md:2: TODO: write tests\nsrc/b.rs:1: // todo later");
     }
 
@@ -302,16 +297,16 @@ mod tests {
         w.write("a.md", "hit\n");
         w.write("b.txt", "hit\n");
         w.write("docs/c.md", "hit\n");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"pattern": "hit", "glob": "*.md"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"pattern": "hit", "glob": "*.md"})).await;
         assert_eq!(out, "a.md:1: hit\ndocs/c.md:1: hit");
-        let out = ok(&*tool, &ctx, json!({"pattern": "hit", "glob": "docs/*.md"})).await;
+        let out = ok(&*tool, json!({"pattern": "hit", "glob": "docs/*.md"})).await;
         assert_eq!(out, "docs/c.md:1: hit");
-        let out = ok(&*tool, &ctx, json!({"pattern": "hit", "path": "docs"})).await;
+        let out = ok(&*tool, json!({"pattern": "hit", "path": "docs"})).await;
         assert_eq!(out, "docs/c.md:1: hit");
-        let out = ok(&*tool, &ctx, json!({"pattern": "hit", "path": "b.txt"})).await;
+        let out = ok(&*tool, json!({"pattern": "hit", "path": "b.txt"})).await;
         assert_eq!(out, "b.txt:1: hit");
-        let out = ok(&*tool, &ctx, json!({"pattern": "miss"})).await;
+        let out = ok(&*tool, json!({"pattern": "miss"})).await;
         assert_eq!(out, "no matches for /miss/ in '.'");
     }
 
@@ -319,16 +314,16 @@ mod tests {
     async fn results_are_capped_and_the_cap_is_announced() {
         let (w, ctx) = world();
         w.write("a.txt", &"x\n".repeat(10));
-        let tool = build(&ToolsConfig {
+        let tool = build(&ctx.with_config(ToolsConfig {
             grep_max_results: 3,
-            ..config()
-        });
-        let out = ok(&*tool, &ctx, json!({"pattern": "x", "max_results": 100})).await;
+            ..ToolsConfig::default()
+        }));
+        let out = ok(&*tool, json!({"pattern": "x", "max_results": 100})).await;
         assert_eq!(
             out,
             "a.txt:1: x\na.txt:2: x\na.txt:3: x\n[results capped at 3; narrow the pattern, path or glob to see the rest]"
         );
-        let out = ok(&*tool, &ctx, json!({"pattern": "x", "max_results": 1})).await;
+        let out = ok(&*tool, json!({"pattern": "x", "max_results": 1})).await;
         assert!(out.starts_with("a.txt:1: x\n[results capped at 1"), "{out}");
     }
 
@@ -338,26 +333,19 @@ mod tests {
         w.write("bin.dat", "needle\0\0");
         w.write(".nexus/nexus.db", "needle");
         w.write("t.txt", "needle");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"pattern": "needle"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"pattern": "needle"})).await;
         assert_eq!(out, "t.txt:1: needle\n[skipped files: 1 binary]");
     }
 
     #[tokio::test]
     async fn a_bad_regex_or_glob_is_invalid_args() {
         let (_w, ctx) = world();
-        let tool = build(&config());
-        let m = fails(
-            &*tool,
-            &ctx,
-            json!({"pattern": "("}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
+        let tool = build(&ctx);
+        let m = fails(&*tool, json!({"pattern": "("}), ToolErrorKind::InvalidArgs).await;
         assert!(m.contains("regex"), "{m}");
         fails(
             &*tool,
-            &ctx,
             json!({"pattern": "a", "glob": "[a"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -368,14 +356,13 @@ mod tests {
     async fn the_outside_secret_is_never_searched() {
         let (w, ctx) = world();
         w.plant_escapes();
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"pattern": "secret"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"pattern": "secret"})).await;
         assert!(!out.contains(SECRET), "{out}");
         assert!(out.contains("1 refused by the sandbox"), "{out}");
         for path in ["link-dir", "link-file", "hard", "/"] {
             let m = fails(
                 &*tool,
-                &ctx,
                 json!({"pattern": "secret", "path": path}),
                 ToolErrorKind::Denied,
             )

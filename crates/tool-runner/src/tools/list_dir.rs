@@ -6,12 +6,15 @@
 use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{Spec, Tool, ToolCtx, blocking, parse_args};
-use crate::{error::ToolFailure, sandbox::EntryKind};
+use super::{ToolEnv, blocking};
+use crate::{
+    error::ToolFailure,
+    sandbox::{EntryKind, Workspace},
+};
 
 pub const NAME: &str = "list_dir";
 
@@ -20,19 +23,27 @@ const DEFAULT_MAX_ENTRIES: usize = 500;
 /// Entries listed at most, whatever the model asks.
 const MAX_ENTRIES: usize = 5000;
 
-pub fn build(_config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(ListDir)
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(ListDir {
+        ws: env.workspace.clone(),
+    })
 }
 
-pub struct ListDir;
+pub struct ListDir {
+    ws: Arc<Workspace>,
+}
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// Directory relative to the workspace
     #[serde(default = "dot")]
     path: String,
+    /// Also list subdirectories
     #[serde(default)]
     recursive: bool,
+    /// Entries to list at most (default 500)
+    #[schemars(range(min = 1, max = MAX_ENTRIES))]
     max_entries: Option<usize>,
 }
 
@@ -42,32 +53,25 @@ fn dot() -> String {
 
 #[async_trait]
 impl Tool for ListDir {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "List a directory of the workspace, sorted by name. Directories end with \
-                          '/', symbolic links with '@'. Paths shown are relative to the workspace.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "Directory relative to the workspace", "default": "."},
-                    "recursive": {"type": "boolean", "description": "Also list subdirectories", "default": false},
-                    "max_entries": {"type": "integer", "minimum": 1, "maximum": MAX_ENTRIES, "default": DEFAULT_MAX_ENTRIES}
-                },
-                "additionalProperties": false
-            }),
-            requires_approval: false,
-            timeout: Duration::from_secs(15),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "List a directory of the workspace, sorted by name. Directories end with \
+         '/', symbolic links with '@'. Paths shown are relative to the workspace."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+
+    async fn call(&self, _: &Caller, args: Args) -> Result<String, ToolFailure> {
         let max = args
             .max_entries
             .unwrap_or(DEFAULT_MAX_ENTRIES)
             .clamp(1, MAX_ENTRIES);
-        let ws = ctx.workspace.clone();
+        let ws = self.ws.clone();
         blocking(move || {
             let dir = ws.resolve(&args.path)?;
             let mut lines = Vec::new();
@@ -104,10 +108,12 @@ impl Tool for ListDir {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
@@ -116,29 +122,23 @@ mod tests {
         w.write("b.md", "");
         w.write("a/x.txt", "");
         w.write(".nexus/nexus.db", "");
-        let tool = build(&config());
-        assert_eq!(ok(&*tool, &ctx, json!({})).await, "a/\nb.md");
+        let tool = build(&ctx);
+        assert_eq!(ok(&*tool, json!({})).await, "a/\nb.md");
         assert_eq!(
-            ok(&*tool, &ctx, json!({"recursive": true})).await,
+            ok(&*tool, json!({"recursive": true})).await,
             "a/\na/x.txt\nb.md"
         );
-        assert_eq!(ok(&*tool, &ctx, json!({"path": "a"})).await, "a/x.txt");
+        assert_eq!(ok(&*tool, json!({"path": "a"})).await, "a/x.txt");
     }
 
     #[tokio::test]
     async fn symlinks_are_marked_and_not_entered() {
         let (w, ctx) = world();
         w.plant_escapes();
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"recursive": true})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"recursive": true})).await;
         assert_eq!(out, "hard\nlink-dir@\nlink-file@");
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": "link-dir"}),
-            ToolErrorKind::Denied,
-        )
-        .await;
+        fails(&*tool, json!({"path": "link-dir"}), ToolErrorKind::Denied).await;
         let name = w
             .outside
             .path()
@@ -149,18 +149,11 @@ mod tests {
             .to_owned();
         fails(
             &*tool,
-            &ctx,
             json!({"path": format!("../{name}")}),
             ToolErrorKind::Denied,
         )
         .await;
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": ".nexus"}),
-            ToolErrorKind::Denied,
-        )
-        .await;
+        fails(&*tool, json!({"path": ".nexus"}), ToolErrorKind::Denied).await;
     }
 
     #[tokio::test]
@@ -169,8 +162,8 @@ mod tests {
         for i in 0..5 {
             w.write(&format!("f{i}"), "");
         }
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"max_entries": 2})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"max_entries": 2})).await;
         assert!(
             out.starts_with("f0\nf1\n[listing stopped after 2 entries"),
             "{out}"
@@ -181,21 +174,9 @@ mod tests {
     async fn a_file_or_missing_path_is_not_a_directory() {
         let (w, ctx) = world();
         w.write("f.txt", "");
-        let tool = build(&config());
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": "f.txt"}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
-        fails(
-            &*tool,
-            &ctx,
-            json!({"path": "nope"}),
-            ToolErrorKind::NotFound,
-        )
-        .await;
-        assert_eq!(ok(&*tool, &ctx, json!({"path": "."})).await, "f.txt");
+        let tool = build(&ctx);
+        fails(&*tool, json!({"path": "f.txt"}), ToolErrorKind::InvalidArgs).await;
+        fails(&*tool, json!({"path": "nope"}), ToolErrorKind::NotFound).await;
+        assert_eq!(ok(&*tool, json!({"path": "."})).await, "f.txt");
     }
 }

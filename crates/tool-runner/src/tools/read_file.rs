@@ -10,63 +10,60 @@ use std::{
 };
 
 use async_trait::async_trait;
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{
-    Spec, Tool, ToolCtx, binary_refusal, blocking, looks_binary, next_line, parse_args, read_text,
-};
-use crate::error::ToolFailure;
+use super::{ToolEnv, binary_refusal, blocking, looks_binary, next_line, read_text};
+use crate::{error::ToolFailure, sandbox::Workspace};
 
 pub const NAME: &str = "read_file";
 
-pub fn build(config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(ReadFile {
-        max_file_bytes: config.max_file_bytes,
-        max_output_bytes: config.max_output_bytes,
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(ReadFile {
+        ws: env.workspace.clone(),
+        max_file_bytes: env.config.max_file_bytes,
+        max_output_bytes: env.config.max_output_bytes,
     })
 }
 
 pub struct ReadFile {
+    ws: Arc<Workspace>,
     max_file_bytes: u64,
     /// A range read stops collecting here; the runner cuts the rest anyway.
     max_output_bytes: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// File path relative to the workspace
     path: String,
+    /// First line to read (1-based)
+    #[schemars(range(min = 1))]
     offset_line: Option<u64>,
+    /// How many lines to read
+    #[schemars(range(min = 1))]
     limit_lines: Option<u64>,
 }
 
 #[async_trait]
 impl Tool for ReadFile {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "Read a text file in the workspace. Paths are relative to the workspace. \
-                          Give offset_line (1-based) and limit_lines to read part of a large file.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the workspace"},
-                    "offset_line": {"type": "integer", "minimum": 1, "description": "First line to read (1-based)"},
-                    "limit_lines": {"type": "integer", "minimum": 1, "description": "How many lines to read"}
-                },
-                "required": ["path"],
-                "additionalProperties": false
-            }),
-            requires_approval: false,
-            timeout: Duration::from_secs(10),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "Read a text file in the workspace. Paths are relative to the workspace. \
+         Give offset_line (1-based) and limit_lines to read part of a large file."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
-        let ws = ctx.workspace.clone();
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    async fn call(&self, _: &Caller, args: Args) -> Result<String, ToolFailure> {
+        let ws = self.ws.clone();
         let (max_file, max_out) = (self.max_file_bytes, self.max_output_bytes);
         blocking(move || {
             let path = ws.resolve(&args.path)?;
@@ -158,19 +155,22 @@ fn read_range(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use nexus_common::config::ToolsConfig;
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
         sandbox::tests::SECRET,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
     async fn a_whole_file_is_returned_as_is() {
         let (w, ctx) = world();
         w.write("notes/a.md", "line one\nline two\n");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"path": "notes/a.md"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"path": "notes/a.md"})).await;
         assert_eq!(out, "line one\nline two\n");
     }
 
@@ -179,10 +179,9 @@ mod tests {
         let (w, ctx) = world();
         let text: String = (1..=10).map(|i| format!("l{i}\n")).collect();
         w.write("t.txt", &text);
-        let tool = build(&config());
+        let tool = build(&ctx);
         let out = ok(
             &*tool,
-            &ctx,
             json!({"path": "t.txt", "offset_line": 3, "limit_lines": 2}),
         )
         .await;
@@ -190,11 +189,10 @@ mod tests {
             out,
             "[t.txt: lines 3-4]\nl3\nl4\n[more lines follow; continue with offset_line=5]"
         );
-        let out = ok(&*tool, &ctx, json!({"path": "t.txt", "offset_line": 9})).await;
+        let out = ok(&*tool, json!({"path": "t.txt", "offset_line": 9})).await;
         assert_eq!(out, "[t.txt: lines 9-10]\nl9\nl10\n");
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "t.txt", "offset_line": 11}),
             ToolErrorKind::InvalidArgs,
         )
@@ -206,13 +204,12 @@ mod tests {
     async fn a_file_over_the_size_limit_needs_a_line_range() {
         let (w, ctx) = world();
         w.write("big.txt", &"0123456789\n".repeat(20));
-        let tool = build(&ToolsConfig {
+        let tool = build(&ctx.with_config(ToolsConfig {
             max_file_bytes: 100,
-            ..config()
-        });
+            ..ToolsConfig::default()
+        }));
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "big.txt"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -220,7 +217,6 @@ mod tests {
         assert!(m.contains("offset_line"), "{m}");
         let out = ok(
             &*tool,
-            &ctx,
             json!({"path": "big.txt", "offset_line": 20, "limit_lines": 5}),
         )
         .await;
@@ -231,10 +227,9 @@ mod tests {
     async fn a_binary_file_is_refused_clearly() {
         let (w, ctx) = world();
         w.write("img.bin", "PNG\0\0\x01data");
-        let tool = build(&config());
+        let tool = build(&ctx);
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "img.bin"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -242,7 +237,6 @@ mod tests {
         assert!(m.contains("binary"), "{m}");
         fails(
             &*tool,
-            &ctx,
             json!({"path": "img.bin", "limit_lines": 1}),
             ToolErrorKind::InvalidArgs,
         )
@@ -252,31 +246,19 @@ mod tests {
     #[tokio::test]
     async fn missing_files_and_bad_arguments_are_told_apart() {
         let (_w, ctx) = world();
-        let tool = build(&config());
-        let m = fails(
-            &*tool,
-            &ctx,
-            json!({"path": "nope.md"}),
-            ToolErrorKind::NotFound,
-        )
-        .await;
+        let tool = build(&ctx);
+        let m = fails(&*tool, json!({"path": "nope.md"}), ToolErrorKind::NotFound).await;
         assert_eq!(m, "'nope.md' does not exist");
-        let m = fails(
-            &*tool,
-            &ctx,
-            json!({"file": "x"}),
-            ToolErrorKind::InvalidArgs,
-        )
-        .await;
+        let m = fails(&*tool, json!({"file": "x"}), ToolErrorKind::InvalidArgs).await;
         assert!(m.contains("unknown field `file`"), "{m}");
-        fails(&*tool, &ctx, json!({"path": 3}), ToolErrorKind::InvalidArgs).await;
+        fails(&*tool, json!({"path": 3}), ToolErrorKind::InvalidArgs).await;
     }
 
     #[tokio::test]
     async fn nothing_outside_the_workspace_can_be_read() {
         let (w, ctx) = world();
         w.plant_escapes();
-        let tool = build(&config());
+        let tool = build(&ctx);
         let outside_name = w
             .outside
             .path()
@@ -297,7 +279,7 @@ mod tests {
                 json!({"path": path}),
                 json!({"path": path, "offset_line": 1}),
             ] {
-                let m = fails(&*tool, &ctx, args, ToolErrorKind::Denied).await;
+                let m = fails(&*tool, args, ToolErrorKind::Denied).await;
                 assert!(!m.contains(SECRET), "{m}");
             }
         }

@@ -6,55 +6,52 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use nexus_common::config::ToolsConfig;
+use nexus_tools::{Caller, DynTool, Tool, typed};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{Spec, Tool, ToolCtx, blocking, parse_args};
-use crate::error::ToolFailure;
+use super::{ToolEnv, blocking};
+use crate::{error::ToolFailure, sandbox::Workspace};
 
 pub const NAME: &str = "write_file";
 
-pub fn build(config: &ToolsConfig) -> Arc<dyn Tool> {
-    Arc::new(WriteFile {
-        max_file_bytes: config.max_file_bytes,
+pub fn build(env: &ToolEnv) -> Arc<dyn DynTool> {
+    typed(WriteFile {
+        ws: env.workspace.clone(),
+        max_file_bytes: env.config.max_file_bytes,
     })
 }
 
 pub struct WriteFile {
+    ws: Arc<Workspace>,
     max_file_bytes: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct Args {
+    /// File path relative to the workspace
     path: String,
+    /// The complete new content of the file
     content: String,
 }
 
 #[async_trait]
 impl Tool for WriteFile {
-    fn spec(&self) -> Spec {
-        Spec {
-            name: NAME,
-            description: "Create or overwrite a text file in the workspace with the given content. \
-                          Missing parent directories are created. Paths are relative to the workspace.",
-            parameters: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the workspace"},
-                    "content": {"type": "string", "description": "The complete new content of the file"}
-                },
-                "required": ["path", "content"],
-                "additionalProperties": false
-            }),
-            requires_approval: false,
-            timeout: Duration::from_secs(10),
-        }
+    type Args = Args;
+    const NAME: &'static str = NAME;
+
+    fn description(&self) -> String {
+        "Create or overwrite a text file in the workspace with the given content. \
+         Missing parent directories are created. Paths are relative to the workspace."
+            .into()
     }
 
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure> {
-        let args: Args = parse_args(args)?;
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    async fn call(&self, _: &Caller, args: Args) -> Result<String, ToolFailure> {
         if args.content.len() as u64 > self.max_file_bytes {
             return Err(ToolFailure::invalid_args(format!(
                 "content is {} bytes, more than the {}-byte file limit",
@@ -62,7 +59,7 @@ impl Tool for WriteFile {
                 self.max_file_bytes
             )));
         }
-        let ws = ctx.workspace.clone();
+        let ws = self.ws.clone();
         blocking(move || {
             let path = ws.resolve(&args.path)?;
             let created = ws.write_atomic(&path, args.content.as_bytes())?;
@@ -80,19 +77,21 @@ impl Tool for WriteFile {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use nexus_common::config::ToolsConfig;
+    use serde_json::json;
+
     use super::*;
     use crate::{
         error::ToolErrorKind,
-        tools::testing::{config, fails, ok, world},
+        tools::testing::{fails, ok, world},
     };
 
     #[tokio::test]
     async fn a_new_file_is_created_with_its_directories() {
         let (w, ctx) = world();
-        let tool = build(&config());
+        let tool = build(&ctx);
         let out = ok(
             &*tool,
-            &ctx,
             json!({"path": "docs/new/plan.md", "content": "# Plan\n"}),
         )
         .await;
@@ -104,8 +103,8 @@ mod tests {
     async fn an_existing_file_is_replaced_whole() {
         let (w, ctx) = world();
         w.write("a.txt", "a long original text");
-        let tool = build(&config());
-        let out = ok(&*tool, &ctx, json!({"path": "a.txt", "content": "short"})).await;
+        let tool = build(&ctx);
+        let out = ok(&*tool, json!({"path": "a.txt", "content": "short"})).await;
         assert_eq!(out, "overwrote 'a.txt' (5 bytes)");
         assert_eq!(w.read("a.txt"), "short");
     }
@@ -114,10 +113,9 @@ mod tests {
     async fn a_directory_is_not_overwritten() {
         let (w, ctx) = world();
         w.write("dir/x", "x");
-        let tool = build(&config());
+        let tool = build(&ctx);
         let m = fails(
             &*tool,
-            &ctx,
             json!({"path": "dir", "content": "x"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -125,7 +123,6 @@ mod tests {
         assert!(m.contains("directory"), "{m}");
         fails(
             &*tool,
-            &ctx,
             json!({"path": "dir/x/y", "content": "x"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -135,13 +132,12 @@ mod tests {
     #[tokio::test]
     async fn content_over_the_file_limit_is_refused() {
         let (_w, ctx) = world();
-        let tool = build(&ToolsConfig {
+        let tool = build(&ctx.with_config(ToolsConfig {
             max_file_bytes: 4,
-            ..config()
-        });
+            ..ToolsConfig::default()
+        }));
         fails(
             &*tool,
-            &ctx,
             json!({"path": "a", "content": "12345"}),
             ToolErrorKind::InvalidArgs,
         )
@@ -152,7 +148,7 @@ mod tests {
     async fn nothing_outside_the_workspace_can_be_written() {
         let (w, ctx) = world();
         w.plant_escapes();
-        let tool = build(&config());
+        let tool = build(&ctx);
         let outside_name = w
             .outside
             .path()
@@ -176,7 +172,6 @@ mod tests {
         ] {
             fails(
                 &*tool,
-                &ctx,
                 json!({"path": path, "content": "pwned"}),
                 ToolErrorKind::Denied,
             )
