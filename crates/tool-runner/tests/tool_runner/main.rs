@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod liveness;
+
 use std::{path::PathBuf, time::Duration};
 
 use nexus_bus::{Bus, BusError, TraceContext};
@@ -13,7 +15,8 @@ use nexus_proto::{
     Message,
     v1::{ToolCall, ToolContext, ToolErrorKind, ToolResult, ToolSpec, tool_result::Outcome},
 };
-use nexus_testkit::{TestEnv, nats_url};
+use nexus_testkit::{TestEnv, eventually, nats_url};
+use nexus_tools::ToolDirectory;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -157,7 +160,7 @@ impl TestApp {
         assert_eq!(entries, 1, "something was created outside the workspace");
     }
 
-    /// Cancels, checks that `run` returned Ok, and removes the KV bucket.
+    /// Cancels and checks that `run` returned Ok.
     async fn stop(self) -> (TestEnv, tempfile::TempDir) {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
@@ -165,12 +168,23 @@ impl TestApp {
             .expect("run did not return after shutdown")
             .unwrap();
         assert!(result.is_ok(), "run failed: {result:?}");
-        let _ = self
-            .bus
-            .jetstream()
-            .delete_key_value(self.bus.subjects().tools_bucket())
-            .await;
         (self.env, self.outside)
+    }
+
+    /// The tools the namespace's providers announce, once `want` of them are live.
+    async fn announced(&self, want: usize) -> std::collections::BTreeMap<String, ToolSpec> {
+        let directory = ToolDirectory::start(&self.bus, CancellationToken::new())
+            .await
+            .unwrap();
+        eventually(
+            "the tools to be announced",
+            Duration::from_secs(20),
+            || async {
+                let specs = directory.specs();
+                (specs.len() == want).then_some(specs)
+            },
+        )
+        .await
     }
 }
 
@@ -359,17 +373,12 @@ async fn a_garbage_payload_gets_an_invalid_args_result() {
 }
 
 #[tokio::test]
-async fn the_kv_bucket_holds_the_specs_of_all_six_tools() {
+async fn all_six_tools_are_announced_with_their_specs() {
     let app = spawn_app().await;
-    let store = app
-        .bus
-        .jetstream()
-        .get_key_value(app.bus.subjects().tools_bucket())
-        .await
-        .unwrap();
+    let specs = app.announced(ALL_TOOLS.len()).await;
+    assert_eq!(specs.keys().collect::<Vec<_>>(), ALL_TOOLS);
     for name in ALL_TOOLS {
-        let value = store.get(name).await.unwrap().expect(name);
-        let spec = ToolSpec::decode(value).unwrap();
+        let spec = &specs[name];
         assert_eq!(spec.name, name);
         assert!(
             spec.provider.starts_with("tool-runner/"),
@@ -382,30 +391,19 @@ async fn the_kv_bucket_holds_the_specs_of_all_six_tools() {
         assert_eq!(schema["type"], "object");
         assert_eq!(spec.requires_approval, name == "delete_file");
     }
-    use futures::TryStreamExt;
-    let mut stored: Vec<String> = store.keys().await.unwrap().try_collect().await.unwrap();
-    stored.sort();
-    assert_eq!(stored, ALL_TOOLS);
     app.stop().await;
 }
 
 #[tokio::test]
-async fn a_disabled_tool_is_neither_served_nor_published() {
-    // First a run with every tool, so the bucket holds delete_file's spec.
-    let app = spawn_app().await;
-    let (mut env, outside) = app.stop_keeping_bucket().await;
+async fn a_disabled_tool_is_neither_served_nor_announced() {
+    let mut env = TestEnv::new();
     env.config.tools.disabled = vec!["delete_file".into()];
-    let app = spawn_app_with(env, outside).await;
+    let app = spawn_app_with(env, tempfile::tempdir().unwrap()).await;
     app.write("keep.md", "keep");
 
-    let store = app
-        .bus
-        .jetstream()
-        .get_key_value(app.bus.subjects().tools_bucket())
-        .await
-        .unwrap();
-    assert!(store.get("delete_file").await.unwrap().is_none());
-    assert!(store.get("read_file").await.unwrap().is_some());
+    let specs = app.announced(ALL_TOOLS.len() - 1).await;
+    assert!(!specs.contains_key("delete_file"));
+    assert!(specs.contains_key("read_file"));
     let err = app
         .try_call("delete_file", json!({"path": "keep.md"}))
         .await
@@ -437,19 +435,6 @@ async fn shutdown_returns_ok_and_the_tools_stop_answering() {
         .await
         .unwrap_err();
     assert!(matches!(err, BusError::NoResponders { .. }), "{err}");
-}
-
-impl TestApp {
-    /// Like [`TestApp::stop`] but leaves the bucket for the next run.
-    async fn stop_keeping_bucket(self) -> (TestEnv, tempfile::TempDir) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
-            .await
-            .expect("run did not return after shutdown")
-            .unwrap();
-        assert!(result.is_ok(), "run failed: {result:?}");
-        (self.env, self.outside)
-    }
 }
 
 fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
