@@ -233,7 +233,7 @@ async fn summarize_batch(
     };
     agent
         .bus
-        .emit(event::Kind::LlmUsage(LlmUsageEvent {
+        .emit_counted(event::Kind::LlmUsage(LlmUsageEvent {
             turn_id: format!("journal:{session_id}"),
             model: routed.model.clone(),
             provider: crate::turn::provider_of(&routed.model),

@@ -690,7 +690,7 @@ impl Agent {
             usage.input_tokens = usage.input_tokens.saturating_add(resp.usage.input_tokens);
             usage.output_tokens = usage.output_tokens.saturating_add(resp.usage.output_tokens);
             self.bus
-                .emit(event::Kind::LlmUsage(LlmUsageEvent {
+                .emit_counted(event::Kind::LlmUsage(LlmUsageEvent {
                     turn_id: turn.msg.id.clone(),
                     model: routed.model.clone(),
                     provider: provider_of(&routed.model),

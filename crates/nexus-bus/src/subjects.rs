@@ -168,10 +168,6 @@ impl Subjects {
     pub fn approvals_bucket(&self) -> String {
         format!("{}_approvals", self.ns)
     }
-    /// KV bucket where tool-runner publishes its `ToolSpec`s, one key per tool.
-    pub fn tools_bucket(&self) -> String {
-        format!("{}_tools", self.ns)
-    }
     /// Object store bucket for media.
     pub fn media_bucket(&self) -> String {
         format!("{}_media", self.ns)
