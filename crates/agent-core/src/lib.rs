@@ -13,6 +13,7 @@ pub mod commands;
 pub mod context;
 pub mod journal;
 pub mod llm;
+pub mod message;
 pub mod progress;
 pub mod tools;
 pub mod turn;
@@ -80,7 +81,7 @@ pub async fn run_with_model(
             },
             Duration::from_secs(config.llm.cooldown_secs),
         ),
-        tools: ToolDirectory::start(bus.clone(), shutdown.clone())
+        tools: ToolDirectory::start(bus.clone(), Arc::new(config.clone()), shutdown.clone())
             .await
             .context("following the tools' announcements")?,
         providers: ProviderEnv::from_env(),

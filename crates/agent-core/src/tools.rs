@@ -1,17 +1,18 @@
 //! The tools agent-core can offer the model: live as their providers announce
 //! them (`nexus_tools::ToolDirectory`), and called over `N.tool.<name>` in the
-//! encoding each provider speaks.
+//! encoding each provider speaks — plus `message`, which agent-core serves itself
+//! (it only queues an `OutboundMessage`).
 //!
-//! agent-core never executes a tool itself; failures come back as data.
+//! Failures come back as data.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use nexus_bus::{Bus, BusError, TraceContext};
-use nexus_common::{domain::ToolName, shutdown::CancellationToken};
+use nexus_common::{Config, domain::ToolName, shutdown::CancellationToken};
 use nexus_proto::v1::{ToolCall, ToolError, ToolErrorKind, ToolResult, ToolSpec, tool_result};
 use nexus_tools::wire::{self, Encoding};
 
-use crate::llm::LlmTool;
+use crate::{llm::LlmTool, message};
 
 /// Tool specs by name.
 pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
@@ -20,19 +21,34 @@ pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
 #[derive(Clone)]
 pub struct ToolDirectory {
     bus: Bus,
+    config: Arc<Config>,
     live: nexus_tools::ToolDirectory,
 }
 
 impl ToolDirectory {
     /// Starts following the providers' announcements until `shutdown`.
-    pub async fn start(bus: Bus, shutdown: CancellationToken) -> Result<Self, BusError> {
+    pub async fn start(
+        bus: Bus,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, BusError> {
         let live = nexus_tools::ToolDirectory::start(&bus, shutdown).await?;
-        Ok(Self { bus, live })
+        Ok(Self { bus, config, live })
     }
 
     /// The tools available now.
     pub async fn specs(&self) -> Specs {
-        Arc::new(self.live.specs())
+        let mut specs = self.live.specs();
+        if !self
+            .config
+            .tools
+            .disabled
+            .iter()
+            .any(|d| d == message::NAME)
+        {
+            specs.insert(message::NAME.to_owned(), message::spec());
+        }
+        Arc::new(specs)
     }
 
     /// Runs one call on tool-runner. Every failure becomes a `ToolResult` error the model can read.
@@ -62,6 +78,30 @@ impl ToolDirectory {
         let Ok(name) = ToolName::parse(&spec.name) else {
             return failed(ToolErrorKind::NotFound, "Invalid tool name.".into(), false);
         };
+        if spec.name == message::NAME {
+            let turn_id = call
+                .context
+                .as_ref()
+                .map(|c| c.turn_id.as_str())
+                .unwrap_or("");
+            let sent = match serde_json::from_str(&call.arguments_json) {
+                Ok(arguments) => {
+                    message::send(&self.bus, &self.config, turn_id, arguments, trace).await
+                }
+                Err(e) => Err(nexus_tools::ToolFailure::invalid_args(format!(
+                    "arguments are not valid JSON: {e}"
+                ))),
+            };
+            return ToolResult {
+                call_id: call.call_id.clone(),
+                name: call.name.clone(),
+                outcome: Some(match sent {
+                    Ok(text) => tool_result::Outcome::Output(text),
+                    Err(failure) => tool_result::Outcome::Error(failure.into()),
+                }),
+                ..Default::default()
+            };
+        }
         let timeout = Duration::from_millis(spec.timeout_ms.max(1000)) + Duration::from_secs(2);
         let encoding = Encoding::of_spec(spec);
         let answer = self

@@ -42,6 +42,9 @@ pub enum Reply {
     StatusRetryAfter(u16, String),
     /// A 200 whose body is not a valid completion.
     Junk,
+    /// Never answers: the request stays open (counted in flight) until the client
+    /// gives up — a provider that hangs, or a turn caught in the middle.
+    Hang,
 }
 
 #[derive(Default)]
@@ -176,6 +179,10 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if matches!(reply, Reply::Hang) {
+        // In flight until the client closes the connection, which drops this future.
+        return std::future::pending().await;
+    }
     if let Ok(mut i) = inner.lock()
         && let Some(n) = i.in_flight.get_mut(&requested)
     {
@@ -196,6 +203,7 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
                 .into_response();
         }
         Reply::Text(t) => (t, vec![]),
+        Reply::Hang => return std::future::pending().await,
         Reply::ToolCalls(c) => (String::new(), c),
         Reply::EchoLastTool(prefix) => {
             let last = body["messages"]

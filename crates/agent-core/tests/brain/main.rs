@@ -34,6 +34,7 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 }
 
 mod journal;
+mod message;
 mod provider_errors;
 
 /// Publishes a user message the way a gateway does; returns its id.
