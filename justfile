@@ -21,7 +21,8 @@ chat *ARGS:
 
 # Formatting, lints and every test (Rust and the WhatsApp bridge). Needs NATS (JetStream)
 # on 127.0.0.1:4222, PostgreSQL on 127.0.0.1:5432, nats-server and Node.js 20+ on PATH,
-# and python3 with nats-py (examples/python-plugin/requirements.txt).
+# python3 with nats-py (examples/python-plugin/requirements.txt) and mcp-server-time, and
+# `npm ci` done in crates/tool-runner/tests/mcp-servers (.ci/run installs all of these).
 test:
     cd bridge && npm ci --no-audit --no-fund && npm test
     cargo fmt --all --check

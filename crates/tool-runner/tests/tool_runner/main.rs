@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod liveness;
+mod mcp;
 
 use std::{path::PathBuf, time::Duration};
 
