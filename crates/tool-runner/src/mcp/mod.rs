@@ -276,18 +276,31 @@ impl Supervisor {
         let mut offered = BTreeMap::new();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut why = self.offer(&peer, &mut offered).await.err();
-        while why.is_none() {
-            why = tokio::select! {
-                () = self.stop.cancelled() => break,
-                () = list_changed.notified() => self.offer(&peer, &mut offered).await.err(),
-                _ = ping.tick() => self.ping(&peer).await.err(),
+        let gone = if self.config.command.is_some() {
+            "the server process exited"
+        } else {
+            "the connection closed"
+        };
+        // Listing and pinging wait for the server, so they give way to `stop` too.
+        let mut step = self.unless_stopped(self.offer(&peer, &mut offered)).await;
+        let why = loop {
+            match step {
+                None => break None,
+                Some(Err(why)) => break Some(why),
+                Some(Ok(())) => {}
+            }
+            step = tokio::select! {
+                () = self.stop.cancelled() => None,
+                () = list_changed.notified() => {
+                    self.unless_stopped(self.offer(&peer, &mut offered)).await
+                }
+                _ = ping.tick() => self.unless_stopped(self.ping(&peer)).await,
                 _ = &mut ended => {
                     is_over = true;
-                    Some("the connection closed (the server exited)".to_owned())
+                    Some(Err(gone.to_owned()))
                 }
             };
-        }
+        };
         for name in offered.keys() {
             self.tools.remove(name);
         }
@@ -301,6 +314,14 @@ impl Supervisor {
             }
         }
         why
+    }
+
+    /// `work`, unless `stop` comes first (then `None`).
+    async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = work => Some(done),
+            () = self.stop.cancelled() => None,
+        }
     }
 
     /// Lists the server's tools and brings the offered set in line with it.
@@ -320,7 +341,7 @@ impl Supervisor {
             }
         };
         let mut now = BTreeMap::new();
-        let mut skipped = 0;
+        let (mut skipped, mut unserved) = (0, 0);
         for listed in &listed {
             match McpTool::new(&self.name, listed, peer.clone(), self.timeout) {
                 Ok(tool) => {
@@ -348,7 +369,7 @@ impl Supervisor {
                     offered.insert(name, spec);
                 }
                 Err(error) => {
-                    skipped += 1;
+                    unserved += 1;
                     tracing::warn!(server = %self.name, tool = %name, %error, "MCP tool not served");
                 }
             }
@@ -356,6 +377,9 @@ impl Supervisor {
         let mut status = format!("up, {} tools", offered.len());
         if skipped > 0 {
             status.push_str(&format!(", {skipped} skipped (invalid names)"));
+        }
+        if unserved > 0 {
+            status.push_str(&format!(", {unserved} not served (see the log)"));
         }
         tracing::info!(server = %self.name, tools = ?offered.keys().collect::<Vec<_>>(), skipped, "MCP server up");
         self.tools.set_status(&self.status_key, status);
