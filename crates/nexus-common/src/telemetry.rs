@@ -45,7 +45,11 @@ const GENAI_EMPTY_CHOICE: &str = "genai::adapter::adapters::openai::streamer=err
 /// `rust_log` (or the defaults at `level`), with genai's empty-choice warning quieted
 /// unless `rust_log` asks about genai itself.
 fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
-    let defaults = || EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn,genai=warn"));
+    let defaults = || {
+        EnvFilter::new(format!(
+            "{level},sqlx=warn,async_nats=warn,genai=warn,rmcp=warn"
+        ))
+    };
     let filter = rust_log
         .and_then(|r| EnvFilter::try_new(r).ok())
         .unwrap_or_else(defaults);
