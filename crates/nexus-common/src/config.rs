@@ -150,8 +150,13 @@ pub struct ToolsConfig {
     /// Tools that are switched off by name.
     #[serde(deserialize_with = "list")]
     pub disabled: Vec<String>,
+    /// Tools whose every call waits for a person's yes in the chat (e.g. `exec`).
+    #[serde(deserialize_with = "list")]
+    pub require_approval: Vec<String>,
     /// `web_search` and `fetch_url`.
     pub web: WebToolsConfig,
+    /// `exec`: commands in the sandbox.
+    pub exec: ExecToolsConfig,
     /// MCP servers whose tools tool-runner offers as `<server>__<tool>`.
     pub mcp: Vec<McpServerConfig>,
 }
@@ -179,6 +184,63 @@ impl Default for WebToolsConfig {
             timeout_secs: 20,
             max_page_bytes: 5 * 1024 * 1024,
             max_redirects: 5,
+        }
+    }
+}
+
+/// `[tools.exec]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecToolsConfig {
+    /// Offer `exec` where its sandbox can be set up (it never runs without one).
+    pub enabled: bool,
+    /// Give commands the host's network (off: a network namespace of their own).
+    pub network: bool,
+    /// Seconds a command may run, and the default when the call gives none.
+    pub timeout_secs: u64,
+    /// Memory of each process of a command, in MiB (address space).
+    pub memory_mb: u64,
+    /// `sandbox` (namespaces, landlock, seccomp, rlimits) or `docker`.
+    pub backend: ExecBackend,
+    /// Processes a command may have at once.
+    pub max_processes: u64,
+    /// Largest file a command may write, in MiB.
+    pub max_file_mb: u64,
+    /// The `nexus-sandbox` helper; empty means the one beside the tool-runner binary.
+    pub helper: String,
+    /// Host user and group a command runs as when tool-runner runs as root.
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// Image of the throwaway container (`backend = "docker"`).
+    pub docker_image: String,
+    /// The docker CLI.
+    pub docker_bin: String,
+}
+
+/// Where `exec` runs commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecBackend {
+    #[default]
+    Sandbox,
+    Docker,
+}
+
+impl Default for ExecToolsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            network: false,
+            timeout_secs: 60,
+            memory_mb: 1024,
+            backend: ExecBackend::Sandbox,
+            max_processes: 128,
+            max_file_mb: 256,
+            helper: String::new(),
+            sandbox_uid: 65534,
+            sandbox_gid: 65534,
+            docker_image: "python:3.13-slim".to_owned(),
+            docker_bin: "docker".to_owned(),
         }
     }
 }
@@ -330,7 +392,9 @@ impl Default for ToolsConfig {
             grep_max_results: 200,
             max_file_bytes: 10 * 1024 * 1024,
             disabled: Vec::new(),
+            require_approval: Vec::new(),
             web: WebToolsConfig::default(),
+            exec: ExecToolsConfig::default(),
             mcp: Vec::new(),
         }
     }
@@ -481,7 +545,9 @@ impl Config {
             let name = &server.name;
             let valid = !name.is_empty()
                 && name.len() <= 32
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !name.contains("__");
             if !valid {
                 return Err(ConfigError::Invalid(format!(
@@ -499,6 +565,13 @@ impl Config {
                     "[[tools.mcp]] {name}: two servers share this name"
                 )));
             }
+        }
+        let exec = &self.tools.exec;
+        if exec.timeout_secs == 0 || exec.memory_mb < 16 || exec.max_processes == 0 {
+            return Err(ConfigError::Invalid(
+                "[tools.exec] timeout_secs and max_processes must be at least 1, memory_mb at least 16"
+                    .into(),
+            ));
         }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(
@@ -753,6 +826,34 @@ mod tests {
             c.llm.routes.contains_key("coding"),
             "route names are lowercased like settings"
         );
+    }
+
+    #[test]
+    fn exec_settings_come_from_the_file_or_the_environment() {
+        let c = Config::from_sources(None, env(&[])).unwrap();
+        assert!(c.tools.exec.enabled && !c.tools.exec.network);
+        assert_eq!(c.tools.exec.backend, ExecBackend::Sandbox);
+        assert!(c.tools.require_approval.is_empty());
+        let toml = "[tools]\nrequire_approval = [\"exec\"]\n[tools.exec]\nbackend = \"docker\"\nmemory_mb = 512\n";
+        let c = Config::from_sources(
+            Some((Path::new("n.toml"), toml)),
+            env(&[
+                ("NEXUS__TOOLS__EXEC__NETWORK", "true"),
+                ("NEXUS__TOOLS__EXEC__TIMEOUT_SECS", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tools.require_approval, ["exec"]);
+        let exec = &c.tools.exec;
+        assert_eq!(exec.backend, ExecBackend::Docker);
+        assert_eq!((exec.memory_mb, exec.timeout_secs), (512, 5));
+        assert!(exec.network);
+        let err =
+            Config::from_sources(None, env(&[("NEXUS__TOOLS__EXEC__BACKEND", "vm")])).unwrap_err();
+        assert!(err.to_string().contains("vm"), "{err}");
+        let err = Config::from_sources(None, env(&[("NEXUS__TOOLS__EXEC__TIMEOUT_SECS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("[tools.exec]"), "{err}");
     }
 
     #[test]
