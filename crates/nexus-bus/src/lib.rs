@@ -623,6 +623,36 @@ impl Bus {
         Ok(found)
     }
 
+    /// Whether a live instance of `service` answers in this namespace: returns at
+    /// the first answer (a `$SRV.PING.<service>`), `false` once `wait` passed.
+    pub async fn is_served(&self, service: &str, wait: Duration) -> Result<bool, BusError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        self.client
+            .publish_with_reply(format!("$SRV.PING.{service}"), inbox, Bytes::new())
+            .await
+            .map_err(BusError::nats)?;
+        let namespace = self.subjects.namespace().to_string();
+        let found = tokio::time::timeout(wait, async {
+            while let Some(msg) = sub.next().await {
+                if let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload)
+                    && ping.metadata.get("namespace") == Some(&namespace)
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        let _ = sub.unsubscribe().await;
+        Ok(found)
+    }
+
     /// Opens a KV bucket, creating it (with `history` revisions per key) if missing.
     ///
     /// Not `create_key_value`: async-nats 0.51 first queries the account and cannot

@@ -55,8 +55,11 @@ struct Channel {
 pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     let bus = Bus::connect(&config, "nexus-cli").await?;
     bus.ensure_streams().await?;
-    let alive = bus.discover_services(Duration::from_millis(750)).await?;
-    if !alive.iter().any(|s| s.name == "agent-core") {
+    // The first agent-core that answers is enough (no fixed wait for all replicas).
+    if !bus
+        .is_served("agent-core", Duration::from_millis(750))
+        .await?
+    {
         bail!(
             "no agent-core is running in namespace \"{}\" on {}. Start the stack with `nexus up` (or `just up`) in \
              another terminal.",
