@@ -1,11 +1,12 @@
 //! Test harness shared by every suite: a fresh namespace and workspace per test,
 //! the built binaries started as real processes, and fakes of external services
-//! (LLM providers) served on loopback in their own wire format.
+//! (LLM providers, web sites) served on loopback in their own wire format.
 //!
 //! Our own infrastructure is never faked: tests use the NATS at `NATS_URL`
 //! (default `nats://127.0.0.1:4222`) and the PostgreSQL at `TEST_POSTGRES_URL`.
 
 pub mod fake_openai;
+pub mod fake_site;
 pub mod nats;
 pub mod plugins;
 pub mod process;

@@ -6,64 +6,49 @@
 
 mod delete_file;
 mod edit_file;
+mod fetch_url;
 mod grep_search;
 mod list_dir;
 mod read_file;
+mod web_search;
 mod write_file;
 
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, Read},
     sync::Arc,
-    time::Duration,
 };
 
-use async_trait::async_trait;
 use nexus_common::config::ToolsConfig;
-use serde::de::DeserializeOwned;
+use nexus_tools::{DynTool, Spec};
 
+pub use self::web_search::BraveApi;
 use crate::{error::ToolFailure, sandbox::Workspace};
 
-/// What a tool is, for the model and for policy. Converted to the protobuf
-/// `ToolSpec` only when published.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    pub name: &'static str,
-    pub description: &'static str,
-    /// JSON Schema of the arguments object.
-    pub parameters: serde_json::Value,
-    /// A human must say yes before each call.
-    pub requires_approval: bool,
-    /// How long one call may run.
-    pub timeout: Duration,
-}
-
-/// Who is calling. Travels beside the arguments; the model never sees it.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub session_id: String,
-    pub user_id: String,
-    pub turn_id: String,
-}
-
-/// Everything a call may use besides its arguments.
-#[derive(Debug, Clone)]
-pub struct ToolCtx {
+/// What building a tool may use.
+#[derive(Clone)]
+pub struct ToolEnv {
     pub workspace: Arc<Workspace>,
-    pub caller: Caller,
+    pub config: ToolsConfig,
+    /// Brave Search for `web_search` (`BRAVE_API_KEY`, read once at start); `Err`
+    /// says why it is not offered.
+    pub brave: Result<BraveApi, String>,
 }
 
-/// One tool.
-#[async_trait]
-pub trait Tool: Send + Sync + 'static {
-    fn spec(&self) -> Spec;
-    /// Runs the tool. The text returned is shown to the model (after the size cap).
-    async fn call(&self, ctx: &ToolCtx, args: serde_json::Value) -> Result<String, ToolFailure>;
+impl ToolEnv {
+    /// The same workspace with other `[tools]` settings.
+    pub fn with_config(&self, config: ToolsConfig) -> Self {
+        Self {
+            workspace: self.workspace.clone(),
+            config,
+            brave: self.brave.clone(),
+        }
+    }
 }
 
-type Build = fn(&ToolsConfig) -> Arc<dyn Tool>;
+type Build = fn(&ToolEnv) -> Arc<dyn DynTool>;
 
-/// Every tool tool-runner knows, by name.
+/// Every tool tool-runner knows, by name. A new tool is one file and one line here.
 pub const ALL: &[(&str, Build)] = &[
     (read_file::NAME, read_file::build),
     (write_file::NAME, write_file::build),
@@ -71,16 +56,26 @@ pub const ALL: &[(&str, Build)] = &[
     (list_dir::NAME, list_dir::build),
     (grep_search::NAME, grep_search::build),
     (delete_file::NAME, delete_file::build),
+    (web_search::NAME, web_search::build),
+    (fetch_url::NAME, fetch_url::build),
 ];
+
+/// Whether a tool can be offered here; `Err` says why not (`nexus status`).
+type Offered = fn(&ToolEnv) -> Result<(), String>;
+
+/// Tools offered only when what they need is there.
+const CONDITIONS: &[(&str, Offered)] = &[(web_search::NAME, web_search::offered)];
 
 /// The tools this process serves: all of [`ALL`] minus `[tools] disabled`.
 pub struct Registry {
-    tools: BTreeMap<&'static str, (Spec, Arc<dyn Tool>)>,
+    tools: BTreeMap<&'static str, (Spec, Arc<dyn DynTool>)>,
     disabled: Vec<&'static str>,
+    not_offered: Vec<(&'static str, String)>,
 }
 
 impl Registry {
-    pub fn from_config(config: &ToolsConfig) -> Self {
+    pub fn build(env: &ToolEnv) -> Self {
+        let config = &env.config;
         for name in &config.disabled {
             if !ALL.iter().any(|(n, _)| n == name) {
                 tracing::warn!(tool = %name, "[tools] disabled names a tool that does not exist");
@@ -88,23 +83,33 @@ impl Registry {
         }
         let mut tools = BTreeMap::new();
         let mut disabled = Vec::new();
+        let mut not_offered = Vec::new();
         for (name, build) in ALL {
             if config.disabled.iter().any(|d| d == name) {
                 disabled.push(*name);
                 continue;
             }
-            let tool = build(config);
+            let condition = CONDITIONS.iter().find(|(n, _)| n == name);
+            if let Some(Err(why)) = condition.map(|(_, offered)| offered(env)) {
+                not_offered.push((*name, why));
+                continue;
+            }
+            let tool = build(env);
             tools.insert(*name, (tool.spec(), tool));
         }
-        Self { tools, disabled }
+        Self {
+            tools,
+            disabled,
+            not_offered,
+        }
     }
 
     /// Served tools in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Spec, &Arc<dyn Tool>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Spec, &Arc<dyn DynTool>)> {
         self.tools.values().map(|(s, t)| (s, t))
     }
 
-    pub fn get(&self, name: &str) -> Option<(&Spec, &Arc<dyn Tool>)> {
+    pub fn get(&self, name: &str) -> Option<(&Spec, &Arc<dyn DynTool>)> {
         self.tools.get(name).map(|(s, t)| (s, t))
     }
 
@@ -112,12 +117,11 @@ impl Registry {
     pub fn disabled(&self) -> &[&'static str] {
         &self.disabled
     }
-}
 
-/// Parses the arguments object into a tool's typed arguments.
-fn parse_args<T: DeserializeOwned>(args: serde_json::Value) -> Result<T, ToolFailure> {
-    serde_json::from_value(args)
-        .map_err(|e| ToolFailure::invalid_args(format!("invalid arguments: {e}")))
+    /// Known tools that cannot be offered here, and why.
+    pub fn not_offered(&self) -> &[(&'static str, String)] {
+        &self.not_offered
+    }
 }
 
 /// Runs filesystem work off the async threads.
@@ -201,43 +205,41 @@ fn binary_refusal(shown: &str) -> ToolFailure {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod testing {
+    use nexus_tools::Caller;
+
     use super::*;
     use crate::{error::ToolErrorKind, sandbox::tests::World};
 
-    /// A world (workspace + outside secret) and a context for calls in it.
-    pub(crate) fn world() -> (World, ToolCtx) {
+    /// A world (workspace + outside secret) and what tools are built from in it.
+    pub(crate) fn world() -> (World, ToolEnv) {
         let world = World::new();
-        let ctx = ToolCtx {
+        let env = ToolEnv {
             workspace: Arc::new(Workspace::open(world.dir.path()).unwrap()),
-            caller: Caller::default(),
+            config: ToolsConfig::default(),
+            brave: Err("BRAVE_API_KEY is not set".into()),
         };
-        (world, ctx)
+        (world, env)
     }
 
-    pub(crate) async fn ok(tool: &dyn Tool, ctx: &ToolCtx, args: serde_json::Value) -> String {
-        match tool.call(ctx, args.clone()).await {
+    pub(crate) async fn ok(tool: &dyn DynTool, args: serde_json::Value) -> String {
+        match tool.call_json(&Caller::default(), args.clone()).await {
             Ok(out) => out,
             Err(e) => panic!("{} {args} failed: {e:?}", tool.spec().name),
         }
     }
 
     pub(crate) async fn fails(
-        tool: &dyn Tool,
-        ctx: &ToolCtx,
+        tool: &dyn DynTool,
         args: serde_json::Value,
         kind: ToolErrorKind,
     ) -> String {
-        match tool.call(ctx, args.clone()).await {
+        match tool.call_json(&Caller::default(), args.clone()).await {
             Err(e) if e.kind == kind => e.message,
             other => panic!(
                 "{} {args}: expected {kind:?}, got {other:?}",
                 tool.spec().name
             ),
         }
-    }
-
-    pub(crate) fn config() -> ToolsConfig {
-        ToolsConfig::default()
     }
 }
 
@@ -248,32 +250,44 @@ mod tests {
 
     #[test]
     fn the_registry_builds_every_tool_except_the_disabled_ones() {
-        let all = Registry::from_config(&ToolsConfig::default());
-        let names: Vec<_> = all.iter().map(|(s, _)| s.name).collect();
+        let (_w, env) = testing::world();
+        let all = Registry::build(&env);
+        let names: Vec<_> = all.iter().map(|(s, _)| s.name.as_str()).collect();
         assert_eq!(
             names,
             [
                 "delete_file",
                 "edit_file",
+                "fetch_url",
                 "grep_search",
                 "list_dir",
                 "read_file",
                 "write_file"
             ]
         );
+        assert_eq!(
+            all.not_offered(),
+            [("web_search", "BRAVE_API_KEY is not set".to_owned())]
+        );
+        let keyed = ToolEnv {
+            brave: BraveApi::new(Some("k".into()), None),
+            ..env.clone()
+        };
+        assert!(Registry::build(&keyed).get("web_search").is_some());
         let config = ToolsConfig {
             disabled: vec!["delete_file".into(), "nonexistent".into()],
             ..Default::default()
         };
-        let some = Registry::from_config(&config);
+        let some = Registry::build(&env.with_config(config));
         assert!(some.get("delete_file").is_none());
         assert_eq!(some.disabled(), ["delete_file"]);
-        assert_eq!(some.iter().count(), 5);
+        assert_eq!(some.iter().count(), 6);
     }
 
     #[test]
     fn every_spec_has_an_object_schema_and_a_timeout() {
-        for (spec, _) in Registry::from_config(&ToolsConfig::default()).iter() {
+        let (_w, env) = testing::world();
+        for (spec, _) in Registry::build(&env).iter() {
             assert_eq!(spec.parameters["type"], "object", "{}", spec.name);
             assert!(spec.parameters["properties"].is_object(), "{}", spec.name);
             assert!(!spec.timeout.is_zero(), "{}", spec.name);

@@ -7,6 +7,7 @@
 
 mod liveness;
 mod mcp;
+mod web;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -23,9 +24,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "outside secret 5b1e: never show me";
-const ALL_TOOLS: [&str; 6] = [
+/// Without `BRAVE_API_KEY` (web_search is then not offered).
+const ALL_TOOLS: [&str; 7] = [
     "delete_file",
     "edit_file",
+    "fetch_url",
     "grep_search",
     "list_dir",
     "read_file",
@@ -374,7 +377,7 @@ async fn a_garbage_payload_gets_an_invalid_args_result() {
 }
 
 #[tokio::test]
-async fn all_six_tools_are_announced_with_their_specs() {
+async fn every_tool_is_announced_with_its_spec() {
     let app = spawn_app().await;
     let specs = app.announced(ALL_TOOLS.len()).await;
     assert_eq!(specs.keys().collect::<Vec<_>>(), ALL_TOOLS);
