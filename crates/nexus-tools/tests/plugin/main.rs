@@ -86,6 +86,18 @@ fn error(r: &ToolResult) -> (ToolErrorKind, &str, bool) {
     }
 }
 
+/// Returns once the server has taken in every subscription this connection sent:
+/// it answers "no responders" only after what came before on the connection.
+/// (A flush only writes them out; another client's message could still come first.)
+async fn subscribed(bus: &Bus) {
+    let nobody = format!("{}.test.nobody", bus.subjects().namespace());
+    let answer = bus.client().request(nobody, bytes::Bytes::new()).await;
+    assert!(
+        matches!(&answer, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "{answer:?}"
+    );
+}
+
 async fn directory(bus: &Bus) -> (ToolDirectory, CancellationToken) {
     let stop = CancellationToken::new();
     let d = ToolDirectory::start(bus, stop.clone()).await.unwrap();
@@ -150,6 +162,7 @@ async fn the_python_plugin_announces_at_once_whenever_asked_to_discover() {
     let bus = test.bus("plugin-probe").await;
     let s = bus.subjects();
     let mut announcements = bus.client().subscribe(s.tools_announce()).await.unwrap();
+    subscribed(&bus).await;
     let _plugin = python_weather(&test.process_env());
 
     let first = tokio::time::timeout(START, announcements.next())
@@ -198,7 +211,7 @@ async fn spy_in_queue_group(
         .queue_subscribe(weather_subject(bus), group)
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    subscribed(bus).await;
     let task = tokio::spawn(async move {
         let received = Arc::new(AtomicUsize::new(0));
         let answer = |m: async_nats::Message| {
@@ -284,6 +297,7 @@ async fn replicas_share_calls_and_a_stopped_one_withdraws_at_once_while_a_killed
         .subscribe(bus.subjects().tools_announce())
         .await
         .unwrap();
+    subscribed(&bus).await;
     let status = first.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
     let withdrawn: ToolAnnouncement = tokio::time::timeout(START, async {
