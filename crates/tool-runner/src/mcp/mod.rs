@@ -29,7 +29,7 @@ use rmcp::{
     service::{NotificationContext, PeerRequestOptions, RunningService},
     transport::{
         StreamableHttpClientTransport, TokioChildProcess,
-        streamable_http_client::StreamableHttpClientTransportConfig,
+        streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError},
     },
 };
 use tokio::{
@@ -52,6 +52,32 @@ const STABLE: Duration = Duration::from_secs(30);
 /// [`PING_TIMEOUT`] is taken down (an HTTP server that went away shows no other sign).
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a stdio server inherits of tool-runner's environment (beside its own `env`):
+/// what programs need to run and to reach the network, never the secrets tool-runner
+/// holds (API keys, NATS credentials), as the official MCP SDKs do.
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+];
 /// How long a stopping server may take to close (rmcp's own stdio shutdown waits
 /// up to 3 s for an exit after EOF, then 3 s after SIGTERM, then kills).
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -150,6 +176,7 @@ impl Supervisor {
                 () = self.stop.cancelled() => None,
             };
             let Some(why) = down else { break };
+            let why = without_queries(&why);
             if self.stop.is_cancelled() {
                 break;
             }
@@ -208,10 +235,16 @@ impl Supervisor {
     }
 
     /// The child process, in a process group of its own so that stopping it
-    /// stops what it started too; its stderr goes to our debug log.
+    /// stops what it started too, with the environment it needs and no more
+    /// ([`INHERITED_ENV`]); its stderr goes to our debug log.
     fn spawn(&self, command: &str) -> Result<TokioChildProcess, String> {
         let mut cmd = tokio::process::Command::new(command);
+        let inherited = INHERITED_ENV
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (k, v)));
         cmd.args(&self.config.args)
+            .env_clear()
+            .envs(inherited)
             .envs(&self.config.env)
             .kill_on_drop(true);
         let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
@@ -409,6 +442,17 @@ impl Supervisor {
     }
 }
 
+/// `why` without the queries of the URLs it quotes (reqwest's errors do), which may
+/// hold tokens: status lines are announced on NATS.
+fn without_queries(why: &str) -> String {
+    static QUERY: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"(https?://[^\s?#)]*)[?#][^\s)]*").ok());
+    match &*QUERY {
+        Some(query) => query.replace_all(why, "$1?…").into_owned(),
+        None => why.to_owned(),
+    }
+}
+
 /// Why `initialize` failed, without rmcp's transport type names.
 fn init_error(e: &ClientInitializeError) -> String {
     match e {
@@ -429,6 +473,12 @@ fn request_error(e: &ServiceError) -> String {
 
 /// An error and its root cause ("error sending request …: Connection refused").
 fn with_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    // rmcp wraps reqwest's error without naming it as the source.
+    if let Some(StreamableHttpError::Client(inner)) =
+        e.downcast_ref::<StreamableHttpError<reqwest::Error>>()
+    {
+        return with_cause(inner);
+    }
     let mut root = e;
     while let Some(source) = root.source() {
         root = source;
@@ -449,4 +499,29 @@ fn short(error: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_quote_urls_without_their_queries() {
+        assert_eq!(
+            without_queries(
+                "error sending request for url (https://h.example/mcp?key=s3cret&x=1): refused"
+            ),
+            "error sending request for url (https://h.example/mcp?…): refused"
+        );
+        assert_eq!(without_queries("no url here?"), "no url here?");
+    }
+
+    #[test]
+    fn errors_are_cut_to_one_short_line() {
+        assert_eq!(short("first\nsecond"), "first");
+        let long = "é".repeat(300);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), 201);
+        assert!(cut.ends_with('…'));
+    }
 }

@@ -5,16 +5,19 @@ behaviour the tool-runner tests need and real servers do not offer on demand:
 - `wait_forever` never answers (a hung call);
 - `hello` answers at once (the server itself stays responsive);
 - `grow` adds the tool `extra` and sends notifications/tools/list_changed;
+- `env` lists the names in its environment;
 - `bad.name` has a name that cannot become a Nexus tool name.
 """
 
 import json
+import os
 import sys
 
 TOOLS = {
     "wait_forever": "Never answers.",
     "hello": "Says hello.",
     "grow": "Adds the tool 'extra' and says that the tool list changed.",
+    "env": "Lists the names of the environment variables it sees.",
     "bad.name": "Has a dot in its name.",
 }
 
@@ -75,6 +78,8 @@ for line in sys.stdin:
             TOOLS["extra"] = "Added by grow."
             answer(request_id, text("grown"))
             send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        elif name == "env":
+            answer(request_id, text(json.dumps(sorted(os.environ))))
         elif name == "extra":
             answer(request_id, text("extra is here"))
         else:

@@ -321,7 +321,7 @@ async fn a_server_that_changes_its_tools_is_listed_again_and_invalid_names_are_s
     w.offered("script__grow").await;
     assert_eq!(
         w.status("script", |s| s.starts_with("up")).await,
-        "up, 3 tools, 1 skipped (invalid names)"
+        "up, 4 tools, 1 skipped (invalid names)"
     );
     assert!(
         !w.tools.specs().keys().any(|k| k.starts_with("script__bad")),
@@ -333,8 +333,66 @@ async fn a_server_that_changes_its_tools_is_listed_again_and_invalid_names_are_s
     assert_eq!(w.output("script__grow", json!({})).await, "grown");
     w.offered("script__extra").await;
     assert_eq!(w.output("script__extra", json!({})).await, "extra is here");
-    w.status("script", |s| s == "up, 4 tools, 1 skipped (invalid names)")
+    w.status("script", |s| s == "up, 5 tools, 1 skipped (invalid names)")
         .await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stdio_server_gets_its_configured_environment_and_none_of_tool_runners_secrets() {
+    // The interpreter itself: a pyenv shim would add variables of its own.
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    let w = World::spawn(|marker| {
+        let mut server = scripted_server("script", marker);
+        server.command = Some(python);
+        server.env.insert("GREETING".into(), "hi".into());
+        vec![server]
+    })
+    .await;
+    w.offered("script__env").await;
+    let seen: Vec<String> =
+        serde_json::from_str(&w.output("script__env", json!({})).await).unwrap();
+    assert!(seen.iter().any(|n| n == MARKER), "{seen:?}");
+    assert!(seen.iter().any(|n| n == "GREETING"), "{seen:?}");
+    assert!(seen.iter().any(|n| n == "PATH"), "{seen:?}");
+    // Whatever else this test process has (cargo's variables, say) stays here.
+    let basics = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TERM",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+    ];
+    let private: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| !basics.contains(&k.as_str()))
+        .collect();
+    assert!(
+        private.iter().any(|k| k.starts_with("CARGO")),
+        "{private:?}"
+    );
+    let leaked: Vec<_> = seen.iter().filter(|n| private.contains(n)).collect();
+    assert!(leaked.is_empty(), "leaked to the MCP server: {leaked:?}");
     w.app.stop().await;
 }
 
