@@ -123,6 +123,13 @@ impl ToolDirectory {
         match answer {
             Ok(mut r) => {
                 r.call_id = call.call_id.clone();
+                // A third-party provider may not cap its output; the model's context is ours.
+                if let Some(tool_result::Outcome::Output(text)) = r.outcome.take() {
+                    let (text, cut) =
+                        nexus_tools::cap_output(text, self.config.tools.max_output_bytes);
+                    r.truncated |= cut;
+                    r.outcome = Some(tool_result::Outcome::Output(text));
+                }
                 r
             }
             Err(BusError::NoResponders { .. }) => failed(

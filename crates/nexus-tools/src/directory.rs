@@ -116,6 +116,14 @@ impl ToolDirectory {
 
     /// Takes one announcement in.
     pub fn record(&self, mut a: ToolAnnouncement) {
+        if a.protocol > wire::PROTOCOL {
+            tracing::warn!(
+                provider = a.provider,
+                protocol = a.protocol,
+                "ignoring a tool announcement of a newer protocol than this service speaks"
+            );
+            return;
+        }
         if a.instance.is_empty() {
             tracing::warn!(
                 provider = a.provider,
@@ -250,6 +258,16 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         assert!(d.specs().is_empty(), "a silent provider is forgotten");
         assert!(d.providers().is_empty());
+    }
+
+    #[test]
+    fn an_announcement_of_a_newer_protocol_is_ignored() {
+        let d = directory();
+        d.record(ToolAnnouncement {
+            protocol: 2,
+            ..announcement("a", &["read_file"], 6000)
+        });
+        assert!(d.specs().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -281,7 +281,12 @@ pub fn decode_announcement(
                             s.parameters.to_string()
                         },
                         requires_approval: s.requires_approval,
-                        timeout_ms: s.timeout_ms,
+                        // Unsaid means the runtime's default, not "no time at all".
+                        timeout_ms: if s.timeout_ms == 0 {
+                            crate::tool::DEFAULT_TIMEOUT.as_millis() as u64
+                        } else {
+                            s.timeout_ms
+                        },
                         provider: format!("{}/{}", a.provider, a.version),
                         encoding: JSON_ENCODING.to_owned(),
                     })
