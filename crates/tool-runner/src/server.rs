@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     // MCP servers stop after the runtime drained, so calls in flight can finish.
     let mcp_stop = CancellationToken::new();
-    let mcp = mcp::start(&config.tools.mcp, server.clone(), mcp_stop.clone());
+    let mcp = mcp::start(&config.tools, server.clone(), mcp_stop.clone());
     let result = server.run(shutdown).await;
     mcp_stop.cancel();
     mcp.join().await;

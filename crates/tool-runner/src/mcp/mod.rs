@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use nexus_common::config::McpServerConfig;
+use nexus_common::config::{McpServerConfig, ToolsConfig};
 use nexus_tools::{DynTool, ToolServer};
 use rmcp::{
     ClientHandler, Peer, RoleClient, ServiceError, ServiceExt,
@@ -88,8 +88,15 @@ pub struct Mcp {
     tasks: TaskTracker,
 }
 
-/// Starts one supervisor per server; they run until `stop` is cancelled.
-pub fn start(servers: &[McpServerConfig], tools: ToolServer, stop: CancellationToken) -> Mcp {
+/// Starts one supervisor per `[[tools.mcp]]` server; they run until `stop` is
+/// cancelled. `[tools] disabled` and `require_approval` apply to their tools by
+/// their Nexus names (`<server>__<tool>`).
+pub fn start(config: &ToolsConfig, tools: ToolServer, stop: CancellationToken) -> Mcp {
+    let servers = &config.mcp;
+    let policy = Arc::new(Policy {
+        disabled: config.disabled.clone(),
+        require_approval: config.require_approval.clone(),
+    });
     let tasks = TaskTracker::new();
     if !servers.is_empty() {
         // reqwest is built without a crypto provider of its own: rustls with ring,
@@ -105,6 +112,7 @@ pub fn start(servers: &[McpServerConfig], tools: ToolServer, stop: CancellationT
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_TIMEOUT),
             config: config.clone(),
+            policy: policy.clone(),
             tools: tools.clone(),
             stop: stop.clone(),
             stderr: tasks.clone(),
@@ -122,11 +130,18 @@ impl Mcp {
     }
 }
 
+/// What `[tools]` says about tools by name.
+struct Policy {
+    disabled: Vec<String>,
+    require_approval: Vec<String>,
+}
+
 struct Supervisor {
     name: String,
     status_key: String,
     timeout: Duration,
     config: McpServerConfig,
+    policy: Arc<Policy>,
     tools: ToolServer,
     stop: CancellationToken,
     /// Where the stderr readers of children run, so they are joined too.
@@ -374,11 +389,18 @@ impl Supervisor {
             }
         };
         let mut now = BTreeMap::new();
-        let (mut skipped, mut unserved) = (0, 0);
+        let (mut skipped, mut disabled, mut unserved) = (0, 0, 0);
+        let policy = &self.policy;
         for listed in &listed {
             match McpTool::new(&self.name, listed, peer.clone(), self.timeout) {
                 Ok(tool) => {
-                    now.insert(tool.spec().name.clone(), tool);
+                    let name = tool.spec().name;
+                    if policy.disabled.contains(&name) {
+                        disabled += 1;
+                        continue;
+                    }
+                    let approval = policy.require_approval.contains(&name);
+                    now.insert(name, tool.requiring_approval(approval));
                 }
                 Err(why) => {
                     skipped += 1;
@@ -407,7 +429,13 @@ impl Supervisor {
                 }
             }
         }
-        let mut status = format!("up, {} tools", offered.len());
+        let mut status = match offered.len() {
+            1 => "up, 1 tool".to_owned(),
+            n => format!("up, {n} tools"),
+        };
+        if disabled > 0 {
+            status.push_str(&format!(", {disabled} disabled"));
+        }
         if skipped > 0 {
             status.push_str(&format!(", {skipped} skipped (invalid names)"));
         }

@@ -59,6 +59,12 @@ impl McpTool {
             timeout,
         })
     }
+
+    /// The same tool, needing a person's yes before each call or not.
+    pub(super) fn requiring_approval(mut self, yes: bool) -> Self {
+        self.spec.requires_approval = yes;
+        self
+    }
 }
 
 /// `<server>__<tool>`, if that is a valid tool name.

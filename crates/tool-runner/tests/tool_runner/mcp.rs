@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, net::TcpListener, time::Duration};
 
-use nexus_common::config::McpServerConfig;
+use nexus_common::config::{McpServerConfig, ToolsConfig};
 use nexus_proto::v1::{ToolErrorKind, ToolSpec, tool_result::Outcome};
 use nexus_testkit::{ServiceProcess, TestEnv, eventually};
 use nexus_tools::ToolDirectory;
@@ -34,9 +34,18 @@ struct World {
 impl World {
     /// tool-runner with the servers `servers` makes from the test's marker.
     async fn spawn(servers: impl FnOnce(&str) -> Vec<McpServerConfig>) -> Self {
+        Self::spawn_with(servers, |_| {}).await
+    }
+
+    /// Like [`World::spawn`], with more `[tools]` settings.
+    async fn spawn_with(
+        servers: impl FnOnce(&str) -> Vec<McpServerConfig>,
+        tools: impl FnOnce(&mut ToolsConfig),
+    ) -> Self {
         let mut env = TestEnv::new();
         let marker = env.namespace.clone();
         env.config.tools.mcp = servers(&marker);
+        tools(&mut env.config.tools);
         let app = spawn_app_with(env, tempfile::tempdir().unwrap()).await;
         let stop = CancellationToken::new();
         let tools = ToolDirectory::start(&app.bus, stop.clone()).await.unwrap();
@@ -213,6 +222,45 @@ async fn a_stdio_servers_tools_are_offered_with_its_schemas_and_give_its_real_an
     assert!(!e.retryable);
     assert!(e.message.contains("Invalid timezone"), "{}", e.message);
     assert!(e.message.contains("Mars/Olympus"), "{}", e.message);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn tools_settings_by_name_apply_to_mcp_tools_too() {
+    let w = World::spawn_with(
+        |marker| vec![time_server(marker)],
+        |tools| {
+            tools.disabled = vec!["time__get_current_time".into()];
+            tools.require_approval = vec!["time__convert_time".into()];
+        },
+    )
+    .await;
+    let spec = w.offered("time__convert_time").await;
+    assert!(spec.requires_approval);
+    assert_eq!(
+        w.status("time", |s| s.starts_with("up")).await,
+        "up, 1 tool, 1 disabled"
+    );
+    assert!(!w.tools.specs().contains_key("time__get_current_time"));
+    let unapproved = w
+        .app
+        .try_call_raw(
+            "time__convert_time",
+            nexus_proto::v1::ToolCall {
+                call_id: "c".into(),
+                name: "time__convert_time".into(),
+                arguments_json:
+                    json!({"source_timezone": "UTC", "time": "14:30", "target_timezone": "UTC"})
+                        .to_string(),
+                context: None,
+            },
+        )
+        .await
+        .unwrap();
+    let Some(Outcome::Error(e)) = unapproved.outcome else {
+        panic!("ran without a person's yes: {unapproved:?}");
+    };
+    assert_eq!(e.kind(), ToolErrorKind::NeedsApproval);
     w.app.stop().await;
 }
 
