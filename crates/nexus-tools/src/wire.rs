@@ -370,5 +370,12 @@ mod tests {
             decode_announcement(body, None).is_err(),
             "without the header it is protobuf"
         );
+        let silent =
+            br#"{"protocol":1,"provider":"p","instance":"i","specs":[{"name":"t"}],"ttl_ms":6000}"#;
+        let a = decode_announcement(silent, Some(&Encoding::Json.headers())).unwrap();
+        assert_eq!(
+            a.specs[0].timeout_ms, 30_000,
+            "no timeout means the default"
+        );
     }
 }
