@@ -77,7 +77,11 @@ impl Registry {
     pub fn build(env: &ToolEnv) -> Self {
         let config = &env.config;
         for name in &config.disabled {
-            if !ALL.iter().any(|(n, _)| n == name) {
+            // `<server>__<tool>` names an MCP tool (checked when the server lists them);
+            // `message`, `remember`, `memory_search` belong to other providers.
+            let elsewhere = name.contains("__")
+                || ["message", "remember", "memory_search"].contains(&name.as_str());
+            if !elsewhere && !ALL.iter().any(|(n, _)| n == name) {
                 tracing::warn!(tool = %name, "[tools] disabled names a tool that does not exist");
             }
         }
