@@ -4,16 +4,22 @@
 //! Runs `nexus up` (release build) against the NATS at `NATS_URL`, with a fake
 //! OpenAI server that answers instantly, and drives it through JetStream the
 //! way a gateway does. The memory retrieval figure (`retrieval`) runs
-//! memory-svc's index in-process over a generated corpus.
+//! memory-svc's index in-process over a generated corpus. The recovery figures
+//! (`recovery`) kill a nats-server of the bench's own, and an agent-core replica.
+//!
+//! `BENCH_LOG=<file>` writes every line of the services' output there, with the
+//! bench's own steps, in ms since the start (`RUST_LOG` sets their level).
 
+mod recovery;
 mod retrieval;
 
 use std::{
     collections::HashMap,
+    io::Write as _,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -21,8 +27,10 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
 use nexus_bus::{Bus, TraceContext};
 use nexus_common::{
-    domain::{ChannelName, Namespace, inbound_id},
+    Config,
+    domain::{ChannelName, inbound_id},
     now_ms,
+    shutdown::CancellationToken,
 };
 use nexus_proto::v1::{
     ChatRef, Event, InboundKind, InboundMessage, OutboundMessage, Sender, event,
@@ -49,14 +57,25 @@ struct Up {
 }
 
 impl Up {
+    /// On the NATS at `NATS_URL`.
     async fn start(
+        fake: &FakeOpenAi,
+        agents: usize,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::start_on(&nats_url, fake, agents, extra_env).await
+    }
+
+    async fn start_on(
+        nats_url: &str,
         fake: &FakeOpenAi,
         agents: usize,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let workspace = tempfile::tempdir()?;
         let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let nats_url = nats_url.to_owned();
         let config_file = workspace.path().join("bench.toml");
         std::fs::write(&config_file, "")?;
         let started = Instant::now();
@@ -70,7 +89,10 @@ impl Up {
             .env("OPENAI_BASE_URL", fake.base_url())
             .env("NEXUS__LLM__MODEL", "gpt-4.1-mini")
             .env("NEXUS__LLM__STREAM", "false")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -83,6 +105,7 @@ impl Up {
             let mut tx = Some(ready_tx);
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                log_line(&line);
                 if line.contains("] ready in ")
                     && let Some(tx) = tx.take()
                 {
@@ -95,13 +118,16 @@ impl Up {
             .context("nexus up did not become ready within 120s")??;
         let startup = started.elapsed();
         let pid = child.id().context("nexus up pid")?;
-        let client = async_nats::connect(&nats_url).await?;
-        let bus = Bus::from_client(
-            client,
-            Namespace::parse(&namespace)?,
-            "bench",
-            Duration::from_secs(10),
-        );
+        // Connected the way a gateway is (reconnects within a second), since the
+        // recovery figures include the driver's own reconnection.
+        let config = Config::from_sources(
+            None,
+            [
+                ("NATS_URL".to_owned(), nats_url.clone()),
+                ("NEXUS_NAMESPACE".to_owned(), namespace.clone()),
+            ],
+        )?;
+        let bus = Bus::connect(&config, "bench").await?;
         // Wait until every replica answers, so the load meets all of them.
         let deadline = Instant::now() + Duration::from_secs(60);
         while bus
@@ -149,6 +175,7 @@ impl Up {
 
     /// Stops the stack and deletes its streams.
     async fn stop(mut self) -> anyhow::Result<()> {
+        self.driver.stop.cancel();
         nexus_common::process::terminate(self.pid);
         let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
         let client = async_nats::connect(&self.nats_url).await?;
@@ -173,6 +200,7 @@ impl Up {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    bench_epoch();
     let warm_turns: usize = env_or("BENCH_WARMUP", 20);
     let seq_turns: usize = env_or("BENCH_TURNS", 300);
     let sessions: usize = env_or("BENCH_SESSIONS", 100);
@@ -180,6 +208,20 @@ async fn main() -> anyhow::Result<()> {
     let llm_ms: u64 = env_or("BENCH_REPLICA_LLM_MS", 50) as u64;
     let corpus_mb: usize = env_or("BENCH_CORPUS_MB", 10);
     let searches: usize = env_or("BENCH_SEARCHES", 200);
+    let recovery = Recovery {
+        sessions: env_or("BENCH_RECOVERY_SESSIONS", 10),
+        rounds: env_or("BENCH_RECOVERY_ROUNDS", 3),
+        outage: Duration::from_secs(3),
+        kill_sessions: env_or("BENCH_KILL_SESSIONS", 20),
+        kill_llm: Duration::from_millis(env_or("BENCH_KILL_LLM_MS", 2000) as u64),
+    };
+    // `nexus-bench recovery`: only the recovery figures.
+    if std::env::args().nth(1).as_deref() == Some("recovery") {
+        let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+        let measured = recovery.run(&fake).await?;
+        recovery.print(&measured);
+        return Ok(());
+    }
     // `nexus-bench retrieval`: only the memory figure, no NATS needed.
     if std::env::args().nth(1).as_deref() == Some("retrieval") {
         let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
@@ -217,6 +259,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     fake.set_delay(Duration::ZERO);
+
+    let recovered = recovery.run(&fake).await?;
 
     let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
 
@@ -259,7 +303,106 @@ async fn main() -> anyhow::Result<()> {
     for (delay, agents, tps) in replicas {
         println!("| {agents} | {delay} ms | {tps:.0} turns/s |");
     }
+    println!();
+    recovery.print(&recovered);
     Ok(())
+}
+
+/// The settings of the recovery figures.
+struct Recovery {
+    sessions: usize,
+    rounds: usize,
+    outage: Duration,
+    kill_sessions: usize,
+    kill_llm: Duration,
+}
+
+/// What [`Recovery::run`] measured; `None` where it could not run.
+struct Recovered {
+    restart: Option<Vec<recovery::RestartRound>>,
+    kill: recovery::ReplicaKill,
+}
+
+impl Recovery {
+    async fn run(&self, fake: &FakeOpenAi) -> anyhow::Result<Recovered> {
+        let restart = if recovery::nats_server_available() {
+            Some(recovery::nats_restart(fake, self.sessions, self.rounds, self.outage).await?)
+        } else {
+            None
+        };
+        let kill = recovery::replica_kill(fake, self.kill_sessions, self.kill_llm).await?;
+        Ok(Recovered { restart, kill })
+    }
+
+    fn print(&self, r: &Recovered) {
+        let (sessions, rounds) = (self.sessions, self.rounds);
+        let outage = self.outage.as_secs();
+        println!("| recovery | value |");
+        println!("|---|---|");
+        match &r.restart {
+            None => println!("| NATS restart | skipped: nats-server is not on PATH |"),
+            Some(restart) => {
+                let row = |what: &str, each: Vec<Option<Duration>>| {
+                    let list: Vec<_> = each.iter().map(|d| fmt_ms(*d)).collect();
+                    println!(
+                        "| NATS restart after a {outage} s outage, 1 agent-core, {sessions} sessions: restarted server ready → {what}, median of {rounds} rounds (each round) | {} ({}) |",
+                        fmt_ms(median(each)),
+                        list.join(", ")
+                    );
+                };
+                row(
+                    "first reply",
+                    restart.iter().map(recovery::RestartRound::first).collect(),
+                );
+                row(
+                    "first reply stored in N_OUTBOUND",
+                    restart.iter().map(|r| r.first_stored).collect(),
+                );
+                row(
+                    &format!("all {sessions} sessions answered"),
+                    restart.iter().map(recovery::RestartRound::all).collect(),
+                );
+            }
+        }
+        let k = &r.kill;
+        let late = k.unanswered - k.after_kill.len();
+        let mut each: Vec<_> = k.after_kill.iter().copied().map(Some).collect();
+        each.extend(std::iter::repeat_n(None, late));
+        let value = if k.unanswered == 0 {
+            "every turn was answered before the kill".to_owned()
+        } else {
+            format!(
+                "{} / {}",
+                fmt_ms(median(each.clone())),
+                fmt_ms(
+                    each.iter()
+                        .copied()
+                        .max_by_key(|d| d.unwrap_or(Duration::MAX))
+                        .flatten()
+                )
+            )
+        };
+        println!(
+            "| agent-core replica SIGKILLed mid-turn, 2 replicas, {} sessions, model takes {} ms: kill → reply of the {} turns unanswered at the kill, median / max ({} model calls redone) | {value} |",
+            self.kill_sessions,
+            self.kill_llm.as_millis(),
+            k.unanswered,
+            k.redone,
+        );
+    }
+}
+
+/// The median, counting `None` (no reply in time) as the longest.
+fn median(mut each: Vec<Option<Duration>>) -> Option<Duration> {
+    each.sort_by_key(|d| d.unwrap_or(Duration::MAX));
+    each.get(each.len() / 2).copied().flatten()
+}
+
+fn fmt_ms(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{} ms", d.as_millis()),
+        None => format!("> {} s", recovery::LIMIT.as_secs()),
+    }
 }
 
 /// Warm-up turns, then `turns` in one session, one at a time (latency without
@@ -303,53 +446,100 @@ fn print_retrieval(retrieval: &retrieval::Retrieval, corpus_mb: usize) {
     );
 }
 
+/// When a reply reached the driver, and when NATS stored it in `N_OUTBOUND`.
+#[derive(Clone, Copy, Debug)]
+struct Replied {
+    received: Instant,
+    stored: SystemTime,
+}
+
 /// Sends inbound messages and matches replies by `in_reply_to`.
 #[derive(Clone)]
 struct Driver {
     bus: Bus,
-    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Replied>>>>,
     llm_ms: Arc<Mutex<HashMap<String, u64>>>,
+    stop: CancellationToken,
 }
 
 impl Driver {
     async fn start(bus: Bus) -> anyhow::Result<Self> {
-        let s = bus.subjects();
-        let channel = ChannelName::parse(CHANNEL)?;
-        let mut replies = bus
-            .jetstream()
-            .get_stream(s.outbound_stream())
-            .await?
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: s.outbound(&channel),
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await?
-            .messages()
-            .await?;
+        let mut replies = open_replies(&bus, DeliverPolicy::New).await?;
         let mut usage = bus
             .client()
-            .subscribe(s.event(nexus_bus::event_kind::LLM_USAGE))
+            .subscribe(bus.subjects().event(nexus_bus::event_kind::LLM_USAGE))
             .await?;
         let d = Self {
             bus: bus.clone(),
             waiting: Arc::default(),
             llm_ms: Arc::default(),
+            stop: CancellationToken::new(),
         };
         let waiting = d.waiting.clone();
+        let stop = d.stop.clone();
         tokio::spawn(async move {
-            while let Some(Ok(m)) = replies.next().await {
-                if let Ok(r) = OutboundMessage::decode(m.payload.clone())
-                    && let Ok(mut w) = waiting.lock()
-                    && let Some(tx) = w.remove(&r.in_reply_to)
-                {
-                    let _ = tx.send(());
+            let link = bus.link().clone();
+            let mut state = link.state();
+            let mut last_sequence = 0;
+            loop {
+                let reopen = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    // The ordered consumer lives in the server's memory and is gone after
+                    // a NATS restart; left to async-nats, replies came 80 s late. Reopen
+                    // it at once, as a gateway's pulls are renewed.
+                    _ = link.changed_from(state) => {
+                        link.reconnected().await;
+                        true
+                    }
+                    m = replies.next() => match m {
+                        Some(Ok(m)) => {
+                            let received = Instant::now();
+                            let stored = m.info().map(|i| {
+                                last_sequence = i.stream_sequence;
+                                SystemTime::UNIX_EPOCH
+                                    + Duration::from_nanos(
+                                        u64::try_from(i.published.unix_timestamp_nanos())
+                                            .unwrap_or(0),
+                                    )
+                            });
+                            if let Ok(r) = OutboundMessage::decode(m.payload.clone())
+                                && let Ok(mut w) = waiting.lock()
+                                && let Some(tx) = w.remove(&r.in_reply_to)
+                            {
+                                let _ = tx.send(Replied {
+                                    received,
+                                    stored: stored.unwrap_or_else(|_| SystemTime::now()),
+                                });
+                            }
+                            false
+                        }
+                        // The ordered consumer recreates itself after most errors.
+                        Some(Err(_)) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            false
+                        }
+                        None => true,
+                    },
+                };
+                if reopen {
+                    state = link.state();
+                    let policy = DeliverPolicy::ByStartSequence {
+                        start_sequence: last_sequence + 1,
+                    };
+                    loop {
+                        match open_replies(&bus, policy).await {
+                            Ok(r) => break replies = r,
+                            Err(_) if stop.is_cancelled() => return,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
                 }
             }
         });
         let llm = d.llm_ms.clone();
+        let stop = d.stop.clone();
         tokio::spawn(async move {
-            while let Some(m) = usage.next().await {
+            while let Some(Some(m)) = stop.run_until_cancelled(usage.next()).await {
                 if let Ok(Event {
                     kind: Some(event::Kind::LlmUsage(u)),
                     ..
@@ -365,6 +555,27 @@ impl Driver {
 
     /// One turn; returns (publish → reply, time spent in LLM calls).
     async fn turn(&self, session: &str) -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        let (id, rx) = self.send(session).await?;
+        tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .context("no reply within 120s")??;
+        let total = t.elapsed();
+        // The usage event is emitted before the reply is published, but may arrive just after it.
+        let mut llm = None;
+        for _ in 0..50 {
+            llm = self.llm_ms.lock().ok().and_then(|mut l| l.remove(&id));
+            if llm.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok((total, Duration::from_millis(llm.unwrap_or(0))))
+    }
+
+    /// Stores a message in `session` (retrying, as a gateway does, until NATS takes
+    /// it: it may be down or just back); returns its id and a wait for its reply.
+    async fn send(&self, session: &str) -> anyhow::Result<(String, oneshot::Receiver<Replied>)> {
         let channel = ChannelName::parse(CHANNEL)?;
         let upstream = uuid::Uuid::new_v4().to_string();
         let id = inbound_id(&channel, &upstream);
@@ -390,24 +601,55 @@ impl Driver {
             kind: InboundKind::User as i32,
             ..Default::default()
         };
-        let t = Instant::now();
-        self.bus
-            .publish_inbound(&msg, &TraceContext::new_root())
-            .await?;
-        tokio::time::timeout(Duration::from_secs(120), rx)
-            .await
-            .context("no reply within 120s")??;
-        let total = t.elapsed();
-        // The usage event is emitted before the reply is published, but may arrive just after it.
-        let mut llm = None;
-        for _ in 0..50 {
-            llm = self.llm_ms.lock().ok().and_then(|mut l| l.remove(&id));
-            if llm.is_some() {
-                break;
+        let trace = TraceContext::new_root();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // The id is the idempotency key: a retry of a stored message is a duplicate.
+            let attempt = self.bus.publish_inbound(&msg, &trace);
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(_)) => return Ok((id, rx)),
+                Ok(Err(e)) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) if Instant::now() > deadline => bail!("publish timed out for 60 s"),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok((total, Duration::from_millis(llm.unwrap_or(0))))
+    }
+}
+
+/// An ordered consumer of the bench channel's replies.
+async fn open_replies(bus: &Bus, deliver_policy: DeliverPolicy) -> anyhow::Result<pull::Ordered> {
+    let s = bus.subjects();
+    Ok(bus
+        .jetstream()
+        .get_stream(s.outbound_stream())
+        .await?
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: s.outbound(&ChannelName::parse(CHANNEL)?),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?)
+}
+
+/// When the bench started, for the times in `BENCH_LOG`.
+fn bench_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Appends a line to `BENCH_LOG`, if set, with the ms since the bench started.
+fn log_line(line: &str) {
+    static LOG: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os("BENCH_LOG")?;
+        std::fs::File::create(path).ok().map(Mutex::new)
+    });
+    if let Some(file) = log
+        && let Ok(mut f) = file.lock()
+    {
+        let _ = writeln!(f, "{:>9} {line}", bench_epoch().elapsed().as_millis());
     }
 }
 
@@ -452,15 +694,31 @@ fn cpus() -> usize {
 
 /// Peak resident memory (VmHWM, KiB) of each direct child of `parent`, by program name.
 fn peak_rss_of_children(parent: u32) -> Vec<(String, u64)> {
+    let mut out: Vec<_> = children(parent)
+        .into_iter()
+        .map(|c| (c.name, c.peak_rss_kib))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A direct child process, from `/proc`.
+struct ChildProcess {
+    pid: u32,
+    name: String,
+    peak_rss_kib: u64,
+}
+
+/// The direct children of `parent`, in pid order.
+fn children(parent: u32) -> Vec<ChildProcess> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
     };
     for e in entries.flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if pid.parse::<u32>().is_err() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
-        }
+        };
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
             continue;
         };
@@ -473,12 +731,14 @@ fn peak_rss_of_children(parent: u32) -> Vec<(String, u64)> {
         if field("PPid:").and_then(|p| p.parse::<u32>().ok()) != Some(parent) {
             continue;
         }
-        let name = field("Name:").unwrap_or_default();
-        let hwm = field("VmHWM:")
-            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0);
-        out.push((name, hwm));
+        out.push(ChildProcess {
+            pid,
+            name: field("Name:").unwrap_or_default(),
+            peak_rss_kib: field("VmHWM:")
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+                .unwrap_or(0),
+        });
     }
-    out.sort();
+    out.sort_by_key(|c| c.pid);
     out
 }
