@@ -1,5 +1,10 @@
 //! Chat commands answered by agent-core itself, on every channel: /help, /new,
-//! /model, /stop. Parsing only; `turn.rs` carries them out.
+//! /model, /stop — parsed here, and carried out here ([`Agent::command`]).
+
+use nexus_bus::{BusError, memory_op};
+use nexus_proto::v1::{SessionCommandRequest, SessionCommandResponse, session_command_request};
+
+use crate::{agent::Agent, turn::Turn};
 
 /// A recognised command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,94 @@ impl Command {
     /// Whether a raw message is `/stop` (checked on the live feed, before its turn).
     pub fn is_stop(text: &str) -> bool {
         matches!(Self::parse(text), Some(Self::Stop))
+    }
+}
+
+impl Agent {
+    pub(crate) async fn session_command(
+        &self,
+        turn: &Turn,
+        command: session_command_request::Command,
+    ) -> Result<SessionCommandResponse, BusError> {
+        self.bus
+            .request(
+                self.bus.subjects().memory(memory_op::SESSION),
+                &SessionCommandRequest {
+                    session: Some(turn.session_ref()),
+                    command: Some(command),
+                },
+                &turn.trace,
+                None,
+            )
+            .await
+    }
+
+    /// Runs a chat command and returns the text to answer with.
+    pub(crate) async fn command(&self, turn: &Turn, cmd: Command) -> Result<String, BusError> {
+        use session_command_request::Command as Op;
+        Ok(match cmd {
+            Command::Help => HELP.to_owned(),
+            Command::New => {
+                let r = self.session_command(turn, Op::Reset(true)).await?;
+                // The archived conversation goes to the journal now, not at the next sweep.
+                if r.archived_turns > 0 {
+                    self.journal.session(turn.session_ref());
+                }
+                let journal = if r.archived_turns > 0 && self.config.memory.journal {
+                    " Its summary goes to the journal (memories/ in the workspace)."
+                } else {
+                    ""
+                };
+                format!(
+                    "Started a new conversation. The previous one ({} turn{}) is archived.{journal}",
+                    r.archived_turns,
+                    if r.archived_turns == 1 { "" } else { "s" }
+                )
+            }
+            // The turn it stops was cancelled when the command was seen on the wire.
+            Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
+            Command::ShowModel => {
+                let ctx = self.context(turn).await?;
+                let models = self.models_for(turn, &ctx);
+                let how = if ctx.model_override.is_empty() {
+                    "configured".to_owned()
+                } else {
+                    format!("chosen with /model {}", ctx.model_override)
+                };
+                let routes = if self.config.llm.routes.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> =
+                        self.config.llm.routes.keys().map(String::as_str).collect();
+                    format!(" Routes: {}.", names.join(", "))
+                };
+                format!(
+                    "Models for this conversation, first choice first: {} ({how}).{routes} Change with /model <model or route>, or /model default.",
+                    models.join(", ")
+                )
+            }
+            Command::SetModel(name) => {
+                let name = if name == "default" {
+                    String::new()
+                } else {
+                    name
+                };
+                if !name.is_empty()
+                    && let Err(e) = self.providers.check(&name)
+                {
+                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
+                }
+                let r = self.session_command(turn, Op::SetModel(name)).await?;
+                if r.model_override.is_empty() {
+                    format!(
+                        "This conversation uses the configured model again ({}).",
+                        self.config.llm.model
+                    )
+                } else {
+                    format!("This conversation now uses {}.", r.model_override)
+                }
+            }
+        })
     }
 }
 

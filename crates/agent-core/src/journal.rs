@@ -26,9 +26,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    agent::Agent,
     context::fence_untrusted,
     llm::{LlmMessage, LlmRequest, router::chain},
-    turn::Agent,
 };
 
 /// Sessions waiting to be woken; more are left to the sweep.
@@ -236,7 +236,7 @@ async fn summarize_batch(
         .emit_counted(event::Kind::LlmUsage(LlmUsageEvent {
             turn_id: format!("journal:{session_id}"),
             model: routed.model.clone(),
-            provider: crate::turn::provider_of(&routed.model),
+            provider: crate::agent::provider_of(&routed.model),
             input_tokens: routed.response.usage.input_tokens,
             output_tokens: routed.response.usage.output_tokens,
             duration_ms: started.elapsed().as_millis() as u64,

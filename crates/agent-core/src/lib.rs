@@ -9,6 +9,8 @@
 //! It holds no state and touches no disk: context comes from memory-svc and
 //! tools run in tool-runner, both over NATS. That is what makes replicas free.
 
+pub mod agent;
+mod approvals;
 pub mod commands;
 pub mod context;
 pub mod journal;
@@ -33,6 +35,7 @@ use nexus_proto::v1::InboundMessage;
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
+    agent::Agent,
     commands::Command,
     llm::{
         ChatModel,
@@ -41,7 +44,7 @@ use crate::{
         router::ModelRouter,
     },
     tools::ToolDirectory,
-    turn::{Agent, Turn},
+    turn::Turn,
 };
 
 /// Runs agent-core until `shutdown` is cancelled, with the production model client.

@@ -9,54 +9,70 @@
 //!
 //! A crash between any two steps redoes the turn without a second reply.
 
-use std::{sync::Arc, time::Instant};
+use std::time::Instant;
 
-use nexus_bus::{Bus, BusError, Outcome, TraceContext, kv_key, memory_op};
+use nexus_bus::{BusError, Outcome, TraceContext, memory_op};
 use nexus_common::{
-    Config,
     domain::{ChannelName, SessionKey, default_user_id, reply_id},
     now_ms,
 };
 use nexus_proto::v1::{
-    AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, Approval,
-    ContextRequest, ContextResponse, HistoryEntry, InboundMessage, LlmUsage as LlmUsageEvent,
-    OutboundKind, OutboundMessage, PendingApproval, Role, SessionCommandRequest,
-    SessionCommandResponse, SessionRef, ToolCall, ToolCalled, ToolContext, TurnFinished,
-    TurnStarted, event, session_command_request,
+    AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
+    ContextResponse, HistoryEntry, InboundMessage, LlmUsage as LlmUsageEvent, OutboundKind,
+    OutboundMessage, Role, SessionRef, ToolCall, ToolCalled, ToolContext, TurnFinished,
+    TurnStarted, event,
 };
-use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    agent::{Agent, USAGE_TURN, provider_of},
+    approvals::approval_answer,
     commands::Command,
     context::{
         TurnFacts, estimate_tokens, fence_untrusted, fit_history, history_messages, system_prompt,
     },
-    llm::{
-        ChatModel, LlmError, LlmMessage, LlmRequest, LlmToolCall,
-        genai_model::ProviderEnv,
-        router::{ModelRouter, chain},
-    },
+    llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
     progress::Progress,
-    tools::{ToolDirectory, result_text, to_llm_tool},
+    tools::{result_text, to_llm_tool},
 };
 
-/// `LlmUsage.purpose` of the calls that answer a message.
-pub const USAGE_TURN: &str = "turn";
+/// How a turn is answered: the reply, what is stored of it, and what it cost.
+struct Answer {
+    reply: OutboundMessage,
+    /// History entries to store with the reply; `None` for a failed turn, which is
+    /// not stored (history keeps only real exchanges).
+    entries: Option<Vec<HistoryEntry>>,
+    llm_calls: u32,
+    tool_calls: u32,
+    /// Why the turn failed; empty when it did not.
+    error: String,
+}
 
-/// Everything a turn needs; shared by all turns of a replica.
-pub struct Agent {
-    pub bus: Bus,
-    pub model: Arc<dyn ChatModel>,
-    pub router: ModelRouter,
-    pub tools: ToolDirectory,
-    pub config: Arc<Config>,
-    /// Which providers are configured, to check `/model <name>` before accepting it.
-    pub providers: ProviderEnv,
-    /// The approvals bucket, opened on first use.
-    pub approvals: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
-    /// Wakes the journal writer when a session has turns to summarize.
-    pub journal: crate::journal::Wake,
+impl Answer {
+    fn stored(
+        reply: OutboundMessage,
+        entries: Vec<HistoryEntry>,
+        llm_calls: u32,
+        tool_calls: u32,
+    ) -> Self {
+        Self {
+            reply,
+            entries: Some(entries),
+            llm_calls,
+            tool_calls,
+            error: String::new(),
+        }
+    }
+
+    fn unstored(reply: OutboundMessage, error: String) -> Self {
+        Self {
+            reply,
+            entries: None,
+            llm_calls: 0,
+            tool_calls: 0,
+            error,
+        }
+    }
 }
 
 /// Why a turn ended without an answer from the model.
@@ -108,7 +124,7 @@ impl Turn {
     }
 
     /// The sender's id when the gateway named no user, for memory-svc to resolve.
-    fn unresolved_sender_id(&self) -> String {
+    pub(crate) fn unresolved_sender_id(&self) -> String {
         match &self.msg.sender {
             Some(sender) if sender.user_id.is_empty() => sender.id.clone(),
             _ => String::new(),
@@ -117,7 +133,7 @@ impl Turn {
 
     /// This turn as the user memory-svc resolved; `Turn::parse`'s id stays
     /// when the answer carries none (an older memory-svc).
-    fn for_user(&self, resolved: &str) -> Self {
+    pub(crate) fn for_user(&self, resolved: &str) -> Self {
         Self {
             msg: self.msg.clone(),
             session: self.session.clone(),
@@ -130,7 +146,7 @@ impl Turn {
         }
     }
 
-    fn session_ref(&self) -> SessionRef {
+    pub(crate) fn session_ref(&self) -> SessionRef {
         SessionRef {
             channel: self.session.channel().to_string(),
             chat_id: self.session.chat_id().to_owned(),
@@ -190,8 +206,7 @@ impl Agent {
 
         // The user the turn is stored under: resolved by memory-svc when a context is built.
         let mut user_id = turn.user_id.clone();
-        let (reply, stored_entries, counts) = if let (Some(pending), Some(yes)) = (pending, answer)
-        {
+        let answer = if let (Some(pending), Some(yes)) = (pending, answer) {
             // Stored under the user the question was asked for (resolved then), so the
             // journal files this exchange with the rest of their conversation.
             if !pending.user_id.is_empty() {
@@ -206,7 +221,7 @@ impl Agent {
                 entry(turn, Role::User, &turn.msg.text),
                 entry(turn, Role::Assistant, &text),
             ];
-            (reply, Some(entries), (0, 1, String::new()))
+            Answer::stored(reply, entries, 0, 1)
         } else if let Some(cmd) = Command::parse(&turn.msg.text) {
             // Commands are answered without the model; stored with their reply only,
             // so a redelivery is answered from the store and history stays clean.
@@ -215,7 +230,7 @@ impl Agent {
                 Err(e) => return retry(format!("memory-svc: {e}")),
             };
             let reply = self.outbound(turn, text, OutboundKind::Reply, "");
-            (reply, Some(Vec::new()), (0, 0, String::new()))
+            Answer::stored(reply, Vec::new(), 0, 0)
         } else {
             let ctx = match self.context(turn).await {
                 Ok(c) => c,
@@ -233,11 +248,7 @@ impl Agent {
                         self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
                     reply.input_tokens = r.usage.input_tokens;
                     reply.output_tokens = r.usage.output_tokens;
-                    (
-                        reply,
-                        Some(r.entries),
-                        (r.llm_calls, r.tool_calls, String::new()),
-                    )
+                    Answer::stored(reply, r.entries, r.llm_calls, r.tool_calls)
                 }
                 Err(TurnError::Stopped) => {
                     tracing::info!("turn stopped by the user");
@@ -247,20 +258,27 @@ impl Agent {
                         OutboundKind::Notice,
                         "",
                     );
-                    (reply, None, (0, 0, "stopped".into()))
+                    Answer::unstored(reply, "stopped".into())
                 }
                 Err(TurnError::Transient(e)) => return retry(e),
                 Err(TurnError::Llm(e)) => {
                     tracing::warn!(error = %e, "turn failed; telling the user");
                     let reply = self.outbound(turn, e.user_message(), OutboundKind::Error, "");
-                    (reply, None, (0, 0, e.to_string()))
+                    Answer::unstored(reply, e.to_string())
                 }
             }
         };
 
         // A failed turn is not stored: history keeps only real exchanges, and the
         // reply id still dedupes a redelivery within the duplicate window.
-        if let Some(entries) = stored_entries {
+        let Answer {
+            reply,
+            entries,
+            llm_calls,
+            tool_calls,
+            error,
+        } = answer;
+        if let Some(entries) = entries {
             let req = AppendTurnRequest {
                 session: Some(turn.session_ref()),
                 user_id,
@@ -290,11 +308,11 @@ impl Agent {
             .emit(event::Kind::TurnFinished(TurnFinished {
                 turn_id: turn.msg.id.clone(),
                 session_id: turn.session.id(),
-                ok: counts.2.is_empty(),
-                llm_calls: counts.0,
-                tool_calls: counts.1,
+                ok: error.is_empty(),
+                llm_calls,
+                tool_calls,
                 duration_ms: started.elapsed().as_millis() as u64,
-                error: counts.2,
+                error,
             }))
             .await;
         outcome
@@ -315,7 +333,7 @@ impl Agent {
         Ok(if resp.answered { resp.reply } else { None })
     }
 
-    async fn context(&self, turn: &Turn) -> Result<ContextResponse, BusError> {
+    pub(crate) async fn context(&self, turn: &Turn) -> Result<ContextResponse, BusError> {
         self.bus
             .request_idempotent(
                 self.bus.subjects().memory(memory_op::CONTEXT),
@@ -335,7 +353,7 @@ impl Agent {
     /// The chain of models for a turn: the session's `/model` (a route name or a model),
     /// else the user's route, else the channel's, else the `default` route, else
     /// `[llm] model` with its fallbacks.
-    fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
+    pub(crate) fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
         let llm = &self.config.llm;
         let route = |name: &str| {
             llm.routes
@@ -353,208 +371,6 @@ impl Agent {
             .and_then(|name| route(name))
             .or_else(|| route("default"))
             .unwrap_or_else(|| chain(&llm.model, &llm.fallbacks))
-    }
-
-    async fn session_command(
-        &self,
-        turn: &Turn,
-        command: session_command_request::Command,
-    ) -> Result<SessionCommandResponse, BusError> {
-        self.bus
-            .request(
-                self.bus.subjects().memory(memory_op::SESSION),
-                &SessionCommandRequest {
-                    session: Some(turn.session_ref()),
-                    command: Some(command),
-                },
-                &turn.trace,
-                None,
-            )
-            .await
-    }
-
-    /// Runs a chat command and returns the text to answer with.
-    async fn command(&self, turn: &Turn, cmd: Command) -> Result<String, BusError> {
-        use session_command_request::Command as Op;
-        Ok(match cmd {
-            Command::Help => crate::commands::HELP.to_owned(),
-            Command::New => {
-                let r = self.session_command(turn, Op::Reset(true)).await?;
-                // The archived conversation goes to the journal now, not at the next sweep.
-                if r.archived_turns > 0 {
-                    self.journal.session(turn.session_ref());
-                }
-                let journal = if r.archived_turns > 0 && self.config.memory.journal {
-                    " Its summary goes to the journal (memories/ in the workspace)."
-                } else {
-                    ""
-                };
-                format!(
-                    "Started a new conversation. The previous one ({} turn{}) is archived.{journal}",
-                    r.archived_turns,
-                    if r.archived_turns == 1 { "" } else { "s" }
-                )
-            }
-            // The turn it stops was cancelled when the command was seen on the wire.
-            Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
-            Command::ShowModel => {
-                let ctx = self.context(turn).await?;
-                let models = self.models_for(turn, &ctx);
-                let how = if ctx.model_override.is_empty() {
-                    "configured".to_owned()
-                } else {
-                    format!("chosen with /model {}", ctx.model_override)
-                };
-                let routes = if self.config.llm.routes.is_empty() {
-                    String::new()
-                } else {
-                    let names: Vec<&str> =
-                        self.config.llm.routes.keys().map(String::as_str).collect();
-                    format!(" Routes: {}.", names.join(", "))
-                };
-                format!(
-                    "Models for this conversation, first choice first: {} ({how}).{routes} Change with /model <model or route>, or /model default.",
-                    models.join(", ")
-                )
-            }
-            Command::SetModel(name) => {
-                let name = if name == "default" {
-                    String::new()
-                } else {
-                    name
-                };
-                if !name.is_empty()
-                    && let Err(e) = self.providers.check(&name)
-                {
-                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
-                }
-                let r = self.session_command(turn, Op::SetModel(name)).await?;
-                if r.model_override.is_empty() {
-                    format!(
-                        "This conversation uses the configured model again ({}).",
-                        self.config.llm.model
-                    )
-                } else {
-                    format!("This conversation now uses {}.", r.model_override)
-                }
-            }
-        })
-    }
-
-    async fn approvals(&self) -> Result<&async_nats::jetstream::kv::Store, String> {
-        self.approvals
-            .get_or_try_init(|| async {
-                self.bus
-                    .ensure_kv_bucket(
-                        &self.bus.subjects().approvals_bucket(),
-                        1,
-                        Some(std::time::Duration::from_secs(24 * 3600)),
-                        "tool calls waiting for a person's yes",
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-    }
-
-    /// The call waiting for this session's yes, if any.
-    async fn pending_approval(&self, turn: &Turn) -> Result<Option<PendingApproval>, String> {
-        let kv = self.approvals().await?;
-        match kv.get(kv_key(&turn.session.id())).await {
-            Ok(Some(bytes)) => Ok(PendingApproval::decode(bytes).ok()),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    async fn clear_approval(&self, turn: &Turn) -> Result<(), String> {
-        let kv = self.approvals().await?;
-        kv.purge(kv_key(&turn.session.id()))
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Records the call and returns the question for the person.
-    async fn ask_approval(&self, turn: &Turn, call: &LlmToolCall) -> Result<String, String> {
-        let args = call.arguments.to_string();
-        let question = format!(
-            "I need your OK before I run {} with {}. Reply \"yes\" to go ahead or \"no\" to cancel.",
-            call.name, args
-        );
-        let pending = PendingApproval {
-            session_id: turn.session.id(),
-            user_id: turn.user_id.clone(),
-            turn_id: turn.msg.id.clone(),
-            call_id: call.id.clone(),
-            tool_name: call.name.clone(),
-            arguments_json: args,
-            question: question.clone(),
-            asked_at_ms: now_ms(),
-        };
-        let kv = self.approvals().await?;
-        kv.put(kv_key(&pending.session_id), pending.encode_to_vec().into())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.bus
-            .emit(event::Kind::Approval(Approval {
-                turn_id: turn.msg.id.clone(),
-                tool_name: call.name.clone(),
-                question: question.clone(),
-                granted: false,
-            }))
-            .await;
-        Ok(question)
-    }
-
-    /// Runs (yes) or drops (no) the waiting call, and says what happened. `Err`
-    /// when the approval could not be cleared: then nothing runs (the turn is retried).
-    async fn settle_approval(
-        &self,
-        turn: &Turn,
-        pending: PendingApproval,
-        yes: bool,
-    ) -> Result<String, String> {
-        // Cleared first, and only then run: a redelivered "yes" finds no approval (or
-        // the stored turn), so the call never runs twice.
-        self.clear_approval(turn).await?;
-        self.bus
-            .emit(event::Kind::Approval(Approval {
-                turn_id: turn.msg.id.clone(),
-                tool_name: pending.tool_name.clone(),
-                question: pending.question.clone(),
-                granted: yes,
-            }))
-            .await;
-        if !yes {
-            return Ok(format!("Okay, I did not run {}.", pending.tool_name));
-        }
-        let specs = self.tools.specs().await;
-        let call = ToolCall {
-            call_id: pending.call_id.clone(),
-            name: pending.tool_name.clone(),
-            arguments_json: pending.arguments_json.clone(),
-            context: Some(ToolContext {
-                session_id: turn.session.id(),
-                // Whom the call was asked for; a "yes" turn builds no context to resolve.
-                user_id: if pending.user_id.is_empty() {
-                    turn.user_id.clone()
-                } else {
-                    pending.user_id.clone()
-                },
-                channel: turn.session.channel().to_string(),
-                chat_id: turn.session.chat_id().to_owned(),
-                turn_id: turn.msg.id.clone(),
-                approved: true,
-            }),
-        };
-        let result = self
-            .tools
-            .call(specs.get(&pending.tool_name), call, &turn.trace.child())
-            .await;
-        Ok(match result_text(&result) {
-            (true, out) => format!("Done. {out}"),
-            (false, err) => format!("I tried, but {} failed: {err}", pending.tool_name),
-        })
     }
 
     async fn publish_reply(&self, turn: &Turn, reply: &OutboundMessage) -> Outcome {
@@ -856,33 +672,13 @@ impl Agent {
 }
 
 /// A history entry of this turn.
-fn entry(turn: &Turn, role: Role, text: &str) -> HistoryEntry {
+pub(crate) fn entry(turn: &Turn, role: Role, text: &str) -> HistoryEntry {
     HistoryEntry {
         role: role as i32,
         text: text.to_owned(),
         at_ms: now_ms(),
         turn_id: turn.msg.id.clone(),
         ..Default::default()
-    }
-}
-
-/// `Some(true)` for a yes, `Some(false)` for a no, `None` for anything else.
-fn approval_answer(text: &str) -> Option<bool> {
-    let t = text.trim().trim_end_matches(['.', '!']).to_lowercase();
-    match t.as_str() {
-        "yes" | "y" | "ok" | "okay" | "approve" | "approved" | "go ahead" | "do it" | "sure" => {
-            Some(true)
-        }
-        "no" | "n" | "cancel" | "stop" | "don't" | "do not" | "deny" => Some(false),
-        _ => None,
-    }
-}
-
-/// The provider part of a model name (`openai::x` → `openai`), or the name's family.
-pub(crate) fn provider_of(model: &str) -> String {
-    match model.split_once("::") {
-        Some((p, _)) => p.to_owned(),
-        None => model.split(['-', ':']).next().unwrap_or(model).to_owned(),
     }
 }
 

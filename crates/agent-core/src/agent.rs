@@ -1,0 +1,39 @@
+//! The process-wide `Agent`: the clients, settings and wake-ups every turn of a
+//! replica shares. What a turn does with them lives in `turn.rs`; approvals in
+//! `approvals.rs`; chat commands in `commands.rs`.
+
+use std::sync::Arc;
+
+use nexus_bus::Bus;
+use nexus_common::Config;
+
+use crate::{
+    llm::{ChatModel, genai_model::ProviderEnv, router::ModelRouter},
+    tools::ToolDirectory,
+};
+
+/// `LlmUsage.purpose` of the calls that answer a message.
+pub const USAGE_TURN: &str = "turn";
+
+/// Everything a turn needs; shared by all turns of a replica.
+pub struct Agent {
+    pub bus: Bus,
+    pub model: Arc<dyn ChatModel>,
+    pub router: ModelRouter,
+    pub tools: ToolDirectory,
+    pub config: Arc<Config>,
+    /// Which providers are configured, to check `/model <name>` before accepting it.
+    pub providers: ProviderEnv,
+    /// The approvals bucket, opened on first use.
+    pub approvals: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Wakes the journal writer when a session has turns to summarize.
+    pub journal: crate::journal::Wake,
+}
+
+/// The provider part of a model name (`openai::x` → `openai`), or the name's family.
+pub(crate) fn provider_of(model: &str) -> String {
+    match model.split_once("::") {
+        Some((p, _)) => p.to_owned(),
+        None => model.split(['-', ':']).next().unwrap_or(model).to_owned(),
+    }
+}
