@@ -46,6 +46,9 @@ pub struct ServeOptions {
     /// Calls running at once in this process; more wait (backpressure on intake).
     pub max_concurrent_calls: usize,
     pub announce_every: Duration,
+    /// Tools whose every call needs a person's yes, whatever their own spec says
+    /// (`[tools] require_approval`).
+    pub require_approval: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -54,6 +57,7 @@ impl Default for ServeOptions {
             max_output_bytes: 32 * 1024,
             max_concurrent_calls: 64,
             announce_every: ANNOUNCE_EVERY,
+            require_approval: Vec::new(),
         }
     }
 }
@@ -125,7 +129,10 @@ impl ToolServer {
     /// Serves `tool` on `N.tool.<name>` and announces it. A tool of the same name
     /// already served here is replaced.
     pub async fn add(&self, tool: Arc<dyn DynTool>) -> anyhow::Result<()> {
-        let spec = tool.spec();
+        let mut spec = tool.spec();
+        if self.inner.options.require_approval.contains(&spec.name) {
+            spec.requires_approval = true;
+        }
         let name =
             ToolName::parse(&spec.name).map_err(|e| anyhow!("tool name {:?}: {e}", spec.name))?;
         self.remove_quietly(&spec.name);

@@ -12,6 +12,7 @@
 //! crash on a bad request: every request gets a `ToolResult`.
 
 pub mod error;
+pub mod exec;
 mod mcp;
 pub mod sandbox;
 mod server;

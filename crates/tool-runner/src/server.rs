@@ -57,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         env!("CARGO_PKG_VERSION"),
         ServeOptions {
             max_output_bytes: config.tools.max_output_bytes,
+            require_approval: config.tools.require_approval.clone(),
             ..ServeOptions::default()
         },
     );

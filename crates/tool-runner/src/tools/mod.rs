@@ -6,6 +6,7 @@
 
 mod delete_file;
 mod edit_file;
+mod exec;
 mod fetch_url;
 mod grep_search;
 mod list_dir;
@@ -58,13 +59,17 @@ pub const ALL: &[(&str, Build)] = &[
     (delete_file::NAME, delete_file::build),
     (web_search::NAME, web_search::build),
     (fetch_url::NAME, fetch_url::build),
+    (exec::NAME, exec::build),
 ];
 
 /// Whether a tool can be offered here; `Err` says why not (`nexus status`).
 type Offered = fn(&ToolEnv) -> Result<(), String>;
 
 /// Tools offered only when what they need is there.
-const CONDITIONS: &[(&str, Offered)] = &[(web_search::NAME, web_search::offered)];
+const CONDITIONS: &[(&str, Offered)] = &[
+    (web_search::NAME, web_search::offered),
+    (exec::NAME, exec::offered),
+];
 
 /// The tools this process serves: all of [`ALL`] minus `[tools] disabled`.
 pub struct Registry {
@@ -269,10 +274,14 @@ mod tests {
                 "write_file"
             ]
         );
+        let not_offered = all.not_offered();
         assert_eq!(
-            all.not_offered(),
-            [("web_search", "BRAVE_API_KEY is not set".to_owned())]
+            not_offered[0],
+            ("web_search", "BRAVE_API_KEY is not set".to_owned())
         );
+        // No nexus-sandbox helper beside the unit-test binary.
+        assert_eq!(not_offered[1].0, "exec");
+        assert!(not_offered[1].1.contains("nexus-sandbox"), "{not_offered:?}");
         let keyed = ToolEnv {
             brave: BraveApi::new(Some("k".into()), None),
             ..env.clone()
