@@ -23,7 +23,7 @@ use prost::Message;
 
 pub use async_nats;
 pub use link::{Link, LinkState};
-pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op};
+pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op, scheduler_op};
 pub use trace::TraceContext;
 
 /// Header carrying the idempotency key.

@@ -38,6 +38,15 @@ pub mod memory_op {
     pub const USAGE: &str = "usage";
 }
 
+/// scheduler operations, the last token of `N.scheduler.<op>`.
+pub mod scheduler_op {
+    pub const ADD: &str = "add";
+    pub const LIST: &str = "list";
+    pub const REMOVE: &str = "remove";
+    pub const PAUSE: &str = "pause";
+    pub const RESUME: &str = "resume";
+}
+
 /// Operator commands a gateway serves, the last token of `N.gateway.<channel>.<op>`.
 pub mod gateway_op {
     /// Start pairing afresh (WhatsApp QR login); progress follows as `service` events.
@@ -213,6 +222,12 @@ impl Subjects {
             ("memory", Some(memory_op::IDENTITY)) => "nexus.v1.IdentityRequest",
             ("memory", Some(memory_op::CONSOLIDATE)) => "nexus.v1.ConsolidateRequest",
             ("memory", Some(memory_op::USAGE)) => "nexus.v1.UsageRequest",
+            ("scheduler", Some(scheduler_op::ADD)) => "nexus.v1.AddJobRequest",
+            ("scheduler", Some(scheduler_op::LIST)) => "nexus.v1.ListJobsRequest",
+            (
+                "scheduler",
+                Some(scheduler_op::REMOVE | scheduler_op::PAUSE | scheduler_op::RESUME),
+            ) => "nexus.v1.JobActionRequest",
             ("gateway", Some(_)) if parts.next().is_some() => "nexus.v1.GatewayCommandRequest",
             _ => return None,
         })
@@ -263,6 +278,11 @@ mod tests {
             "t1.tool.read_file"
         );
         assert_eq!(s.memory(memory_op::CONTEXT), "t1.memory.context");
+        assert_eq!(s.scheduler(scheduler_op::LIST), "t1.scheduler.list");
+        assert_eq!(
+            s.payload_type("t1.scheduler.pause"),
+            Some("nexus.v1.JobActionRequest")
+        );
         assert_eq!(s.event(event_kind::DEAD_LETTER), "t1.events.dead_letter");
         assert_eq!(s.deadletter(), "t1.deadletter");
         assert_eq!(s.inbound_stream(), "t1_INBOUND");

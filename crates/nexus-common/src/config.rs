@@ -27,6 +27,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub memory: MemoryConfig,
     pub tools: ToolsConfig,
+    pub scheduler: SchedulerConfig,
     /// Per-channel settings, keyed by channel name (`cli`, `telegram`, `slack`, …).
     pub channels: BTreeMap<String, ChannelConfig>,
     pub api: ApiConfig,
@@ -136,6 +137,19 @@ pub struct MemoryConfig {
     pub journal_idle_secs: u64,
     /// How often each agent-core replica looks for conversations to summarize.
     pub journal_sweep_secs: u64,
+}
+
+/// `[scheduler]`: the limits of jobs made with the `cron` tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Shortest `every_seconds`, or gap between two fires of a cron expression, a job may have.
+    pub min_interval_secs: u64,
+    /// Jobs one user may have waiting to fire.
+    pub max_jobs_per_user: u32,
+    /// A due time seen this much later (the scheduler was down) counts as missed, and
+    /// the job's missed-fire policy applies: fire once late, or skip.
+    pub misfire_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,6 +336,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             memory: MemoryConfig::default(),
             tools: ToolsConfig::default(),
+            scheduler: SchedulerConfig::default(),
             channels,
             api: ApiConfig::default(),
         }
@@ -381,6 +396,16 @@ impl Default for MemoryConfig {
             journal_batch_turns: 10,
             journal_idle_secs: 15 * 60,
             journal_sweep_secs: 60,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            min_interval_secs: 60,
+            max_jobs_per_user: 50,
+            misfire_grace_secs: 60,
         }
     }
 }
@@ -573,6 +598,11 @@ impl Config {
                     .into(),
             ));
         }
+        if self.scheduler.min_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "[scheduler] min_interval_secs must be at least 1".into(),
+            ));
+        }
         if self.agent.concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "[agent] concurrency must be at least 1".into(),
@@ -707,6 +737,8 @@ mod tests {
         assert_eq!(c.api.listen, "0.0.0.0:8080");
         assert_eq!(c.api.grpc_listen, "0.0.0.0:50051");
         assert!(c.database_url().starts_with("sqlite://"));
+        assert_eq!(c.scheduler.min_interval_secs, 60);
+        assert_eq!(c.scheduler.max_jobs_per_user, 50);
         assert!(
             c.channel("telegram").allow_from.is_empty(),
             "unknown channels allow nobody"

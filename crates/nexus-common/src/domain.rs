@@ -161,6 +161,25 @@ pub fn reply_id(inbound_id: &str) -> String {
     format!("reply:{inbound_id}")
 }
 
+/// Idempotency key of a scheduled job's fire: `sched:<job id>:<due ms>`. The
+/// same due time always gets the same id, so a fire published twice (a crash
+/// between publishing and recording it) is stored once.
+pub fn fire_id(job_id: &str, due_ms: i64) -> String {
+    format!("sched:{job_id}:{due_ms}")
+}
+
+/// Metadata keys of an `INBOUND_KIND_SCHEDULED` message, set by the scheduler.
+pub mod scheduled {
+    /// The job that fired.
+    pub const JOB_ID: &str = "job_id";
+    /// The due time, milliseconds since the Unix epoch.
+    pub const DUE_MS: &str = "due_ms";
+    /// The schedule in words, e.g. `cron "0 9 * * 1" (Europe/Berlin)`.
+    pub const SCHEDULE: &str = "schedule";
+    /// `"true"` when the due time was missed and this fire comes late.
+    pub const LATE: &str = "late";
+}
+
 /// User id for a sender that has no mapped identity yet: `<channel>_<sender>` made file-safe,
 /// so it can name `USER_<id>.md`.
 pub fn default_user_id(channel: &ChannelName, sender_id: &str) -> String {
