@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod exec;
 mod liveness;
 mod mcp;
 mod web;
