@@ -111,12 +111,32 @@ impl Drop for Registration {
 pub struct Feeds {
     replies: pull::Ordered,
     progress: async_nats::Subscriber,
+    /// The stream's last sequence when the feed opened: a reopened feed starts after it.
+    opened_after: u64,
 }
 
 impl Feeds {
     pub async fn open(bus: &Bus, channel: &ChannelName) -> anyhow::Result<Self> {
+        let opened_after = bus
+            .jetstream()
+            .get_stream(bus.subjects().outbound_stream())
+            .await
+            .context("outbound stream")?
+            .info()
+            .await
+            .context("outbound stream")?
+            .state
+            .last_sequence;
         Ok(Self {
-            replies: open_replies(bus, channel, DeliverPolicy::New).await?,
+            opened_after,
+            replies: open_replies(
+                bus,
+                channel,
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: opened_after + 1,
+                },
+            )
+            .await?,
             progress: bus
                 .client()
                 .subscribe(bus.subjects().progress(channel))
@@ -279,10 +299,26 @@ impl Turns {
 
     /// Routes replies and progress to waiting requests until `stop`.
     pub async fn route(&self, mut feeds: Feeds, stop: CancellationToken) {
-        let mut last_sequence = 0;
+        let mut last_sequence = feeds.opened_after;
+        let link = self.bus().link().clone();
         loop {
+            let since = link.state();
             tokio::select! {
                 _ = stop.cancelled() => break,
+                // An ordered consumer lives in the server's memory: a restarted NATS has
+                // forgotten it, and the client notices late. Reopen it at once.
+                () = link.changed_from(since) => {
+                    link.reconnected().await;
+                    tracing::info!("NATS connection back; reopening the reply feed where it stopped");
+                    let policy = DeliverPolicy::ByStartSequence { start_sequence: last_sequence + 1 };
+                    match open_replies(self.bus(), &self.channel, policy).await {
+                        Ok(r) => feeds.replies = r,
+                        Err(error) => tracing::warn!(
+                            error = %format!("{error:#}"),
+                            "reopening replies failed; the consumer recovers by itself"
+                        ),
+                    }
+                }
                 m = feeds.replies.next() => match m {
                     Some(Ok(m)) => {
                         if let Ok(info) = m.info() {

@@ -27,7 +27,7 @@ use nexus_proto::{
     },
 };
 use nexus_testkit::{
-    ServiceProcess, Stack, TestEnv, eventually,
+    NatsServer, ServiceProcess, Stack, TestEnv, eventually,
     fake_openai::{FakeOpenAi, Reply},
 };
 use serde_json::{Value, json};
@@ -59,8 +59,11 @@ struct Api {
 }
 
 async fn spawn_world(fallback: Reply, llm_stream: bool) -> World {
+    spawn_world_on(TestEnv::new(), fallback, llm_stream).await
+}
+
+async fn spawn_world_on(test: TestEnv, fallback: Reply, llm_stream: bool) -> World {
     let fake = FakeOpenAi::start(fallback).await;
-    let test = TestEnv::new();
     // API keys live in the test's nexus.toml (NEXUS_CONFIG of every process).
     test.write(
         ".test-nexus.toml",
@@ -997,4 +1000,42 @@ async fn an_oversized_or_malformed_body_is_refused_before_any_turn() {
         .await;
     assert_eq!(r.status(), 400);
     assert!(w.fake.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_nats_restarts_a_request_gets_its_reply_within_the_reply_timeout() {
+    // NATS of our own, killed and restarted on the same port and store. The reply
+    // feed is an ordered consumer, which a restarted server has forgotten: the
+    // gateway must reopen it, not wait for the client library to notice (~80 s).
+    let mut nats = NatsServer::start().await;
+    let w = spawn_world_on(
+        TestEnv::with_nats(nats.url()),
+        Reply::EchoLastUser("re: ".into()),
+        false,
+    )
+    .await;
+    let api = w
+        .api(&[("NEXUS__CHANNELS__API__REPLY_TIMEOUT_SECS", "30")])
+        .await;
+    assert_eq!(api.ask(ALICE, "before", "s1").await["reply"], "re: before");
+
+    nats.kill();
+    nats.restart().await;
+    // Intake may refuse while the gateway reconnects; the answer must not wait for long.
+    let reply = eventually("a request accepted after the restart", WAIT, || async {
+        let r = api
+            .post(
+                ALICE,
+                "/v1/messages",
+                json!({"text": "after", "session": "s1"}),
+            )
+            .await;
+        match r.status().as_u16() {
+            200 => Some(r.json::<Value>().await.unwrap()),
+            503 => None,
+            other => panic!("{other}: {:?}", r.text().await),
+        }
+    })
+    .await;
+    assert_eq!(reply["reply"], "re: after");
 }
