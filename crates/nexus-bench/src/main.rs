@@ -10,6 +10,7 @@
 //! `BENCH_LOG=<file>` writes every line of the services' output there, with the
 //! bench's own steps, in ms since the start (`RUST_LOG` sets their level).
 
+mod exec;
 mod recovery;
 mod retrieval;
 
@@ -222,6 +223,11 @@ async fn main() -> anyhow::Result<()> {
         recovery.print(&measured);
         return Ok(());
     }
+    // `nexus-bench exec`: only the sandbox start-up figure.
+    if std::env::args().nth(1).as_deref() == Some("exec") {
+        exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
+        return Ok(());
+    }
     // `nexus-bench retrieval`: only the memory figure, no NATS needed.
     if std::env::args().nth(1).as_deref() == Some("retrieval") {
         let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
@@ -295,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
         startup.as_millis()
     );
     print_retrieval(&retrieval, corpus_mb);
+    exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
     println!();
     println!(
         "| agent-core replicas | model latency | throughput ({sessions} sessions × {per_session}) |"
