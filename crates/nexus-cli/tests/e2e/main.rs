@@ -863,3 +863,58 @@ async fn usage_reports_calls_tokens_and_cost_per_user_from_the_ledger() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("YYYY-MM-DD"), "{}", text(&out).1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_runs_a_script_with_exec_in_the_sandbox_and_answers_from_its_output() {
+    let test = TestEnv::new();
+    test.write(
+        "primes.py",
+        "print([n for n in range(2, 30) if all(n % d for d in range(2, n))])\n",
+    );
+    let fake = FakeOpenAi::start(Reply::Text("unexpected".into())).await;
+    fake.push([
+        Reply::ToolCalls(vec![(
+            "exec".into(),
+            json!({"command": "python3 primes.py && cat /etc/shadow"}),
+        )]),
+        Reply::EchoLastTool("the script printed: ".into()),
+    ]);
+    let env = llm_env(&fake, false);
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let out = nexus(
+        stack.env(),
+        &["chat", "-m", "Run primes.py and tell me", "--session", "x1"],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "chat failed: {stderr}");
+    assert!(
+        stdout.contains("[2, 3, 5, 7, 11, 13, 17, 19, 23, 29]"),
+        "{stdout}"
+    );
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one call to run the script, one to answer"
+    );
+    let offered: Vec<&str> = requests[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"exec"), "{offered:?}");
+    let tool_msg = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("the result went back to the model");
+    let content = tool_msg["content"].as_str().unwrap();
+    assert!(content.contains("exit status 1"), "{content}");
+    assert!(
+        content.contains("/etc/shadow: No such file or directory"),
+        "{content}"
+    );
+}
