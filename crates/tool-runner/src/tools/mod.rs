@@ -281,7 +281,10 @@ mod tests {
         );
         // No nexus-sandbox helper beside the unit-test binary.
         assert_eq!(not_offered[1].0, "exec");
-        assert!(not_offered[1].1.contains("nexus-sandbox"), "{not_offered:?}");
+        assert!(
+            not_offered[1].1.contains("nexus-sandbox"),
+            "{not_offered:?}"
+        );
         let keyed = ToolEnv {
             brave: BraveApi::new(Some("k".into()), None),
             ..env.clone()
