@@ -17,6 +17,7 @@ pub mod journal;
 pub mod llm;
 pub mod message;
 pub mod progress;
+pub mod scheduled;
 pub mod tools;
 pub mod turn;
 
@@ -222,6 +223,7 @@ async fn watch_for_stop(
         };
         if let Ok(m) = nexus_bus::decode::<InboundMessage>(&msg.payload)
             && Command::is_stop(&m.text)
+            && m.kind != nexus_proto::v1::InboundKind::Scheduled as i32
             && let Ok(turn) = Turn::parse(m, TraceContext::new_root())
             && running.stop(&turn.session.id())
         {

@@ -25,7 +25,7 @@ use nexus_proto::v1::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    agent::{Agent, USAGE_TURN, provider_of},
+    agent::{Agent, provider_of},
     approvals::approval_answer,
     commands::Command,
     context::{
@@ -33,6 +33,7 @@ use crate::{
     },
     llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
     progress::Progress,
+    scheduled,
     tools::{result_text, to_llm_tool},
 };
 
@@ -189,8 +190,10 @@ impl Agent {
             }))
             .await;
 
+        // A job's fire is not the person's answer: a question waiting for them stays.
+        let fire = scheduled::job_of(turn).is_some();
         let pending = match self.pending_approval(turn).await {
-            Ok(p) => p,
+            Ok(p) => p.filter(|_| !fire),
             Err(e) => return retry(format!("approvals: {e}")),
         };
         let answer = pending
@@ -222,7 +225,7 @@ impl Agent {
                 entry(turn, Role::Assistant, &text),
             ];
             Answer::stored(reply, entries, 0, 1)
-        } else if let Some(cmd) = Command::parse(&turn.msg.text) {
+        } else if let Some(cmd) = Command::parse(&turn.msg.text).filter(|_| !fire) {
             // Commands are answered without the model; stored with their reply only,
             // so a redelivery is answered from the store and history stays clean.
             let text = match self.command(turn, cmd).await {
@@ -374,6 +377,10 @@ impl Agent {
     }
 
     async fn publish_reply(&self, turn: &Turn, reply: &OutboundMessage) -> Outcome {
+        if scheduled::is_silent(turn, reply) {
+            tracing::info!("the scheduled job had nothing to report; no reply is sent");
+            return Outcome::Ack;
+        }
         match self.bus.publish_outbound(reply, &turn.trace.child()).await {
             Ok(_) => Outcome::Ack,
             Err(e) => retry(format!("publishing the reply: {e}")),
@@ -430,6 +437,8 @@ impl Agent {
         let models = self.models_for(turn, ctx);
         let primary = models.first().cloned().unwrap_or_default();
         let mut system = system_prompt(ctx, &facts, &names);
+        system.push_str(&scheduled::prompt_note(turn));
+        let text = scheduled::user_text(turn);
         // History gets what the window leaves after the prompt, the tools, the
         // message and the room kept for the answer.
         let fixed = estimate_tokens(&system)
@@ -439,7 +448,7 @@ impl Agent {
                     estimate_tokens(&t.parameters.to_string()) + estimate_tokens(&t.description)
                 })
                 .sum::<u32>()
-            + estimate_tokens(&turn.msg.text);
+            + estimate_tokens(&text);
         let budget = self
             .config
             .llm
@@ -460,12 +469,12 @@ impl Agent {
             tools,
             max_output_tokens: self.config.llm.max_output_tokens,
         };
-        req.messages.push(LlmMessage::User(turn.msg.text.clone()));
+        req.messages.push(LlmMessage::User(text.clone()));
 
         let now = now_ms();
         let mut entries = vec![HistoryEntry {
             role: Role::User as i32,
-            text: turn.msg.text.clone(),
+            text,
             at_ms: now,
             turn_id: turn.msg.id.clone(),
             ..Default::default()
@@ -517,7 +526,7 @@ impl Agent {
                     user_id: turn.user_id.clone(),
                     session_id: turn.session.id(),
                     channel: turn.session.channel().to_string(),
-                    purpose: USAGE_TURN.to_owned(),
+                    purpose: scheduled::usage_purpose(turn),
                 }))
                 .await;
             tracing::info!(

@@ -36,6 +36,7 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 mod journal;
 mod message;
 mod provider_errors;
+mod scheduled;
 
 /// Publishes a user message the way a gateway does; returns its id.
 async fn send(bus: &Bus, chat: &str, n: usize, text: &str) -> String {
