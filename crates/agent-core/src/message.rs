@@ -1,14 +1,19 @@
-//! The `message` tool: the agent sends text to a chat on any channel ("tell Alice
-//! on Telegram that the report is ready"). Served by agent-core itself, since it
-//! only puts an `OutboundMessage` in `N_OUTBOUND` — the way replies travel.
+//! The `message` tool: the agent sends text (and a workspace file) to a chat on any
+//! channel ("tell Alice on Telegram that the report is ready"). Served by agent-core
+//! itself, since it only puts an `OutboundMessage` in `N_OUTBOUND` — the way replies
+//! travel; a file is copied into the media store by tool-runner (`N.files.stage`).
 //!
 //! It must never reach a chat that channel's allow-list does not admit, and never
 //! send twice for one turn: the message's id is derived from the turn and the
 //! message itself, so a redone turn's resend is dropped by JetStream's duplicate window.
 
-use nexus_bus::{Bus, TraceContext};
+use std::time::Duration;
+
+use nexus_bus::{Bus, BusError, TraceContext};
 use nexus_common::{Config, domain::ChannelName, now_ms};
-use nexus_proto::v1::{ChatRef, OutboundKind, OutboundMessage, ToolSpec};
+use nexus_proto::v1::{
+    ChatRef, MediaRef, OutboundKind, OutboundMessage, StageFileRequest, StageFileResponse, ToolSpec,
+};
 use nexus_tools::{ToolFailure, parse_args, schema_of};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -28,6 +33,8 @@ pub struct MessageArgs {
     pub chat_id: String,
     /// The message
     pub text: String,
+    /// A file of the workspace to send with it, e.g. "reports/q3.pdf"
+    pub file: Option<String>,
 }
 
 /// The spec agent-core offers beside the providers' tools.
@@ -77,8 +84,19 @@ pub async fn send(
             "{channel} chat {chat_id} is not in [channels.{channel}] allow_from, so the agent may not write to it"
         )));
     }
+    let file = args
+        .file
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty());
+    let id = message_id(turn_id, &channel, chat_id, text, file.unwrap_or(""));
+    let media = match file {
+        Some(path) => vec![stage(bus, &id, path, trace).await?],
+        None => Vec::new(),
+    };
     let msg = OutboundMessage {
-        id: message_id(turn_id, &channel, chat_id, text),
+        id,
+        media,
         in_reply_to: turn_id.to_owned(),
         channel: channel.to_string(),
         chat: Some(ChatRef {
@@ -105,11 +123,53 @@ pub async fn send(
     })
 }
 
-/// `message:<turn>:<digest of channel, chat and text>`: the same message of the same
-/// turn has the same id, so a redone turn does not send it again.
-fn message_id(turn_id: &str, channel: &ChannelName, chat_id: &str, text: &str) -> String {
+/// Has tool-runner copy a workspace file into the media store, under a key derived
+/// from the message (a retry overwrites it).
+async fn stage(
+    bus: &Bus,
+    message_id: &str,
+    path: &str,
+    trace: &TraceContext,
+) -> Result<MediaRef, ToolFailure> {
+    let req = StageFileRequest {
+        path: path.to_owned(),
+        key: format!("{}/{}", message_id.replace(':', "/"), "file"),
+        max_bytes: 0,
+    };
+    let staged: Result<StageFileResponse, BusError> = bus
+        .request_idempotent(
+            bus.subjects().files_stage(),
+            &req,
+            trace,
+            Some(Duration::from_secs(60)),
+        )
+        .await;
+    match staged {
+        Ok(StageFileResponse { media: Some(m) }) => Ok(m),
+        Ok(_) => Err(ToolFailure::upstream("tool-runner staged no file")),
+        Err(BusError::Remote { code, message, .. }) => Err(match code {
+            403 => ToolFailure::denied(message),
+            404 => ToolFailure::not_found(message),
+            400 | 413 => ToolFailure::invalid_args(message),
+            _ => ToolFailure::upstream(message),
+        }),
+        Err(e) => Err(ToolFailure::upstream(format!(
+            "the file could not be attached: {e}"
+        ))),
+    }
+}
+
+/// `message:<turn>:<digest of channel, chat, text and file>`: the same message of
+/// the same turn has the same id, so a redone turn does not send it again.
+fn message_id(
+    turn_id: &str,
+    channel: &ChannelName,
+    chat_id: &str,
+    text: &str,
+    file: &str,
+) -> String {
     let mut h = Sha256::new();
-    for part in [channel.as_str(), chat_id, text] {
+    for part in [channel.as_str(), chat_id, text, file] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -125,15 +185,16 @@ mod tests {
     #[test]
     fn the_same_message_of_a_turn_has_one_id_and_any_difference_another() {
         let tg = ChannelName::parse("telegram").unwrap();
-        let a = message_id("t1", &tg, "42", "hi");
-        assert_eq!(a, message_id("t1", &tg, "42", "hi"));
-        assert_ne!(a, message_id("t2", &tg, "42", "hi"));
-        assert_ne!(a, message_id("t1", &tg, "43", "hi"));
-        assert_ne!(a, message_id("t1", &tg, "42", "hi!"));
+        let a = message_id("t1", &tg, "42", "hi", "");
+        assert_eq!(a, message_id("t1", &tg, "42", "hi", ""));
+        assert_ne!(a, message_id("t2", &tg, "42", "hi", ""));
+        assert_ne!(a, message_id("t1", &tg, "43", "hi", ""));
+        assert_ne!(a, message_id("t1", &tg, "42", "hi!", ""));
         assert_ne!(
-            message_id("t1", &tg, "4", "2hi"),
-            message_id("t1", &tg, "42", "hi")
+            message_id("t1", &tg, "4", "2hi", ""),
+            message_id("t1", &tg, "42", "hi", "")
         );
+        assert_ne!(a, message_id("t1", &tg, "42", "hi", "a.pdf"));
         assert!(a.starts_with("message:t1:"));
     }
 

@@ -103,6 +103,10 @@ impl Subjects {
     pub fn tools_discover(&self) -> String {
         format!("{}.tools.discover", self.ns)
     }
+    /// `N.files.stage`: tool-runner copies a workspace file into the media store.
+    pub fn files_stage(&self) -> String {
+        format!("{}.files.stage", self.ns)
+    }
     /// `N.memory.<op>`
     pub fn memory(&self, op: &str) -> String {
         format!("{}.memory.{op}", self.ns)

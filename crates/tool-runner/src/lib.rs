@@ -16,6 +16,7 @@ pub mod exec;
 mod mcp;
 pub mod sandbox;
 mod server;
+mod stage;
 pub mod tools;
 pub mod web;
 

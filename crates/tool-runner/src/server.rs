@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     mcp,
     sandbox::Workspace,
+    stage,
     tools::{BraveApi, Registry, ToolEnv},
 };
 
@@ -74,10 +75,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         workspace = %env.workspace.root().display(),
         "tool-runner serving"
     );
+    // Files for messages (agent-core touches no disk), on the same service.
+    let stage_stop = CancellationToken::new();
+    let staging = match server.endpoint_builder() {
+        Some(builder) => {
+            let endpoint = builder
+                .name("files_stage")
+                .add(bus.subjects().files_stage())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve file staging: {e}"))?;
+            Some(tokio::spawn(stage::serve(
+                endpoint,
+                bus.clone(),
+                env.workspace.clone(),
+                stage_stop.clone(),
+            )))
+        }
+        None => None,
+    };
     // MCP servers stop after the runtime drained, so calls in flight can finish.
     let mcp_stop = CancellationToken::new();
     let mcp = mcp::start(&config.tools, server.clone(), mcp_stop.clone());
     let result = server.run(shutdown).await;
+    stage_stop.cancel();
+    if let Some(staging) = staging {
+        let _ = staging.await;
+    }
     mcp_stop.cancel();
     mcp.join().await;
     server.stop_service().await;

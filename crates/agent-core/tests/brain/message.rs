@@ -92,3 +92,45 @@ async fn a_message_reaches_an_allowed_chat_once_even_when_the_turn_is_redone() {
         "the redone turn's message was recognised as sent: {tool_texts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_can_carry_a_workspace_file_but_not_one_outside_it() {
+    let test = TestEnv::new();
+    test.write("reports/q3.md", "# Q3\nRevenue up.\n");
+    let fake = FakeOpenAi::start(Reply::Text("Sent.".into())).await;
+    fake.push([Reply::ToolCalls(vec![
+        (
+            "message".into(),
+            json!({"channel": "telegram", "chat_id": "4242", "text": "Q3 report", "file": "reports/q3.md"}),
+        ),
+        (
+            "message".into(),
+            json!({"channel": "telegram", "chat_id": "4242", "text": "secrets", "file": "../../etc/passwd"}),
+        ),
+    ])]);
+    let mut env = llm_env(&fake);
+    env.push(("NEXUS__CHANNELS__TELEGRAM__ALLOW_FROM", "4242".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(&bus, "c1", 0, "send Ada the Q3 report").await;
+    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    let to_telegram: Vec<_> = all.iter().filter(|r| r.channel == "telegram").collect();
+    assert_eq!(to_telegram.len(), 1, "{to_telegram:?}");
+    let media = &to_telegram[0].media;
+    assert_eq!(media.len(), 1);
+    assert_eq!(media[0].file_name, "q3.md");
+    assert_eq!(media[0].mime_type, "text/markdown");
+    let bytes = bus.get_media(&media[0], 1 << 20).await.unwrap();
+    assert_eq!(bytes, b"# Q3\nRevenue up.\n");
+
+    let last = fake.requests().last().cloned().unwrap();
+    let refused = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .filter_map(|m| m["content"].as_str())
+        .any(|t| t.contains("[denied]") && t.contains("leave the workspace"));
+    assert!(refused, "{last}");
+}
