@@ -135,6 +135,22 @@ fn agent_core_can_be_scaled_because_nothing_pins_it() {
 }
 
 #[test]
+fn the_scheduler_keeps_its_jobs_in_postgres_and_can_be_scaled() {
+    let c = compose();
+    let scheduler = &c["services"]["scheduler"];
+    for key in ["container_name", "ports", "volumes", "hostname"] {
+        assert!(
+            scheduler.get(key).is_none(),
+            "scheduler sets {key}, which breaks --scale"
+        );
+    }
+    assert_eq!(
+        scheduler["depends_on"]["postgres"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+}
+
+#[test]
 fn the_image_builds_every_binary_and_runs_unprivileged() {
     let d = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
     assert!(d.contains("cargo build --release --workspace --bins"));
