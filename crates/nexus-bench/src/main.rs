@@ -13,6 +13,7 @@
 mod exec;
 mod recovery;
 mod retrieval;
+mod tools;
 
 use std::{
     collections::HashMap,
@@ -223,6 +224,12 @@ async fn main() -> anyhow::Result<()> {
         recovery.print(&measured);
         return Ok(());
     }
+    // `nexus-bench tools`: only the tool-call figures.
+    if std::env::args().nth(1).as_deref() == Some("tools") {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        tools::print(&tools::run(&url, env_or("BENCH_TOOL_CALLS", 300)).await?);
+        return Ok(());
+    }
     // `nexus-bench exec`: only the sandbox start-up figure.
     if std::env::args().nth(1).as_deref() == Some("exec") {
         exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
@@ -269,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
     let recovered = recovery.run(&fake).await?;
 
     let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
+    let tool_calls = tools::run(&nats_url, env_or("BENCH_TOOL_CALLS", 300)).await?;
 
     println!(
         "Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)",
@@ -301,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
         startup.as_millis()
     );
     print_retrieval(&retrieval, corpus_mb);
+    tools::print(&tool_calls);
     exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
     println!();
     println!(
