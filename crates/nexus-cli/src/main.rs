@@ -1,8 +1,10 @@
 //! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
 //! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `users`
-//! links senders to users, `whatsapp` pairs the WhatsApp channel.
+//! links senders to users, `cron` manages scheduled jobs, `whatsapp` pairs the
+//! WhatsApp channel.
 
 mod chat;
+mod cron;
 mod status;
 mod tail;
 mod up;
@@ -39,6 +41,8 @@ enum Command {
     Users(users::UsersArgs),
     /// Model calls, tokens and cost per user, model, channel, day or purpose.
     Usage(usage::UsageArgs),
+    /// Scheduled jobs of every user: list (owner, next and last fire, last outcome), add, remove, pause, resume.
+    Cron(cron::CronArgs),
     /// Pair the WhatsApp channel (`login` draws the QR code) or show its status.
     #[command(name = "whatsapp")]
     WhatsApp(whatsapp::WhatsAppArgs),
@@ -68,6 +72,7 @@ async fn main() -> ExitCode {
         Command::Status(a) => status::run(config, a).await,
         Command::Users(a) => users::run(config, a).await,
         Command::Usage(a) => usage::run(config, a).await,
+        Command::Cron(a) => cron::run(config, a).await,
         Command::WhatsApp(a) => whatsapp::run(config, a).await,
     };
     match result {

@@ -1,5 +1,6 @@
 //! `nexus status`: live replicas (NATS service API), tool providers (their
-//! announcements: tools, MCP servers, tools not offered and why) and stream backlogs.
+//! announcements: tools, MCP servers, tools not offered and why), the scheduler's
+//! jobs and next fire, and stream backlogs.
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
@@ -32,6 +33,28 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     for i in &instances {
         by_name.entry(i.name.as_str()).or_default().push(i);
     }
+
+    // The scheduler's jobs, when a replica runs: how many, and the next due fire.
+    let jobs = if by_name.contains_key("scheduler") {
+        let list = nexus_proto::v1::ListJobsRequest {
+            owner_user_id: String::new(),
+            limit: 1,
+        };
+        crate::cron::ask::<_, nexus_proto::v1::ListJobsResponse>(
+            &bus,
+            &config,
+            nexus_bus::scheduler_op::LIST,
+            &list,
+        )
+        .await
+        .ok()
+    } else {
+        None
+    };
+    let next_fire = jobs
+        .as_ref()
+        .and_then(|r| r.jobs.first())
+        .filter(|j| !j.paused && j.next_run_ms > 0);
 
     let s = bus.subjects();
     let mut streams = Vec::new();
@@ -109,6 +132,12 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "agent_consumer": consumer.map(|(p, a, r)| json!({"pending": p, "ack_pending": a, "redelivered": r})),
             "health": health.iter().map(|(svc, (at, n))| json!({"service": svc, "status": n.status, "detail": n.detail, "at_ms": at})).collect::<Vec<_>>(),
             "journal_24h": journal.json(),
+            "scheduler": jobs.as_ref().map(|r| json!({
+                "jobs": r.total, "active": r.active, "paused": r.paused,
+                "next_fire": next_fire.map(|j| json!({
+                    "at_ms": j.next_run_ms, "job": j.id, "owner": j.owner_user_id, "schedule": j.schedule,
+                })),
+            })),
             "tool_providers": providers.iter().map(|p| json!({
                 "provider": p.provider, "instance": p.instance, "version": p.version,
                 "tools": p.tools, "status": p.status,
@@ -135,6 +164,23 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     print_tools(&providers);
+    if let Some(r) = &jobs {
+        println!();
+        let next = match next_fire {
+            Some(j) => format!(
+                "next fire {}: {} of {} ({})",
+                crate::cron::when_text(j.next_run_ms, nexus_common::now_ms()),
+                j.id,
+                j.owner_user_id,
+                j.schedule
+            ),
+            None => "nothing due".to_owned(),
+        };
+        println!(
+            "scheduler: {} job(s), {} waiting to fire, {} paused; {next}",
+            r.total, r.active, r.paused
+        );
+    }
     println!();
     println!("{:<22} {:>10} {:>12}", "STREAM", "MESSAGES", "BYTES");
     for (name, info) in &streams {

@@ -127,6 +127,9 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut expected: Vec<&str> = vec!["memory-svc", "tool-runner", "agent-core"];
+    if plan.iter().any(|(name, _)| name == "scheduler") {
+        expected.push("scheduler");
+    }
     expected.sort_unstable();
     let mut probe_config = config.clone();
     probe_config.nats.url = nats_url.clone();
