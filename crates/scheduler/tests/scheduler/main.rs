@@ -8,6 +8,8 @@
 //! schedule take no time; process tests use second-long intervals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod replicas;
+mod tool;
 
 use std::time::Duration;
 
