@@ -124,12 +124,16 @@ impl ToolDirectory {
             Ok(mut r) => {
                 r.call_id = call.call_id.clone();
                 // A third-party provider may not cap its output; the model's context is ours.
-                if let Some(tool_result::Outcome::Output(text)) = r.outcome.take() {
-                    let (text, cut) =
-                        nexus_tools::cap_output(text, self.config.tools.max_output_bytes);
-                    r.truncated |= cut;
-                    r.outcome = Some(tool_result::Outcome::Output(text));
-                }
+                // Failures pass through as they came: the model must read them to fix its call.
+                r.outcome = match r.outcome.take() {
+                    Some(tool_result::Outcome::Output(text)) => {
+                        let (text, cut) =
+                            nexus_tools::cap_output(text, self.config.tools.max_output_bytes);
+                        r.truncated |= cut;
+                        Some(tool_result::Outcome::Output(text))
+                    }
+                    other => other,
+                };
                 r
             }
             Err(BusError::NoResponders { .. }) => failed(
