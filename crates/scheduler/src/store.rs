@@ -280,19 +280,12 @@ impl Store {
             Schedule::Every { anchor_ms, .. } => anchor_ms,
             _ => job.created_at_ms,
         };
-        // Two concurrent adds by one user may both pass the count: the limit is a
-        // guard against runaway models, not an accounting boundary.
+        // One statement, so SQLite takes the write lock first and waits for other
+        // writers (a read-then-write transaction fails at once if one wrote in
+        // between). Two concurrent adds by one user in PostgreSQL may both pass the
+        // count: the limit guards against runaway models, not an accounting boundary.
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let active: i64 = sqlx::query(sql::ACTIVE_OF_OWNER)
-                .bind(&job.owner)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-            if active >= i64::from(max_active) {
-                return Ok(Inserted::TooMany(u32::try_from(active).unwrap_or(u32::MAX)));
-            }
-            sqlx::query(sql::INSERT)
+            let inserted = sqlx::query(sql::INSERT)
                 .bind(&job.id)
                 .bind(&job.owner)
                 .bind(&job.origin.channel)
@@ -308,10 +301,19 @@ impl Store {
                 .bind(i64::from(job.paused))
                 .bind(job.next_run_ms)
                 .bind(job.created_at_ms)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Inserted::Yes)
+                .bind(i64::from(max_active))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if inserted == 1 {
+                return Ok(Inserted::Yes);
+            }
+            let active: i64 = sqlx::query(sql::ACTIVE_OF_OWNER)
+                .bind(&job.owner)
+                .fetch_one(pool)
+                .await?
+                .try_get("n")?;
+            Ok(Inserted::TooMany(u32::try_from(active).unwrap_or(u32::MAX)))
         })
     }
 
@@ -641,9 +643,11 @@ mod sql {
          every_secs, at_ms, anchor_ms, tz, missed, paused, next_run_ms, last_run_ms, last_outcome, \
          created_at_ms";
 
+    // Inserts only while the owner has fewer than $16 jobs waiting to fire.
     pub const INSERT: &str = "INSERT INTO scheduler_jobs (id, owner, channel, chat_id, thread_id, \
          message, cron_expr, every_secs, at_ms, anchor_ms, tz, missed, paused, next_run_ms, \
-         created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+         created_at_ms) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+         WHERE (SELECT COUNT(*) FROM scheduler_jobs WHERE owner = $2 AND next_run_ms IS NOT NULL) < $16";
 
     pub const ACTIVE_OF_OWNER: &str = "SELECT COUNT(*) AS n FROM scheduler_jobs \
          WHERE owner = $1 AND next_run_ms IS NOT NULL";
