@@ -129,6 +129,23 @@ impl Runner {
         let mut pass = Pass::default();
         let stale = now - i64::try_from(REPUBLISH_AFTER.as_millis()).unwrap_or(0);
         for fire in self.store.unpublished(stale, BATCH).await? {
+            if InboundMessage::decode(fire.payload.as_slice()).is_err() {
+                // Only a damaged row gets here; retrying it forever would hold the loop.
+                tracing::error!(
+                    job = fire.job_id,
+                    due_ms = fire.due_ms,
+                    "a claimed fire cannot be read; dropped"
+                );
+                self.store
+                    .mark_published(
+                        &fire.job_id,
+                        fire.due_ms,
+                        now_ms(),
+                        Some("fire record unreadable; dropped"),
+                    )
+                    .await?;
+                continue;
+            }
             match self.publish(&fire.job_id, fire.due_ms, fire.payload).await {
                 Ok(()) => {
                     tracing::info!(
@@ -137,7 +154,12 @@ impl Runner {
                         "claimed fire published again"
                     );
                     self.store
-                        .mark_published(&fire.job_id, fire.due_ms, now_ms(), None)
+                        .mark_published(
+                            &fire.job_id,
+                            fire.due_ms,
+                            now_ms(),
+                            Some("fired (published after a retry)"),
+                        )
                         .await?;
                 }
                 Err(error) => {

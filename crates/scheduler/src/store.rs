@@ -332,7 +332,8 @@ impl Store {
         })
     }
 
-    /// Jobs (of `owner`, or all), the soonest due first, then those that will not fire again.
+    /// Jobs (of `owner`, or all), the soonest due first, then those that will not
+    /// fire again. A row that is not a valid job is left out (and logged).
     pub async fn list(&self, owner: Option<&str>, limit: u32) -> Result<Vec<Job>, StoreError> {
         let limit = if limit == 0 {
             i64::MAX
@@ -351,7 +352,10 @@ impl Store {
             .await?;
             let mut jobs = Vec::with_capacity(rows.len());
             for row in rows {
-                jobs.push(job_of!(row));
+                match (|| -> Result<Job, StoreError> { Ok(job_of!(&row)) })() {
+                    Ok(job) => jobs.push(job),
+                    Err(error) => tracing::error!(%error, "invalid stored job left out of a list"),
+                }
             }
             Ok(jobs)
         })
@@ -426,7 +430,8 @@ impl Store {
         })
     }
 
-    /// Jobs due at `now_ms` (not paused), the most overdue first.
+    /// Jobs due at `now_ms` (not paused), the most overdue first. A row that is not
+    /// a valid job is paused with the reason, so it cannot hold up the others.
     pub async fn due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
         on_pool!(self, pool => {
             let rows = sqlx::query(&format!(
@@ -441,7 +446,21 @@ impl Store {
             .await?;
             let mut jobs = Vec::with_capacity(rows.len());
             for row in rows {
-                jobs.push(job_of!(row));
+                let id: String = row.try_get("id")?;
+                let job = (|| -> Result<Job, StoreError> { Ok(job_of!(&row)) })();
+                match job {
+                    Ok(job) => jobs.push(job),
+                    Err(error) => {
+                        tracing::error!(%error, job = id, "invalid stored job paused");
+                        sqlx::query(
+                            "UPDATE scheduler_jobs SET paused = 1, last_outcome = $2 WHERE id = $1",
+                        )
+                        .bind(&id)
+                        .bind(format!("paused: {error}"))
+                        .execute(pool)
+                        .await?;
+                    }
+                }
             }
             Ok(jobs)
         })

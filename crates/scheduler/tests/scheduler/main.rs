@@ -183,6 +183,7 @@ on_both_backends!(
     a_fire_claimed_by_a_replica_that_died_before_publishing_is_published_by_another,
     missed_due_times_fire_once_late_or_are_skipped_as_each_job_says,
     a_paused_job_fires_nothing_and_resumes_from_now,
+    a_stored_job_that_is_no_longer_valid_is_paused_and_the_others_still_fire,
 );
 
 async fn two_replicas_racing_for_every_due_time_fire_each_exactly_once(db: Db) {
@@ -399,4 +400,38 @@ async fn a_paused_job_fires_nothing_and_resumes_from_now(db: Db) {
 async fn the_store_refuses_urls_it_cannot_open() {
     let e = Store::connect("mysql://db/x").await.unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
+}
+
+async fn a_stored_job_that_is_no_longer_valid_is_paused_and_the_others_still_fire(db: Db) {
+    let test = TestEnv::new();
+    let bus = test.bus("scheduler-test").await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let t0 = now_ms();
+    for id in ["broken", "fine"] {
+        store
+            .insert(&job(id, every(60, t0 - 60_000), t0, MissedPolicy::Skip), 50)
+            .await
+            .unwrap();
+    }
+    // Damaged behind the scheduler's back (a hand edit, a bad restore).
+    let damage = "UPDATE scheduler_jobs SET cron_expr = 'not cron' WHERE id = 'broken'";
+    if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query(damage).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query(damage).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let runner = Runner::new(store.clone(), bus.clone(), "r".into(), GRACE);
+    let pass = runner.pass(t0).await.unwrap();
+    assert_eq!(pass.fired, 1);
+    let fires = inbound(&bus).await;
+    assert_eq!(fires.len(), 1);
+    assert_eq!(fires[0].metadata[scheduled::JOB_ID], "fine");
+    // Paused with the reason, out of the way of the loop; the good job carries on.
+    let broken = store.list(None, 0).await.unwrap();
+    assert_eq!(broken.len(), 1, "only the valid job is listed");
+    assert_eq!(store.next_due_ms().await.unwrap(), Some(t0 + 60_000));
 }
