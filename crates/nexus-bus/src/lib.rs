@@ -205,6 +205,17 @@ impl Bus {
                 discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             },
+            // Sub-agent tasks: each item is removed once a replica acks it (finished,
+            // failed, timed out or cancelled).
+            stream::Config {
+                name: s.tasks_stream(),
+                subjects: vec![s.tasks_all()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            },
             stream::Config {
                 name: s.deadletter_stream(),
                 subjects: vec![s.deadletter()],

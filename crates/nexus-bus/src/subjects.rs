@@ -132,6 +132,14 @@ impl Subjects {
     pub fn progress(&self, channel: &ChannelName) -> String {
         format!("{}.progress.{channel}", self.ns)
     }
+    /// `N.tasks.run`: sub-agent tasks waiting for a replica (`N_TASKS`, a work queue).
+    pub fn tasks(&self) -> String {
+        format!("{}.tasks.run", self.ns)
+    }
+    /// `N.tasks.>`
+    pub fn tasks_all(&self) -> String {
+        format!("{}.tasks.>", self.ns)
+    }
     /// `N.deadletter`
     pub fn deadletter(&self) -> String {
         format!("{}.deadletter", self.ns)
@@ -149,6 +157,17 @@ impl Subjects {
     }
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.ns)
+    }
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.ns)
+    }
+    /// Durable consumer of `N_TASKS`, shared by every agent-core replica.
+    pub fn tasks_consumer(&self) -> String {
+        format!("{}_agent-core-tasks", self.ns)
+    }
+    /// KV bucket of sub-agent tasks' state, by task id (for /tasks, /cancel and limits).
+    pub fn tasks_bucket(&self) -> String {
+        format!("{}_tasks", self.ns)
     }
     pub fn deadletter_stream(&self) -> String {
         format!("{}_DEADLETTER", self.ns)
@@ -289,6 +308,9 @@ mod tests {
         );
         assert_eq!(s.event(event_kind::DEAD_LETTER), "t1.events.dead_letter");
         assert_eq!(s.deadletter(), "t1.deadletter");
+        assert_eq!(s.tasks(), "t1.tasks.run");
+        assert_eq!(s.tasks_stream(), "t1_TASKS");
+        assert_eq!(s.tasks_bucket(), "t1_tasks");
         assert_eq!(s.inbound_stream(), "t1_INBOUND");
         assert_eq!(
             s.payload_type("t1.inbound.cli"),

@@ -28,6 +28,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub tools: ToolsConfig,
     pub scheduler: SchedulerConfig,
+    pub subagents: SubagentsConfig,
     /// Per-channel settings, keyed by channel name (`cli`, `telegram`, `slack`, …).
     pub channels: BTreeMap<String, ChannelConfig>,
     pub api: ApiConfig,
@@ -150,6 +151,37 @@ pub struct SchedulerConfig {
     /// A due time seen this much later (the scheduler was down) counts as missed, and
     /// the job's missed-fire policy applies: fire once late, or skip.
     pub misfire_grace_secs: u64,
+}
+
+/// `[subagents]`: tasks started with the `spawn` tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubagentsConfig {
+    /// Model calls one sub-agent may make.
+    pub max_iterations: u32,
+    /// Wall-clock limit of one task, in seconds; a task over it ends as timed out.
+    pub timeout_secs: u64,
+    /// How deep tasks may nest: 1 means a chat may spawn, a sub-agent may not.
+    pub max_depth: u32,
+    /// Tasks one user may have queued or running at once.
+    pub max_running_per_user: u32,
+    /// Tasks the whole deployment may have queued or running at once.
+    pub max_running_total: u32,
+    /// Whether sub-agents get the `message` tool (to write to other chats).
+    pub allow_message: bool,
+}
+
+impl Default for SubagentsConfig {
+    fn default() -> Self {
+        Self {
+            max_iterations: 30,
+            timeout_secs: 1800,
+            max_depth: 1,
+            max_running_per_user: 3,
+            max_running_total: 20,
+            allow_message: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +369,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             tools: ToolsConfig::default(),
             scheduler: SchedulerConfig::default(),
+            subagents: SubagentsConfig::default(),
             channels,
             api: ApiConfig::default(),
         }
