@@ -28,6 +28,10 @@ pub struct Agent {
     pub approvals: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// Wakes the journal writer when a session has turns to summarize.
     pub journal: crate::journal::Wake,
+    /// The tasks bucket, opened on first use.
+    pub tasks_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Files each sub-agent running here wrote so far, by task id.
+    pub task_files: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.

@@ -1,5 +1,5 @@
 //! Chat commands answered by agent-core itself, on every channel: /help, /new,
-//! /model, /stop — parsed here, and carried out here ([`Agent::command`]).
+//! /model, /stop, /tasks, /cancel <task> — parsed here, and carried out here ([`Agent::command`]).
 
 use nexus_bus::{BusError, memory_op};
 use nexus_proto::v1::{SessionCommandRequest, SessionCommandResponse, session_command_request};
@@ -17,6 +17,10 @@ pub enum Command {
     ShowModel,
     /// `/model <name>`; `default` clears the choice.
     SetModel(String),
+    /// The chat's running and recent tasks.
+    Tasks,
+    /// `/cancel <task id>`: stop a task.
+    CancelTask(String),
 }
 
 /// What /help says.
@@ -24,6 +28,7 @@ pub const HELP: &str = "Commands:\n\
 /new — start a fresh conversation (the current one is archived)\n\
 /model — show the model; /model <name> — use another model here; /model default — back to the configured one\n\
 /stop — cancel what I am working on\n\
+/tasks — background tasks of this chat; /cancel <id> — stop one\n\
 /help — this list";
 
 impl Command {
@@ -40,7 +45,10 @@ impl Command {
         Some(match name.as_str() {
             "help" | "start" => Self::Help,
             "new" | "reset" => Self::New,
-            "stop" | "cancel" => Self::Stop,
+            "stop" => Self::Stop,
+            "cancel" if arg.is_empty() => Self::Stop,
+            "cancel" => Self::CancelTask(arg.to_owned()),
+            "tasks" => Self::Tasks,
             "model" if arg.is_empty() => Self::ShowModel,
             "model" => Self::SetModel(arg.to_owned()),
             _ => return None,
@@ -94,6 +102,14 @@ impl Agent {
                     if r.archived_turns == 1 { "" } else { "s" }
                 )
             }
+            Command::Tasks => self
+                .list_tasks(turn)
+                .await
+                .map_err(|e| BusError::Nats(format!("tasks: {e}")))?,
+            Command::CancelTask(id) => self
+                .cancel_task(turn, &id)
+                .await
+                .map_err(|e| BusError::Nats(format!("tasks: {e}")))?,
             // The turn it stops was cancelled when the command was seen on the wire.
             Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
             Command::ShowModel => {
@@ -158,5 +174,12 @@ mod tests {
         assert_eq!(Command::parse("/etc/hosts is a file"), None);
         assert_eq!(Command::parse("please /stop"), None);
         assert!(Command::is_stop("/stop"));
+        assert!(Command::is_stop("/cancel"));
+        assert_eq!(Command::parse("/tasks"), Some(Command::Tasks));
+        assert_eq!(
+            Command::parse("/cancel t0123456789"),
+            Some(Command::CancelTask("t0123456789".into()))
+        );
+        assert!(!Command::is_stop("/cancel t0123456789"));
     }
 }

@@ -18,6 +18,7 @@ pub mod llm;
 pub mod message;
 pub mod progress;
 pub mod scheduled;
+pub mod tasks;
 pub mod tools;
 pub mod turn;
 
@@ -92,6 +93,8 @@ pub async fn run_with_model(
         approvals: tokio::sync::OnceCell::new(),
         config: Arc::new(config.clone()),
         journal: wake,
+        tasks_kv: tokio::sync::OnceCell::new(),
+        task_files: Default::default(),
     });
     let running = Running::default();
 
@@ -122,6 +125,17 @@ pub async fn run_with_model(
         )
         .await
         .context("creating the inbound router consumer")?;
+    let task_queue = bus
+        .durable_consumer(
+            &s.tasks_stream(),
+            &s.tasks_consumer(),
+            s.tasks(),
+            ack_wait,
+            config.agent.max_deliver,
+            i64::from(config.subagents.max_running_total.max(1)),
+        )
+        .await
+        .context("creating the tasks consumer")?;
     // Every inbound message is also seen live, so /stop can cancel a turn in flight
     // even though it queues behind that turn in its partition.
     let live = bus
@@ -143,6 +157,12 @@ pub async fn run_with_model(
         ));
     }
     tasks.spawn(router_loop(agent.clone(), router, shutdown.clone()));
+    tasks.spawn(crate::tasks::run(
+        agent.clone(),
+        task_queue,
+        ack_wait,
+        shutdown.clone(),
+    ));
     let watcher = tokio::spawn(watch_for_stop(live, running.clone(), shutdown.clone()));
     // Summaries run beside the turns, never in front of them.
     let journal =

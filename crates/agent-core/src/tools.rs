@@ -1,7 +1,7 @@
 //! The tools agent-core can offer the model: live as their providers announce
 //! them (`nexus_tools::ToolDirectory`), and called over `N.tool.<name>` in the
-//! encoding each provider speaks — plus `message`, which agent-core serves itself
-//! (it only queues an `OutboundMessage`).
+//! encoding each provider speaks — plus `message` and `spawn`, which agent-core
+//! serves itself (they only queue an `OutboundMessage` or a task).
 //!
 //! Failures come back as data.
 
@@ -12,7 +12,7 @@ use nexus_common::{Config, domain::ToolName, shutdown::CancellationToken};
 use nexus_proto::v1::{ToolCall, ToolError, ToolErrorKind, ToolResult, ToolSpec, tool_result};
 use nexus_tools::wire::{self, Encoding};
 
-use crate::{llm::LlmTool, message};
+use crate::{llm::LlmTool, message, tasks};
 
 /// Tool specs by name.
 pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
@@ -47,6 +47,9 @@ impl ToolDirectory {
             .any(|d| d == message::NAME)
         {
             specs.insert(message::NAME.to_owned(), message::spec());
+        }
+        if !self.config.tools.disabled.iter().any(|d| d == tasks::NAME) {
+            specs.insert(tasks::NAME.to_owned(), tasks::spec());
         }
         Arc::new(specs)
     }

@@ -33,7 +33,7 @@ use crate::{
     },
     llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
     progress::Progress,
-    scheduled,
+    scheduled, tasks,
     tools::{result_text, to_llm_tool},
 };
 
@@ -78,7 +78,7 @@ impl Answer {
 
 /// Why a turn ended without an answer from the model.
 #[derive(Debug)]
-enum TurnError {
+pub(crate) enum TurnError {
     Llm(LlmError),
     /// The user sent /stop.
     Stopped,
@@ -157,8 +157,8 @@ impl Turn {
 }
 
 /// What the tool loop produced.
-struct LoopResult {
-    text: String,
+pub(crate) struct LoopResult {
+    pub(crate) text: String,
     entries: Vec<HistoryEntry>,
     model: String,
     llm_calls: u32,
@@ -419,8 +419,12 @@ impl Agent {
     }
 
     /// The model decides; tools run; repeat until it answers or the budget is spent.
-    async fn tool_loop(&self, turn: &Turn, ctx: &ContextResponse) -> Result<LoopResult, TurnError> {
-        let specs = self.tools.specs().await;
+    pub(crate) async fn tool_loop(
+        &self,
+        turn: &Turn,
+        ctx: &ContextResponse,
+    ) -> Result<LoopResult, TurnError> {
+        let specs = self.specs_for(turn).await;
         let tools: Vec<_> = specs.values().map(to_llm_tool).collect();
         let names: Vec<String> = specs.keys().cloned().collect();
         let facts = TurnFacts {
@@ -438,6 +442,7 @@ impl Agent {
         let primary = models.first().cloned().unwrap_or_default();
         let mut system = system_prompt(ctx, &facts, &names);
         system.push_str(&scheduled::prompt_note(turn));
+        system.push_str(&tasks::prompt_note(turn));
         let text = scheduled::user_text(turn);
         // History gets what the window leaves after the prompt, the tools, the
         // message and the room kept for the answer.
@@ -485,7 +490,10 @@ impl Agent {
             &turn.msg.id,
             &turn.session.id(),
         );
-        let max_iterations = self.config.llm.max_tool_iterations.max(1);
+        let max_iterations = match tasks::task_of(turn) {
+            Some(_) => self.config.subagents.max_iterations.max(1),
+            None => self.config.llm.max_tool_iterations.max(1),
+        };
         let mut llm_calls = 0;
         let mut tool_calls = 0;
         let mut usage = crate::llm::LlmUsage::default();
@@ -526,7 +534,8 @@ impl Agent {
                     user_id: turn.user_id.clone(),
                     session_id: turn.session.id(),
                     channel: turn.session.channel().to_string(),
-                    purpose: scheduled::usage_purpose(turn),
+                    purpose: tasks::usage_purpose(turn)
+                        .unwrap_or_else(|| scheduled::usage_purpose(turn)),
                 }))
                 .await;
             tracing::info!(
@@ -624,6 +633,24 @@ impl Agent {
         }
     }
 
+    /// The tools of a turn. A sub-agent gets no tool that needs a person's yes
+    /// (nobody is there to give it), no `spawn` at the depth limit and no `message`
+    /// unless `[subagents] allow_message`.
+    async fn specs_for(&self, turn: &Turn) -> crate::tools::Specs {
+        let specs = self.tools.specs().await;
+        let Some((_, depth)) = tasks::task_of(turn) else {
+            return specs;
+        };
+        let limits = &self.config.subagents;
+        let mut own = (*specs).clone();
+        own.retain(|name, spec| {
+            let too_deep = name == tasks::NAME && depth >= limits.max_depth;
+            let no_message = name == crate::message::NAME && !limits.allow_message;
+            !(spec.requires_approval || too_deep || no_message)
+        });
+        std::sync::Arc::new(own)
+    }
+
     async fn run_tool(
         &self,
         turn: &Turn,
@@ -651,10 +678,29 @@ impl Agent {
                 approved: false,
             }),
         };
-        let result = self
-            .tools
-            .call(specs.get(&call.name), wire, &turn.trace.child())
-            .await;
+        let result = if call.name == tasks::NAME {
+            // Served here: it needs the whole turn (its origin, its depth).
+            let spawned = self.spawn_task(turn, call).await;
+            nexus_proto::v1::ToolResult {
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                outcome: Some(match spawned {
+                    Ok(text) => nexus_proto::v1::tool_result::Outcome::Output(text),
+                    Err(failure) => nexus_proto::v1::tool_result::Outcome::Error(failure.into()),
+                }),
+                ..Default::default()
+            }
+        } else {
+            self.tools
+                .call(specs.get(&call.name), wire, &turn.trace.child())
+                .await
+        };
+        if matches!(
+            result.outcome,
+            Some(nexus_proto::v1::tool_result::Outcome::Output(_))
+        ) {
+            self.note_written(turn, call);
+        }
         let (ok, text) = result_text(&result);
         let error_kind = match &result.outcome {
             Some(nexus_proto::v1::tool_result::Outcome::Error(e)) => {

@@ -37,6 +37,7 @@ mod journal;
 mod message;
 mod provider_errors;
 mod scheduled;
+mod subagents;
 
 /// Publishes a user message the way a gateway does; returns its id.
 async fn send(bus: &Bus, chat: &str, n: usize, text: &str) -> String {
