@@ -447,8 +447,8 @@ impl Agent {
             State::Done | State::Failed => return self.deliver(&task, trace).await,
             State::Queued | State::Running => {}
         }
-        // Running here means the replica that ran it died: it starts over.
-        let restarted = task.state == State::Running || task.attempts > 0;
+        // Started before: the replica that ran it died or shut down; it starts over.
+        let restarted = task.attempts > 0;
         task.state = State::Running;
         task.started_ms = now_ms();
         task.attempts += 1;
@@ -491,13 +491,13 @@ impl Agent {
                 return Outcome::Ack;
             }
             End::Shutdown => {
-                // Handed back: another replica takes it from the queue.
+                // Handed back: another replica takes it from the queue (and starts
+                // it over, which its result will say).
                 task.state = State::Queued;
-                task.attempts = task.attempts.saturating_sub(1);
                 let _ = self.save_task(&task, revision).await;
                 return Outcome::Retry {
                     delay: Duration::ZERO,
-                    reason: "replica shutting down; task handed back".into(),
+                    reason: HANDED_BACK.into(),
                 };
             }
             End::Finished(Ok(text)) => (State::Done, "finished", text),
@@ -540,6 +540,35 @@ impl Agent {
                 Ok(Some((t, _))) if t.state == State::Cancelled => Outcome::Ack,
                 _ => retry(format!("recording the result: {e}")),
             };
+        }
+        self.deliver(&task, trace).await
+    }
+
+    /// Ends a task that failed on every delivery: recorded as failed, the user told.
+    async fn give_up(&self, id: &str, reason: &str, trace: &TraceContext) -> Outcome {
+        let Ok(Some((mut task, revision))) = self.load_task(id).await else {
+            return Outcome::Retry {
+                delay: Duration::ZERO,
+                reason: "task state unreadable".into(),
+            };
+        };
+        if task.state.is_active() {
+            task.state = State::Failed;
+            task.finished_ms = now_ms();
+            task.result = format!(
+                "Task {} (\"{}\") failed: it could not be completed, even after retrying.",
+                task.id, task.label
+            );
+            tracing::warn!(reason, "task given up");
+            if self.save_task(&task, revision).await.is_err() {
+                return Outcome::Retry {
+                    delay: Duration::ZERO,
+                    reason: "task state changed".into(),
+                };
+            }
+        }
+        if task.state == State::Cancelled {
+            return Outcome::Ack;
         }
         self.deliver(&task, trace).await
     }
@@ -714,14 +743,35 @@ async fn run_one(
 ) {
     let _in_progress = InProgress::keep(&msg, ack_wait);
     let trace = TraceContext::from_headers(msg.headers.as_ref());
+    let max_deliver = agent.config.agent.max_deliver;
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let outcome = match serde_json::from_slice::<Task>(&msg.payload) {
         Err(e) => Outcome::Poison {
             reason: format!("not a task: {e}"),
         },
-        Ok(item) => agent.work(item, &trace, shutdown).await,
+        Ok(item) => match agent.work(item.clone(), &trace, shutdown).await {
+            Outcome::Retry { reason, .. } if reason == HANDED_BACK => {
+                // Not a failure: the next replica takes it at once.
+                if let Err(error) = msg.ack_with(jetstream::AckKind::Nak(None)).await {
+                    tracing::warn!(%error, "task not handed back; it is redelivered after ack_wait");
+                }
+                return;
+            }
+            // The last delivery: tell the user instead of leaving the task running forever.
+            Outcome::Retry { reason, delay } if delivered >= max_deliver => {
+                match agent.give_up(&item.id, &reason, &trace).await {
+                    Outcome::Ack => Outcome::Poison { reason },
+                    _ => Outcome::Retry { reason, delay },
+                }
+            }
+            outcome => outcome,
+        },
     };
-    settle(&agent.bus, &msg, outcome, agent.config.agent.max_deliver).await;
+    settle(&agent.bus, &msg, outcome, max_deliver).await;
 }
+
+/// The reason of a task handed back on shutdown.
+const HANDED_BACK: &str = "replica shutting down; task handed back";
 
 #[cfg(test)]
 mod tests {

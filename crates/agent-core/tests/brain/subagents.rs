@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use nexus_bus::Bus;
 use nexus_proto::v1::OutboundMessage;
 use nexus_testkit::{
@@ -312,4 +313,96 @@ async fn a_sub_agent_is_not_offered_spawn_and_is_refused_when_it_calls_it() {
             .any(|t| t.contains("may not start further tasks") && t.contains("max_depth")),
         "{texts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_a_running_task_back_and_the_next_replica_reports_it_once() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::EchoLastUser("re: ".into())).await;
+    fake.push([Reply::ToolCalls(vec![spawn_call("Write reports/x.md")])]);
+    fake.set_model_reply(SUB, Reply::Hang);
+    let env = env(&fake);
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(&bus, "c1", 0, "write the report in the background").await;
+    sub_agent_asking(&fake).await;
+    replies(&bus, 1, Duration::from_secs(60)).await;
+    // The task would hang for ever; SIGTERM must not wait for it, nor drop it.
+    let status = stack
+        .agent
+        .take()
+        .unwrap()
+        .terminate(Duration::from_secs(30))
+        .await;
+    assert!(status.success(), "agent-core exited with {status}");
+    assert_eq!(queued_tasks(&bus).await, 1, "the task left the queue");
+    // Handed back (a nak marks it for redelivery at once), not left to run out its
+    // ack wait: that would take 3 s, and the task started well under that ago.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = bus
+        .jetstream()
+        .get_stream(bus.subjects().tasks_stream())
+        .await
+        .unwrap()
+        .get_consumer(&bus.subjects().tasks_consumer())
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_redelivered, 1, "{info:?}");
+
+    fake.set_model_reply(SUB, Reply::Text("Report written.".into()));
+    let _next = ServiceProcess::spawn("agent-core", &[], stack.env());
+    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    let results = task_results(&all);
+    assert_eq!(results.len(), 1, "{all:?}");
+    assert!(
+        results[0].text.contains("Report written.") && results[0].text.contains("restarted"),
+        "{}",
+        results[0].text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sub_agents_model_calls_are_billed_to_the_spawning_user_and_the_task() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("Done.".into())).await;
+    fake.push([Reply::ToolCalls(vec![spawn_call("Write reports/x.md")])]);
+    let env = env(&fake);
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+    let mut usage = bus
+        .client()
+        .subscribe(bus.subjects().event(nexus_bus::event_kind::LLM_USAGE))
+        .await
+        .unwrap();
+
+    send(&bus, "c1", 0, "write the report in the background").await;
+    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    assert_eq!(task_results(&all).len(), 1, "{all:?}");
+    let id = spawned_task_id(&fake).await;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|u: &nexus_proto::v1::LlmUsage| u.purpose.starts_with("task:"))
+    {
+        let ev = tokio::time::timeout(Duration::from_secs(10), usage.next())
+            .await
+            .expect("a usage event of the task")
+            .unwrap();
+        if let Some(nexus_proto::v1::event::Kind::LlmUsage(u)) =
+            <nexus_proto::v1::Event as prost::Message>::decode(ev.payload)
+                .unwrap()
+                .kind
+        {
+            seen.push(u);
+        }
+    }
+    let turn = seen.iter().find(|u| u.purpose == "turn").unwrap();
+    let task = seen
+        .iter()
+        .find(|u| u.purpose.starts_with("task:"))
+        .unwrap();
+    assert_eq!(task.purpose, format!("task:{id}"));
+    assert_eq!(task.user_id, turn.user_id);
+    assert!(!task.user_id.is_empty());
 }
