@@ -406,3 +406,64 @@ async fn a_sub_agents_model_calls_are_billed_to_the_spawning_user_and_the_task()
     assert_eq!(task.user_id, turn.user_id);
     assert!(!task.user_id.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_over_its_time_limit_reports_once_that_it_timed_out() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("Started.".into())).await;
+    fake.push([Reply::ToolCalls(vec![spawn_call("Write reports/x.md")])]);
+    fake.set_model_reply(SUB, Reply::Hang);
+    let mut env = env(&fake);
+    env.push(("NEXUS__SUBAGENTS__TIMEOUT_SECS", "2".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(&bus, "c1", 0, "write the report in the background").await;
+    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    let results = task_results(&all);
+    assert_eq!(results.len(), 1, "{all:?}");
+    assert!(
+        results[0].text.contains("timed out") && results[0].text.contains("timeout_secs"),
+        "{}",
+        results[0].text
+    );
+    eventually(
+        "the task to leave the queue",
+        Duration::from_secs(30),
+        || {
+            let bus = bus.clone();
+            async move { (queued_tasks(&bus).await == 0).then_some(()) }
+        },
+    )
+    .await;
+    send(&bus, "c1", 1, "/tasks").await;
+    let all = replies(&bus, 3, Duration::from_secs(60)).await;
+    assert!(all[2].text.contains("failed"), "{}", all[2].text);
+    assert_eq!(task_results(&all).len(), 1, "{all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_over_the_deployment_limit_is_refused_clearly() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("Working on it.".into())).await;
+    fake.set_model_reply(SUB, Reply::Hang);
+    let mut env = env(&fake);
+    env.push(("NEXUS__SUBAGENTS__MAX_RUNNING_TOTAL", "1".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    fake.push([Reply::ToolCalls(vec![spawn_call("first report")])]);
+    send(&bus, "c1", 0, "write a report").await;
+    replies(&bus, 1, Duration::from_secs(60)).await;
+    // Another user, in another chat: the deployment's limit, not the user's, refuses.
+    fake.push([Reply::ToolCalls(vec![spawn_call("second report")])]);
+    super::send_as(&bus, "c2", 0, "write a report too", "u2").await;
+    replies(&bus, 2, Duration::from_secs(60)).await;
+    let texts = tool_texts(&fake);
+    assert!(
+        texts.iter().any(|t| t.contains("ERROR [denied]")
+            && t.contains("too many tasks")
+            && t.contains("max_running_total")),
+        "{texts:?}"
+    );
+}
