@@ -2,8 +2,8 @@
 //! chat gets its result.
 //!
 //! A task is a work item on `N_TASKS` (a JetStream work queue) under the id
-//! `task:<id>`, the id derived from the spawning turn and call, so a redone turn
-//! does not spawn twice. Its state lives in the `N_tasks` KV bucket, which /tasks,
+//! `task:<id>`, the id derived from the spawning turn and the task text, so a
+//! redone turn does not spawn twice. Its state lives in the `N_tasks` KV bucket, which /tasks,
 //! /cancel and the limits read on any replica.
 //!
 //! A sub-agent is a turn of its own session (`task:<id>`) with its own limits and
@@ -154,12 +154,14 @@ pub fn prompt_note(turn: &Turn) -> String {
     }
 }
 
-/// `t` + 10 hex digits of the turn and call: short enough to type in `/cancel <id>`.
-fn task_id(turn_id: &str, call_id: &str) -> String {
+/// `t` + 10 hex digits of the turn and the task text: short enough to type in
+/// `/cancel <id>`. Not the call id: a redone turn's model names its calls anew, but
+/// asks for the same task (as `message` ids its messages).
+fn task_id(turn_id: &str, task: &str) -> String {
     let mut h = Sha256::new();
     h.update(turn_id.as_bytes());
     h.update([0]);
-    h.update(call_id.as_bytes());
+    h.update(task.as_bytes());
     format!("t{}", &hex::encode(h.finalize())[..10])
 }
 
@@ -265,10 +267,15 @@ impl Agent {
                 session_id: turn.session.id(),
             },
         };
-        let id = task_id(&turn.msg.id, &call.id);
+        let id = task_id(&turn.msg.id, text);
         let store = |e: String| ToolFailure::upstream(format!("task state: {e}"));
         if let Some((existing, _)) = self.load_task(&id).await.map_err(store)? {
-            // The same call of a redone turn: the task exists already.
+            // The same call of a redone turn: the task exists already. Still queued, its
+            // item may have been lost with the crash: publish it again (the same
+            // `Nats-Msg-Id`, so a copy already in the queue is not doubled).
+            if existing.state == State::Queued {
+                self.queue(&existing, &turn.trace).await?;
+            }
             return Ok(format!(
                 "Task {id} was already started (it is {}).",
                 existing.state.name()
@@ -327,24 +334,31 @@ impl Agent {
         let bytes = serde_json::to_vec(&task).map_err(|e| ToolFailure::internal(e.to_string()))?;
         let kv = self.tasks_kv().await.map_err(store)?;
         // `create` fails if the key exists: a concurrent redo of the same call.
-        if kv.create(kv_key(&id), bytes.clone().into()).await.is_err() {
+        if kv.create(kv_key(&id), bytes.into()).await.is_err() {
             return Ok(format!("Task {id} was already started."));
         }
-        self.bus
-            .publish_durable(
-                self.bus.subjects().tasks(),
-                &result_turn_id(&id),
-                &turn.trace.child(),
-                bytes.into(),
-            )
-            .await
-            .map_err(|e| ToolFailure::upstream(format!("the task was not queued: {e}")))?;
+        self.queue(&task, &turn.trace).await?;
         tracing::info!(task = %id, depth, "task queued");
         Ok(format!(
             "Started task {id} (\"{}\"). It runs in the background; its result is sent to this chat when it \
              finishes. The user can see it with /tasks and stop it with /cancel {id}.",
             task.label
         ))
+    }
+
+    /// Puts a task's work item on `N_TASKS` under `task:<id>`.
+    async fn queue(&self, task: &Task, trace: &TraceContext) -> Result<(), ToolFailure> {
+        let bytes = serde_json::to_vec(task).map_err(|e| ToolFailure::internal(e.to_string()))?;
+        self.bus
+            .publish_durable(
+                self.bus.subjects().tasks(),
+                &result_turn_id(&task.id),
+                &trace.child(),
+                bytes.into(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| ToolFailure::upstream(format!("the task was not queued: {e}")))
     }
 
     /// Remembers a file a sub-agent wrote, for its result message.
@@ -778,11 +792,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_task_id_is_the_same_for_the_same_call_and_short() {
-        let a = task_id("test:c1-0", "call_1");
-        assert_eq!(a, task_id("test:c1-0", "call_1"));
-        assert_ne!(a, task_id("test:c1-0", "call_2"));
-        assert_ne!(a, task_id("test:c1-1", "call_1"));
+    fn a_task_id_is_the_same_for_the_same_task_of_a_turn_and_short() {
+        let a = task_id("test:c1-0", "write a report");
+        assert_eq!(a, task_id("test:c1-0", "write a report"));
+        assert_ne!(a, task_id("test:c1-0", "write another report"));
+        assert_ne!(a, task_id("test:c1-1", "write a report"));
         assert_eq!(a.len(), 11);
     }
 

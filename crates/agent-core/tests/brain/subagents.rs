@@ -467,3 +467,53 @@ async fn a_task_over_the_deployment_limit_is_refused_clearly() {
         "{texts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_redone_after_a_crash_does_not_spawn_its_task_twice() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("unused".into())).await;
+    // The first turn spawns, then hangs in its second model call.
+    fake.push([
+        Reply::ToolCalls(vec![spawn_call("Write reports/x.md")]),
+        Reply::Hang,
+    ]);
+    fake.set_model_reply(SUB, Reply::Text("Report written.".into()));
+    let env = env(&fake);
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send(&bus, "c1", 0, "write the report in the background").await;
+    eventually(
+        "the turn to wait in its second model call",
+        Duration::from_secs(60),
+        || {
+            let n = fake.in_flight("gpt-4.1-mini");
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    stack.agent.take().unwrap().kill().await;
+    fake.push([
+        Reply::ToolCalls(vec![spawn_call("Write reports/x.md")]),
+        Reply::Text("On it.".into()),
+    ]);
+    let _again = ServiceProcess::spawn("agent-core", &[], stack.env());
+
+    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    assert_eq!(task_results(&all).len(), 1, "{all:?}");
+    let texts = tool_texts(&fake);
+    assert!(
+        texts.iter().any(|t| t.contains("was already started")),
+        "{texts:?}"
+    );
+    // One work item was ever stored.
+    let mut stream = bus
+        .jetstream()
+        .get_stream(bus.subjects().tasks_stream())
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.last_sequence, 1);
+    send(&bus, "c1", 1, "thanks").await;
+    let all = replies(&bus, 3, Duration::from_secs(60)).await;
+    assert_eq!(task_results(&all).len(), 1, "{all:?}");
+}
