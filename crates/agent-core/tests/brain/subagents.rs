@@ -100,6 +100,12 @@ async fn a_task_runs_while_the_chat_goes_on_and_reports_once_with_its_file() {
     let env = env(&fake);
     let _stack = Stack::start(&test, &refs(&env)).await;
     let bus = test.bus("test").await;
+    let task_channel = nexus_common::domain::ChannelName::parse("task").unwrap();
+    let mut progress = bus
+        .client()
+        .subscribe(bus.subjects().progress(&task_channel))
+        .await
+        .unwrap();
 
     send(&bus, "c1", 0, "research X for me").await;
     sub_agent_asking(&fake).await;
@@ -132,6 +138,22 @@ async fn a_task_runs_while_the_chat_goes_on_and_reports_once_with_its_file() {
         std::fs::read_to_string(test.workspace_path().join("reports/x.md")).unwrap(),
         "# X\nFindings.\n"
     );
+    // Its steps were published as progress, like a turn's.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), progress.next())
+            .await
+            .expect("the sub-agent's write_file call as progress")
+            .unwrap();
+        let p = <nexus_proto::v1::TurnProgress as prost::Message>::decode(m.payload).unwrap();
+        if let Some(nexus_proto::v1::turn_progress::Kind::Tool(t)) = p.kind {
+            assert_eq!(
+                p.session_id,
+                format!("task:{}", p.turn_id.trim_start_matches("task:"))
+            );
+            assert_eq!(t.name, "write_file");
+            break;
+        }
+    }
 
     // The result is part of the chat's history: the next turn's model sees it.
     send(&bus, "c1", 3, "summarise that report").await;
