@@ -63,6 +63,8 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         s.outbound_stream(),
         s.events_stream(),
         s.deadletter_stream(),
+        // Sub-agent tasks queued or running (a work queue: done ones are gone).
+        s.tasks_stream(),
     ] {
         let info = match bus.jetstream().get_stream(&name).await {
             Ok(mut st) => st
