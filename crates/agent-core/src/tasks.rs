@@ -240,6 +240,16 @@ impl Agent {
             Some((id, d)) => (Some(id.to_owned()), d + 1),
             None => (None, 1),
         };
+        if self.config.tools.disabled.iter().any(|d| d == NAME) {
+            return Err(ToolFailure::not_found(
+                "spawn is switched off here ([tools] disabled)",
+            ));
+        }
+        if limits.max_depth == 0 {
+            return Err(ToolFailure::denied(
+                "background tasks are switched off here ([subagents] max_depth = 0)",
+            ));
+        }
         if depth > limits.max_depth {
             return Err(ToolFailure::denied(format!(
                 "a sub-agent may not start further tasks: tasks nest at most {} deep ([subagents] max_depth)",
@@ -746,6 +756,9 @@ pub async fn run(
         // Reap finished ones so the set does not grow.
         while running.try_join_next().is_some() {}
     }
+    // Withdraw the open pull request first: the tasks handed back below would
+    // otherwise be delivered straight to it, and wait out ack_wait in a dead process.
+    drop(puller);
     while running.join_next().await.is_some() {}
 }
 
@@ -766,8 +779,17 @@ async fn run_one(
         Ok(item) => match agent.work(item.clone(), &trace, shutdown).await {
             Outcome::Retry { reason, .. } if reason == HANDED_BACK => {
                 // Not a failure: the next replica takes it at once.
-                if let Err(error) = msg.ack_with(jetstream::AckKind::Nak(None)).await {
-                    tracing::warn!(%error, "task not handed back; it is redelivered after ack_wait");
+                // Flushed (a PING answered after it), since the process is about to exit.
+                let handed = match msg.ack_with(jetstream::AckKind::Nak(None)).await {
+                    Ok(()) => agent.bus.client().flush().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match handed {
+                    Ok(()) => tracing::info!(task = %item.id, "task handed back"),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "task not handed back; it is redelivered after ack_wait"
+                    ),
                 }
                 return;
             }

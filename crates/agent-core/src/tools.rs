@@ -48,7 +48,9 @@ impl ToolDirectory {
         {
             specs.insert(message::NAME.to_owned(), message::spec());
         }
-        if !self.config.tools.disabled.iter().any(|d| d == tasks::NAME) {
+        if self.config.subagents.max_depth > 0
+            && !self.config.tools.disabled.iter().any(|d| d == tasks::NAME)
+        {
             specs.insert(tasks::NAME.to_owned(), tasks::spec());
         }
         Arc::new(specs)

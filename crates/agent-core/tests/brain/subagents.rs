@@ -343,7 +343,9 @@ async fn sigterm_hands_a_running_task_back_and_the_next_replica_reports_it_once(
     let fake = FakeOpenAi::start(Reply::EchoLastUser("re: ".into())).await;
     fake.push([Reply::ToolCalls(vec![spawn_call("Write reports/x.md")])]);
     fake.set_model_reply(SUB, Reply::Hang);
-    let env = env(&fake);
+    let mut env = env(&fake);
+    // Long, so only a hand-back (a nak) can bring the task to the next replica in time.
+    env.push(("NEXUS__AGENT__ACK_WAIT_SECS", "60".into()));
     let mut stack = Stack::start(&test, &refs(&env)).await;
     let bus = test.bus("test").await;
 
@@ -359,22 +361,32 @@ async fn sigterm_hands_a_running_task_back_and_the_next_replica_reports_it_once(
         .await;
     assert!(status.success(), "agent-core exited with {status}");
     assert_eq!(queued_tasks(&bus).await, 1, "the task left the queue");
-    // Handed back (a nak marks it for redelivery at once), not left to run out its
-    // ack wait: that would take 3 s, and the task started well under that ago.
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = bus
-        .jetstream()
-        .get_stream(bus.subjects().tasks_stream())
-        .await
-        .unwrap()
-        .get_consumer(&bus.subjects().tasks_consumer())
-        .await
-        .unwrap();
-    let info = consumer.info().await.unwrap();
-    assert_eq!(info.num_redelivered, 1, "{info:?}");
+    // Handed back: a nak marks it for redelivery at once, where a dropped item would
+    // wait out the 60 s ack wait.
+    eventually(
+        "the task to be handed back",
+        Duration::from_secs(10),
+        || {
+            let bus = bus.clone();
+            async move {
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer = bus
+                    .jetstream()
+                    .get_stream(bus.subjects().tasks_stream())
+                    .await
+                    .ok()?
+                    .get_consumer(&bus.subjects().tasks_consumer())
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_redelivered == 1).then_some(())
+            }
+        },
+    )
+    .await;
 
     fake.set_model_reply(SUB, Reply::Text("Report written.".into()));
     let _next = ServiceProcess::spawn("agent-core", &[], stack.env());
-    let all = replies(&bus, 2, Duration::from_secs(60)).await;
+    let all = replies(&bus, 2, Duration::from_secs(30)).await;
     let results = task_results(&all);
     assert_eq!(results.len(), 1, "{all:?}");
     assert!(
