@@ -37,6 +37,8 @@ pub const CHANNEL: &str = "task";
 /// Metadata of a sub-agent's turn: its task id and depth.
 const META_TASK: &str = "nexus.task_id";
 const META_DEPTH: &str = "nexus.task_depth";
+const META_ORIGIN_CHANNEL: &str = "nexus.task_origin_channel";
+const META_ORIGIN_CHAT: &str = "nexus.task_origin_chat";
 /// Tools whose `path` argument is a file the sub-agent wrote.
 const WRITING_TOOLS: [&str; 2] = ["write_file", "edit_file"];
 
@@ -134,6 +136,16 @@ pub fn task_of(turn: &Turn) -> Option<(&str, u32)> {
         .and_then(|d| d.parse().ok())
         .unwrap_or(1);
     Some((id.as_str(), depth))
+}
+
+/// `(channel, chat id)` a sub-agent's tools act in: its task's origin chat.
+pub fn origin_chat(turn: &Turn) -> Option<(String, String)> {
+    task_of(turn)?;
+    let meta = &turn.msg.metadata;
+    Some((
+        meta.get(META_ORIGIN_CHANNEL)?.clone(),
+        meta.get(META_ORIGIN_CHAT)?.clone(),
+    ))
 }
 
 /// `LlmUsage.purpose` of a sub-agent's model calls: `task:<id>`.
@@ -703,6 +715,8 @@ fn sub_agent_turn(task: &Task, trace: &TraceContext) -> Result<Turn, String> {
         metadata: [
             (META_TASK.to_owned(), task.id.clone()),
             (META_DEPTH.to_owned(), task.depth.to_string()),
+            (META_ORIGIN_CHANNEL.to_owned(), task.origin.channel.clone()),
+            (META_ORIGIN_CHAT.to_owned(), task.origin.chat_id.clone()),
         ]
         .into(),
         ..Default::default()
@@ -820,6 +834,40 @@ mod tests {
         assert_ne!(a, task_id("test:c1-0", "write another report"));
         assert_ne!(a, task_id("test:c1-1", "write a report"));
         assert_eq!(a.len(), 11);
+    }
+
+    #[test]
+    fn a_sub_agent_runs_in_its_own_session_but_its_tools_act_in_the_origin_chat() {
+        let task = Task {
+            id: "t0123456789".into(),
+            label: "report".into(),
+            task: "write it".into(),
+            depth: 1,
+            origin: Origin {
+                channel: "telegram".into(),
+                chat_id: "42".into(),
+                thread_id: String::new(),
+                sender_id: "42".into(),
+                user_id: "ada".into(),
+                session_id: "telegram:42".into(),
+            },
+            state: State::Queued,
+            created_ms: 0,
+            started_ms: 0,
+            finished_ms: 0,
+            attempts: 0,
+            result: String::new(),
+        };
+        let turn =
+            sub_agent_turn(&task, &TraceContext::new_root()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(turn.session.id(), "task:t0123456789");
+        assert_eq!(turn.user_id, "ada");
+        assert_eq!(task_of(&turn), Some(("t0123456789", 1)));
+        assert_eq!(usage_purpose(&turn).as_deref(), Some("task:t0123456789"));
+        assert_eq!(
+            origin_chat(&turn),
+            Some(("telegram".to_owned(), "42".to_owned()))
+        );
     }
 
     #[test]

@@ -664,6 +664,14 @@ impl Agent {
         } else {
             call.arguments.to_string()
         };
+        // A sub-agent acts for the user in the chat its task came from (a cron job it
+        // makes fires there, not in the task's own session).
+        let (channel, chat_id) = tasks::origin_chat(turn).unwrap_or_else(|| {
+            (
+                turn.session.channel().to_string(),
+                turn.session.chat_id().to_owned(),
+            )
+        });
         let wire = ToolCall {
             call_id: call.id.clone(),
             name: call.name.clone(),
@@ -671,8 +679,8 @@ impl Agent {
             context: Some(ToolContext {
                 session_id: turn.session.id(),
                 user_id: turn.user_id.clone(),
-                channel: turn.session.channel().to_string(),
-                chat_id: turn.session.chat_id().to_owned(),
+                channel,
+                chat_id,
                 turn_id: turn.msg.id.clone(),
                 // Tools that need a yes never get here: the loop asks the person first.
                 approved: false,
