@@ -32,7 +32,9 @@ fn service_binaries() -> BTreeSet<String> {
     for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if dir.join("src/main.rs").exists() && !matches!(name.as_str(), "nexus-cli" | "nexus-bench")
+        // nexus-sandbox is tool-runner's helper (in the same image), not a service.
+        if dir.join("src/main.rs").exists()
+            && !matches!(name.as_str(), "nexus-cli" | "nexus-bench" | "nexus-sandbox")
         {
             out.insert(name);
         }
