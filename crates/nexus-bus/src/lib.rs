@@ -451,13 +451,12 @@ impl Bus {
         trace: &TraceContext,
         timeout: Option<Duration>,
     ) -> Result<Resp, BusError> {
-        let timeout = timeout.unwrap_or(self.request_timeout);
-        let deadline = tokio::time::Instant::now() + timeout;
         let payload = req.encode_to_vec().into();
-        let reply = self
-            .request_once(subject, payload, None, trace, deadline, timeout)
-            .await?;
-        decode(&reply)
+        decode(
+            &self
+                .request_bytes(subject, payload, HeaderMap::new(), trace, timeout)
+                .await?,
+        )
     }
 
     /// [`Bus::request`] for a payload encoded by the caller (with `headers` saying
