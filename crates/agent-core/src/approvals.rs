@@ -54,6 +54,7 @@ impl Agent {
         &self,
         turn: &Turn,
         call: &LlmToolCall,
+        timezone: &str,
     ) -> Result<String, String> {
         let args = call.arguments.to_string();
         let question = format!(
@@ -69,6 +70,7 @@ impl Agent {
             arguments_json: args,
             question: question.clone(),
             asked_at_ms: now_ms(),
+            timezone: timezone.to_owned(),
         };
         let kv = self.approvals().await?;
         kv.put(kv_key(&pending.session_id), pending.encode_to_vec().into())
@@ -123,6 +125,7 @@ impl Agent {
                 channel: turn.session.channel().to_string(),
                 chat_id: turn.session.chat_id().to_owned(),
                 turn_id: turn.msg.id.clone(),
+                timezone: pending.timezone.clone(),
                 approved: true,
             }),
         };

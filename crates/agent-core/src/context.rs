@@ -55,10 +55,11 @@ pub fn system_prompt(
         p.push_str(&fence_notes("summary", ctx.session_summary.trim()));
         p.push_str("\n\n");
     }
-    let tz = if ctx.timezone.is_empty() {
-        "UTC"
-    } else {
-        &ctx.timezone
+    let from_profile = user_timezone(&ctx.user_profile_md);
+    let tz = match (&from_profile, ctx.timezone.is_empty()) {
+        (Some(tz), _) => tz.as_str(),
+        (None, true) => "UTC",
+        (None, false) => &ctx.timezone,
     };
     p.push_str("## This conversation\n");
     p.push_str(&format!(
@@ -151,8 +152,39 @@ fn fence_notes(source: &str, text: &str) -> String {
     format!("<untrusted-data source=\"{source}\">\n{safe}\n</untrusted-data>")
 }
 
+/// The IANA time zone a user's profile names (a `Timezone:` line, as in USER.md),
+/// if it is one; `None` for "(unknown)" or anything else.
+pub fn user_timezone(profile_md: &str) -> Option<String> {
+    profile_md.lines().find_map(|line| {
+        let line = line.trim().trim_start_matches(['-', '*']).trim();
+        let (key, value) = line.split_once(':')?;
+        if !key.trim().eq_ignore_ascii_case("timezone") {
+            return None;
+        }
+        let value = value.trim().trim_matches('`');
+        jiff::tz::TimeZone::get(value)
+            .ok()
+            .map(|_| value.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_users_time_zone_is_read_from_their_profile_when_it_names_a_real_one() {
+        assert_eq!(
+            user_timezone("# p\n- Name: Ada\n- Timezone: Europe/Berlin\n").as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(
+            user_timezone("- timezone: `Asia/Tokyo`").as_deref(),
+            Some("Asia/Tokyo")
+        );
+        assert_eq!(user_timezone("- Timezone: (unknown)"), None);
+        assert_eq!(user_timezone("- Timezone: Mars/Olympus"), None);
+        assert_eq!(user_timezone("no zone here"), None);
+    }
     use super::*;
 
     #[test]

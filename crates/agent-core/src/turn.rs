@@ -424,6 +424,8 @@ impl Agent {
         turn: &Turn,
         ctx: &ContextResponse,
     ) -> Result<LoopResult, TurnError> {
+        // The user's own time zone travels to tools (a cron job "at 9" is their 9).
+        let timezone = crate::context::user_timezone(&ctx.user_profile_md).unwrap_or_default();
         let specs = self.specs_for(turn).await;
         let tools: Vec<_> = specs.values().map(to_llm_tool).collect();
         let names: Vec<String> = specs.keys().cloned().collect();
@@ -585,7 +587,7 @@ impl Agent {
             {
                 // A person decides; the turn ends with the question, the call waits in KV.
                 let question = self
-                    .ask_approval(turn, call)
+                    .ask_approval(turn, call, &timezone)
                     .await
                     .map_err(TurnError::Transient)?;
                 entries.push(entry(turn, Role::Assistant, &question));
@@ -607,7 +609,7 @@ impl Agent {
             let results = futures::future::join_all(
                 calls
                     .iter()
-                    .map(|c| self.run_tool(turn, &specs, c, &progress)),
+                    .map(|c| self.run_tool(turn, &specs, c, &progress, &timezone)),
             )
             .await;
             for (call, (ok, text)) in calls.iter().zip(results) {
@@ -657,6 +659,7 @@ impl Agent {
         specs: &std::collections::BTreeMap<String, nexus_proto::v1::ToolSpec>,
         call: &LlmToolCall,
         progress: &Progress,
+        timezone: &str,
     ) -> (bool, String) {
         let started = Instant::now();
         let args = if call.arguments.is_null() {
@@ -684,6 +687,7 @@ impl Agent {
                 turn_id: turn.msg.id.clone(),
                 // Tools that need a yes never get here: the loop asks the person first.
                 approved: false,
+                timezone: timezone.to_owned(),
             }),
         };
         let result = if call.name == tasks::NAME {

@@ -459,6 +459,7 @@ pub async fn execute(
             chat_id: c.chat_id.clone(),
             turn_id: c.turn_id.clone(),
             approved: c.approved,
+            timezone: c.timezone.clone(),
         })
         .unwrap_or_default();
     let outcome = async {

@@ -35,6 +35,8 @@ pub struct Caller {
     pub turn_id: String,
     /// A person said yes to this exact call.
     pub approved: bool,
+    /// The user's IANA time zone as their profile names it; empty when unknown.
+    pub timezone: String,
 }
 
 /// A tool with typed arguments. Its schema is derived from `Args` (doc comments

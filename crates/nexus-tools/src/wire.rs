@@ -68,6 +68,8 @@ struct JsonContext {
     chat_id: String,
     turn_id: String,
     approved: bool,
+    /// The user's IANA time zone, when their profile names one.
+    timezone: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +152,7 @@ pub fn encode_call(call: &ToolCall, encoding: Encoding) -> Bytes {
                 chat_id: c.chat_id.clone(),
                 turn_id: c.turn_id.clone(),
                 approved: c.approved,
+                timezone: c.timezone.clone(),
             });
             json_bytes(&JsonCall {
                 call_id: call.call_id.clone(),
@@ -183,6 +186,7 @@ pub fn decode_call(payload: &[u8], encoding: Encoding) -> Result<ToolCall, Strin
                     chat_id: c.chat_id,
                     turn_id: c.turn_id,
                     approved: c.approved,
+                    timezone: c.timezone,
                 }),
             })
         }

@@ -154,7 +154,11 @@ impl Tool for CronTool {
                         every_seconds: args.every_seconds,
                         at: args.at.clone(),
                         at_ms: None,
-                        tz: args.tz.clone(),
+                        // Unsaid: the user's own zone (their profile), else the default.
+                        tz: args
+                            .tz
+                            .clone()
+                            .or_else(|| Some(caller.timezone.clone()).filter(|t| !t.is_empty())),
                         missed: args.missed.map(|m| match m {
                             Missed::RunOnceLate => MissedPolicy::RunOnceLate,
                             Missed::Skip => MissedPolicy::Skip,

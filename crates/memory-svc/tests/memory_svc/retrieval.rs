@@ -107,6 +107,7 @@ async fn call_as(
             chat_id: "c1".into(),
             turn_id: "cli:1".into(),
             approved: false,
+            timezone: String::new(),
         }),
     };
     bus.request(

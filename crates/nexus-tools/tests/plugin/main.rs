@@ -49,6 +49,7 @@ async fn call(bus: &Bus, call_id: &str, arguments_json: &str) -> ToolResult {
             chat_id: "s1".into(),
             turn_id: "t1".into(),
             approved: false,
+            timezone: String::new(),
         }),
     };
     let payload = wire::encode_call(&call, Encoding::Json);

@@ -44,6 +44,17 @@ pub async fn cron(
     chat: &str,
     args: Value,
 ) -> Result<String, (ToolErrorKind, String)> {
+    cron_in(bus, user, chat, "", args).await
+}
+
+/// [`cron`] by a user whose profile names the time zone `timezone`.
+pub async fn cron_in(
+    bus: &Bus,
+    user: &str,
+    chat: &str,
+    timezone: &str,
+    args: Value,
+) -> Result<String, (ToolErrorKind, String)> {
     let call = ToolCall {
         call_id: "call-1".into(),
         name: "cron".into(),
@@ -55,6 +66,7 @@ pub async fn cron(
             chat_id: chat.into(),
             turn_id: "telegram:1".into(),
             approved: false,
+            timezone: timezone.into(),
         }),
     };
     let result: ToolResult = bus
@@ -384,5 +396,44 @@ async fn operators_manage_every_job_with_nexus_cron_and_status_counts_them() {
     assert!(
         err.contains(&format!("there is no job \"{weekly}\"")),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_without_tz_runs_in_the_users_own_time_zone_and_tz_wins_over_it() {
+    let test = TestEnv::new();
+    let (_scheduler, _env) = spawn_scheduler(&test, &[]).await;
+    let bus = test.bus("test").await;
+    let theirs = cron_in(
+        &bus,
+        "ada",
+        "42",
+        "America/New_York",
+        json!({"action": "add", "message": "standup", "cron_expr": "0 9 * * 1"}),
+    )
+    .await
+    .unwrap();
+    assert!(theirs.contains("(America/New_York)"), "{theirs}");
+    let given = cron_in(
+        &bus,
+        "ada",
+        "42",
+        "America/New_York",
+        json!({"action": "add", "message": "call", "cron_expr": "0 9 * * 1", "tz": "Asia/Tokyo"}),
+    )
+    .await
+    .unwrap();
+    assert!(given.contains("(Asia/Tokyo)"), "{given}");
+    let default = cron(
+        &bus,
+        "bob",
+        "43",
+        json!({"action": "add", "message": "x", "cron_expr": "0 9 * * 1"}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        default.contains("(UTC)"),
+        "[memory] timezone when the profile names none: {default}"
     );
 }

@@ -105,6 +105,7 @@ impl TestApp {
                     turn_id: "turn-1".into(),
                     // As agent-core sends it after a person said yes; the gate has its own test.
                     approved: true,
+                    timezone: String::new(),
                 }),
             },
         )
