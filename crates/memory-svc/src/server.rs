@@ -1,8 +1,7 @@
-//! The request loop: one NATS service endpoint per memory operation and per
-//! memory tool (`N.tool.remember`, `N.tool.memory_search`), requests handled
-//! concurrently up to a bound, and a shutdown that stops intake, lets requests
-//! in flight answer within a deadline, and joins every task. It also publishes
-//! the tools' specs in the tools KV bucket, where agent-core discovers them.
+//! memory-svc on NATS: one service endpoint per memory operation, and the memory
+//! tools (`N.tool.remember`, `N.tool.memory_search`) through the shared tool
+//! runtime, which also bounds the requests in flight and drains them on shutdown
+//! (`nexus_tools::serve_with_ops`).
 //!
 //! It must never decide what an operation or a tool means (that is `ops` and
 //! `tools`) and never leave a spawned task behind.
@@ -10,10 +9,8 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use nexus_bus::{Bus, TraceContext, async_nats::service};
-use nexus_tools::{DynTool, ServeOptions, ToolServer};
-use tokio::{sync::Semaphore, task::JoinSet};
+use nexus_tools::{DynTool, OpLimits, ServeOptions, ToolServer, serve_with_ops};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -52,89 +49,28 @@ pub async fn serve(
             ..ServeOptions::default()
         },
     );
-    let mut endpoints = Vec::new();
-    for op in Op::ALL {
-        let subject = bus.subjects().memory(op.name());
-        let endpoint = tool_server
-            .endpoint_builder()
-            .context("the service stopped while starting")?
-            .name(op.name())
-            .add(subject.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot serve {subject}: {e}"))?;
-        endpoints.push(endpoint.map(move |request| (op, request)));
-    }
     for tool in tools {
         tool_server.add(tool).await?;
     }
-    let announcing = {
-        let (server, shutdown) = (tool_server.clone(), shutdown.clone());
-        tokio::spawn(async move { server.run(shutdown).await })
-    };
-    let mut requests = futures::stream::select_all(endpoints);
     tracing::info!(
         namespace = %bus.subjects().namespace(),
         subjects = %bus.subjects().memory("*"),
         tools = ?tool_server.names(),
         "memory-svc ready"
     );
-
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = JoinSet::new();
-    let outcome = loop {
-        // Wait for a free slot first, so a request taken off the subscription
-        // is always handled at once.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break Err(anyhow::anyhow!("request slots closed")),
-            },
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            next = requests.next() => next,
-        };
-        let Some((op, request)) = next else {
-            break Err(anyhow::anyhow!(
-                "the NATS subscriptions of memory-svc closed"
-            ));
-        };
-        let memory = Arc::clone(&memory);
-        tasks.spawn(async move {
-            let _permit = permit;
-            answer(&memory, op, request).await;
-        });
-        // Reap finished tasks so the set holds only work in flight.
-        while tasks.try_join_next().is_some() {}
+    let ops = Op::ALL
+        .into_iter()
+        .map(|op| (op, op.name(), bus.subjects().memory(op.name())))
+        .collect();
+    let limits = OpLimits {
+        max_in_flight: MAX_IN_FLIGHT,
+        grace: SHUTDOWN_GRACE,
     };
-
-    // Dropping the endpoints unsubscribes them: new requests go to other replicas.
-    drop(requests);
-    tracing::info!(in_flight = tasks.len(), "memory-svc stopping");
-    let joined = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while let Some(result) = tasks.join_next().await {
-            if let Err(error) = result {
-                tracing::error!(%error, "a memory request task failed");
-            }
-        }
+    serve_with_ops(tool_server, ops, limits, shutdown, move |op, request| {
+        let memory = Arc::clone(&memory);
+        async move { answer(&memory, op, request).await }
     })
-    .await;
-    if joined.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            grace = ?SHUTDOWN_GRACE,
-            "requests still running at the deadline; abandoning them"
-        );
-        tasks.shutdown().await;
-    }
-    match announcing.await {
-        Ok(Err(error)) => tracing::warn!(%error, "memory tools did not stop cleanly"),
-        Err(error) => tracing::error!(%error, "memory tools task failed"),
-        Ok(Ok(())) => {}
-    }
-    tool_server.stop_service().await;
-    outcome
+    .await
 }
 
 /// Handles one request and sends its reply.

@@ -12,11 +12,13 @@
 
 mod directory;
 mod failure;
+mod ops;
 mod server;
 mod tool;
 pub mod wire;
 
 pub use directory::{LiveProvider, ToolDirectory};
 pub use failure::{ToolErrorKind, ToolFailure};
+pub use ops::{OpLimits, serve_with_ops};
 pub use server::{ANNOUNCE_EVERY, ServeOptions, ToolServer, cap_output, execute};
 pub use tool::{Caller, DEFAULT_TIMEOUT, DynTool, Spec, Tool, parse_args, schema_of, typed};

@@ -1,26 +1,24 @@
 //! The scheduler's NATS service: the operators' endpoints `N.scheduler.<op>`
 //! (add, list, remove, pause, resume) and the `cron` tool, both on one service
 //! registration (so `nats micro ls` and `nexus status` show every replica), in
-//! the service's queue group. Shutdown stops intake, lets requests in flight
-//! answer within a deadline, and joins every task.
+//! the service's queue group; `nexus_tools::serve_with_ops` bounds the requests
+//! in flight and drains them on shutdown.
 //!
 //! It must never decide what an operation means (`jobs` does), and is the one
 //! place where job errors become service error codes.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use nexus_bus::{Bus, TraceContext, async_nats::service, reply_bytes, scheduler_op};
 use nexus_common::config::ToolsConfig;
 use nexus_proto::v1::{
     AddJobRequest, AddJobResponse, JobActionRequest, JobActionResponse, ListJobsRequest,
     ListJobsResponse, job::When,
 };
-use nexus_tools::{ServeOptions, ToolServer, typed};
+use nexus_tools::{OpLimits, ServeOptions, ToolServer, serve_with_ops, typed};
 use prost::Message;
-use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -68,86 +66,30 @@ pub async fn serve(
             ..ServeOptions::default()
         },
     );
-    let mut endpoints = Vec::new();
-    for op in OPS {
-        let subject = bus.subjects().scheduler(op);
-        let endpoint = tool_server
-            .endpoint_builder()
-            .context("the service stopped while starting")?
-            .name(op)
-            .add(subject.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot serve {subject}: {e}"))?;
-        endpoints.push(endpoint.map(move |request| (op, request)));
-    }
     if tools.disabled.iter().any(|d| d == tool::NAME) {
         tracing::info!("the cron tool is disabled by [tools] disabled");
     } else {
         tool_server.add(typed(CronTool::new(jobs.clone()))).await?;
     }
-    let announcing = {
-        let (server, shutdown) = (tool_server.clone(), shutdown.clone());
-        tokio::spawn(async move { server.run(shutdown).await })
-    };
-    let mut requests = futures::stream::select_all(endpoints);
     tracing::info!(
         namespace = %bus.subjects().namespace(),
         subjects = %bus.subjects().scheduler("*"),
         tools = ?tool_server.names(),
         "scheduler ready"
     );
-
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut tasks = JoinSet::new();
-    let outcome = loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break Err(anyhow::anyhow!("request slots closed")),
-            },
-        };
-        let next = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = requests.next() => next,
-        };
-        let Some((op, request)) = next else {
-            break Err(anyhow::anyhow!(
-                "the NATS subscriptions of the scheduler closed"
-            ));
-        };
-        let jobs = jobs.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            answer(&jobs, op, request).await;
-        });
-        while tasks.try_join_next().is_some() {}
+    let ops = OPS
+        .into_iter()
+        .map(|op| (op, op, bus.subjects().scheduler(op)))
+        .collect();
+    let limits = OpLimits {
+        max_in_flight: MAX_IN_FLIGHT,
+        grace: SHUTDOWN_GRACE,
     };
-
-    // Dropping the endpoints unsubscribes them: new requests go to other replicas.
-    drop(requests);
-    let joined = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while let Some(result) = tasks.join_next().await {
-            if let Err(error) = result {
-                tracing::error!(%error, "a scheduler request task failed");
-            }
-        }
+    serve_with_ops(tool_server, ops, limits, shutdown, move |op, request| {
+        let jobs = jobs.clone();
+        async move { answer(&jobs, op, request).await }
     })
-    .await;
-    if joined.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            "requests still running at the deadline; abandoning them"
-        );
-        tasks.shutdown().await;
-    }
-    match announcing.await {
-        Ok(Err(error)) => tracing::warn!(%error, "the cron tool did not stop cleanly"),
-        Err(error) => tracing::error!(%error, "the cron tool task failed"),
-        Ok(Ok(())) => {}
-    }
-    tool_server.stop_service().await;
-    outcome
+    .await
 }
 
 async fn answer(jobs: &Jobs, op: &'static str, request: service::Request) {
