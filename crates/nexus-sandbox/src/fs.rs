@@ -73,9 +73,11 @@ pub fn ensure_internal_dir(ws: &Path) -> Result<()> {
             "{} is not a directory; refusing to run with it visible",
             dir.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(&dir).ctx("create the workspace's .nexus")
-        }
+        // Another sandbox (a second replica's probe) may create it first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ensure_internal_dir(ws),
+            r => r.ctx("create the workspace's .nexus"),
+        },
         Err(e) => Err(format!("{}: {e}", dir.display())),
     }
 }

@@ -433,3 +433,33 @@ async fn where_the_sandbox_cannot_be_set_up_exec_is_not_offered_and_the_status_s
         app.stop().await;
     }
 }
+
+/// Replicas that start together on a fresh workspace probe the sandbox at the same
+/// moment; each must see it work (one used to lose the race to create `.nexus`
+/// and start without `exec`).
+#[test]
+fn replicas_probing_a_fresh_workspace_together_all_get_exec() {
+    let mut settings = ExecToolsConfig::default();
+    settings.helper = bin_path("nexus-sandbox").display().to_string();
+    // The window is narrow: many rounds make a lost race show (about one in
+    // fifteen rounds with the old helper on this machine).
+    for _round in 0..40 {
+        let ws = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(4);
+        let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+            let probes: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        tool_runner::exec::Exec::probe(&settings, ws.path()).map(|(_, r)| r)
+                    })
+                })
+                .collect();
+            probes.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        for r in results {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert!(ws.path().join(".nexus").is_dir());
+    }
+}
