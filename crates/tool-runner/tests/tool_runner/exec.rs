@@ -439,8 +439,10 @@ async fn where_the_sandbox_cannot_be_set_up_exec_is_not_offered_and_the_status_s
 /// and start without `exec`).
 #[test]
 fn replicas_probing_a_fresh_workspace_together_all_get_exec() {
-    let mut settings = ExecToolsConfig::default();
-    settings.helper = bin_path("nexus-sandbox").display().to_string();
+    let settings = ExecToolsConfig {
+        helper: bin_path("nexus-sandbox").display().to_string(),
+        ..Default::default()
+    };
     // The window is narrow: many rounds make a lost race show (about one in
     // fifteen rounds with the old helper on this machine).
     for _round in 0..40 {
