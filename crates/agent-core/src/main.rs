@@ -4,14 +4,14 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    nexus_common::telemetry::init("agent-core");
     let config = match nexus_common::Config::load() {
         Ok(c) => c,
-        Err(error) => {
-            tracing::error!(%error, "configuration");
+        Err(e) => {
+            eprintln!("agent-core: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let _telemetry = nexus_common::telemetry::init("agent-core", &config);
     let shutdown = nexus_common::shutdown::on_signals();
     match agent_core::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

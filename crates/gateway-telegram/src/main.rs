@@ -18,7 +18,6 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let _cli = Cli::parse();
-    telemetry::init("gateway-telegram");
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {
@@ -26,10 +25,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _telemetry = telemetry::init("gateway-telegram", &config);
     match gateway_telegram::run(config, shutdown::on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gateway-telegram: {e:#}");
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "gateway-telegram failed");
             ExitCode::FAILURE
         }
     }

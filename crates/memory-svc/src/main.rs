@@ -16,23 +16,18 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli {} = Cli::parse();
-    telemetry::init("memory-svc");
     let config = match Config::load() {
         Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "memory-svc cannot start");
-            eprintln!("memory-svc: {error}");
+        Err(e) => {
+            eprintln!("memory-svc: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let _telemetry = telemetry::init("memory-svc", &config);
     match memory_svc::run(config, shutdown::on_signals()).await {
-        Ok(()) => {
-            tracing::info!("memory-svc stopped");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "memory-svc failed");
-            eprintln!("memory-svc: {error:#}");
+            tracing::error!(error = format!("{error:#}"), "memory-svc failed");
             ExitCode::FAILURE
         }
     }

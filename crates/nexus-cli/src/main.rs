@@ -57,7 +57,6 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    nexus_common::telemetry::init_with_default("nexus", level);
     let config = match nexus_common::Config::load() {
         Ok(c) => c,
         Err(e) => {
@@ -65,6 +64,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `up` is the supervisor of a deployment and logs to redacted.log like its
+    // services; other commands print to the console only.
+    let up = matches!(cli.command, Command::Up(_));
+    let _telemetry =
+        nexus_common::telemetry::init_with_default("nexus", level, up.then_some(&config));
     let result = match cli.command {
         Command::Up(a) => up::run(config, a).await,
         Command::Chat(a) => chat::run(config, a).await,

@@ -32,6 +32,7 @@ pub struct Config {
     /// Per-channel settings, keyed by channel name (`cli`, `telegram`, `slack`, …).
     pub channels: BTreeMap<String, ChannelConfig>,
     pub api: ApiConfig,
+    pub log: LogConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +152,39 @@ pub struct SchedulerConfig {
     /// A due time seen this much later (the scheduler was down) counts as missed, and
     /// the job's missed-fire policy applies: fire once late, or skip.
     pub misfire_grace_secs: u64,
+}
+
+/// `[log]`: the `redacted.log` every service appends to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Absent: `<workspace>/.nexus/logs/redacted.log`; empty: no file (console only).
+    pub redacted_file: Option<String>,
+    /// The file is rotated when it reaches this size.
+    pub max_mb: u64,
+    /// Rotated files kept (`redacted.log.1` is the newest).
+    pub keep: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            redacted_file: None,
+            max_mb: 10,
+            keep: 5,
+        }
+    }
+}
+
+impl Config {
+    /// Where `redacted.log` is, unless it is turned off.
+    pub fn redacted_log_path(&self) -> Option<PathBuf> {
+        match self.log.redacted_file.as_deref() {
+            None => Some(self.workspace.join(".nexus/logs/redacted.log")),
+            Some("") => None,
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    }
 }
 
 /// `[subagents]`: tasks started with the `spawn` tool.
@@ -372,6 +406,7 @@ impl Default for Config {
             subagents: SubagentsConfig::default(),
             channels,
             api: ApiConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod domain;
+pub mod logfile;
 pub mod process;
+pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
 

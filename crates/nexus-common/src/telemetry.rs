@@ -1,30 +1,54 @@
 //! Telemetry is set up here and only here.
 //!
 //! Logs go to stderr, key/value by default or JSON with `NEXUS_LOG_FORMAT=json`,
-//! filtered by `RUST_LOG` (default `info`). Every line passes through [`redact`],
-//! so API keys, bot tokens and phone numbers never reach a log even when a
-//! library prints them.
+//! filtered by `RUST_LOG` (default `info`), and are appended to `redacted.log`
+//! (`[log] redacted_file`). Every line passes through [`redact`] before it is
+//! written anywhere, so API keys, bot tokens, the deployment's own secrets and
+//! phone numbers never reach a log even when a library prints them.
 
 use std::{
     io::{self, Write},
-    sync::OnceLock,
+    sync::Arc,
 };
 
-use regex::Regex;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
-/// Installs the global subscriber for a service. Safe to call more than once.
-pub fn init(service: &'static str) {
-    init_with_default(service, "info");
+pub use crate::redact::redact;
+use crate::{Config, logfile::SharedLog};
+
+/// What keeps telemetry running; hold it until `main` returns, so that what is
+/// still buffered is written out on the way down.
+#[must_use = "telemetry stops being flushed when this is dropped"]
+pub struct Telemetry {
+    _private: (),
 }
 
-/// Like [`init`], with `level` as the default when `RUST_LOG` is unset.
-pub fn init_with_default(service: &'static str, level: &str) {
+/// Installs the global subscriber for a service: console and `redacted.log`, with
+/// `config`'s secrets redacted. Safe to call more than once (the first one counts).
+pub fn init(service: &'static str, config: &Config) -> Telemetry {
+    init_with_default(service, "info", Some(config))
+}
+
+/// Like [`init`], with `level` as the default when `RUST_LOG` is unset; without a
+/// configuration, logs go to the console only (a CLI command).
+pub fn init_with_default(service: &'static str, level: &str, config: Option<&Config>) -> Telemetry {
+    let mut file = None;
+    if let Some(config) = config {
+        crate::redact::install_secrets(crate::redact::configured_secrets(config, std::env::vars()));
+        if let Some(path) = config.redacted_log_path() {
+            let max = config.log.max_mb.saturating_mul(1024 * 1024);
+            match SharedLog::open(&path, max, config.log.keep) {
+                Ok(log) => file = Some(Arc::new(log)),
+                // Not fatal: the console still has every line.
+                Err(e) => eprintln!("{service}: cannot open {}: {e}", path.display()),
+            }
+        }
+    }
     let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref());
     let json = std::env::var("NEXUS_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactingStderr)
+        .with_writer(Redacting { file })
         .with_target(false)
         .with_ansi(false);
     let result = if json {
@@ -35,6 +59,7 @@ pub fn init_with_default(service: &'static str, level: &str) {
     if result.is_ok() {
         tracing::debug!(service, "telemetry initialised");
     }
+    Telemetry { _private: () }
 }
 
 /// genai's OpenAI streamer warns `EMPTY CHOICE CONTENT` for every delta without text,
@@ -59,50 +84,20 @@ fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
     }
 }
 
-fn patterns() -> &'static [(Regex, &'static str)] {
-    static PATTERNS: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
-    PATTERNS.get_or_init(|| {
-        [
-            // OpenAI / Anthropic style keys.
-            (r"\bsk-[A-Za-z0-9_\-]{8,}", "sk-[REDACTED]"),
-            // Slack tokens.
-            (r"\bxox[abposr]-[A-Za-z0-9\-]{8,}", "xox-[REDACTED]"),
-            (r"\bxapp-[A-Za-z0-9\-]{8,}", "xapp-[REDACTED]"),
-            // Google API keys.
-            (r"\bAIza[0-9A-Za-z_\-]{20,}", "AIza[REDACTED]"),
-            // Telegram bot tokens (also inside /bot<token>/ URLs).
-            (r"\b[0-9]{6,12}:[A-Za-z0-9_\-]{30,}", "[REDACTED-BOT-TOKEN]"),
-            // Bearer credentials in headers.
-            (r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}", "${1}[REDACTED]"),
-            // Phone numbers in international form.
-            (r"\+[1-9][0-9 \-]{7,16}[0-9]", "+[REDACTED-PHONE]"),
-        ]
-        .into_iter()
-        .filter_map(|(re, rep)| Regex::new(re).ok().map(|r| (r, rep)))
-        .collect()
-    })
+/// Writes each formatted event, redacted, to stderr and to `redacted.log`.
+struct Redacting {
+    file: Option<Arc<SharedLog>>,
 }
 
-/// Strips secrets and phone numbers from a piece of text.
-pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
-    let mut out = std::borrow::Cow::Borrowed(text);
-    for (re, rep) in patterns() {
-        if re.is_match(&out) {
-            out = std::borrow::Cow::Owned(re.replace_all(&out, *rep).into_owned());
-        }
-    }
-    out
+/// Buffers one event, redacts, writes it whole (one write per destination).
+struct LineWriter {
+    buf: Vec<u8>,
+    file: Option<Arc<SharedLog>>,
 }
-
-/// A stderr writer that redacts each formatted event before writing it.
-struct RedactingStderr;
-
-/// Buffers one event, redacts, writes it whole.
-struct LineWriter(Vec<u8>);
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.buf.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -112,15 +107,22 @@ impl Write for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        let text = String::from_utf8_lossy(&self.0);
-        let _ = io::stderr().lock().write_all(redact(&text).as_bytes());
+        let text = String::from_utf8_lossy(&self.buf);
+        let line = redact(&text);
+        let _ = io::stderr().lock().write_all(line.as_bytes());
+        if let Some(file) = &self.file {
+            let _ = file.append(line.as_bytes());
+        }
     }
 }
 
-impl<'a> MakeWriter<'a> for RedactingStderr {
+impl<'a> MakeWriter<'a> for Redacting {
     type Writer = LineWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(Vec::with_capacity(256))
+        LineWriter {
+            buf: Vec::with_capacity(256),
+            file: self.file.clone(),
+        }
     }
 }
 
@@ -128,7 +130,7 @@ impl<'a> MakeWriter<'a> for RedactingStderr {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::{filter, redact};
+    use super::filter;
 
     /// What a subscriber with `filter("info", rust_log)` prints while `emit` runs.
     fn printed(rust_log: Option<&str>, emit: impl FnOnce()) -> String {
@@ -182,22 +184,5 @@ mod tests {
             tracing::warn!(target: "genai::adapter::adapters::openai::streamer", "EMPTY CHOICE CONTENT");
         });
         assert!(out.contains("EMPTY CHOICE CONTENT"), "{out}");
-    }
-
-    #[test]
-    fn secrets_and_phone_numbers_are_redacted() {
-        let line = "key=sk-proj-abcdefghijklmnop token=123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw \
-                    slack=xoxb-1234-5678-abcdefgh phone=+49 151 2345 6789 auth=Bearer abc.def.ghijkl";
-        let out = redact(line);
-        for secret in [
-            "abcdefghijklmnop",
-            "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
-            "xoxb-1234",
-            "2345 6789",
-            "abc.def.ghijkl",
-        ] {
-            assert!(!out.contains(secret), "{secret} leaked in {out}");
-        }
-        assert_eq!(redact("nothing to hide"), "nothing to hide");
     }
 }

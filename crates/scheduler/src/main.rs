@@ -16,23 +16,18 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli {} = Cli::parse();
-    telemetry::init("scheduler");
     let config = match Config::load() {
         Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "scheduler cannot start");
-            eprintln!("scheduler: {error}");
+        Err(e) => {
+            eprintln!("scheduler: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let _telemetry = telemetry::init("scheduler", &config);
     match scheduler::run(config, shutdown::on_signals()).await {
-        Ok(()) => {
-            tracing::info!("scheduler stopped");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %format!("{error:#}"), "scheduler failed");
-            eprintln!("scheduler: {error:#}");
+            tracing::error!(error = format!("{error:#}"), "scheduler failed");
             ExitCode::FAILURE
         }
     }

@@ -17,7 +17,6 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let _cli = Cli::parse();
-    telemetry::init("tool-runner");
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {
@@ -25,10 +24,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _telemetry = telemetry::init("tool-runner", &config);
     match tool_runner::run(config, shutdown::on_signals()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tool-runner: {e:#}");
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "tool-runner failed");
             ExitCode::FAILURE
         }
     }
