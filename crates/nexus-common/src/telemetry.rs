@@ -38,14 +38,20 @@ pub fn init_with_default(service: &'static str, level: &str, config: Option<&Con
         if let Some(path) = config.redacted_log_path() {
             let max = config.log.max_mb.saturating_mul(1024 * 1024);
             match SharedLog::open(&path, max, config.log.keep) {
-                Ok(log) => file = Some(Arc::new(log)),
+                Ok(log) => {
+                    file = Some(Arc::new(FileSink {
+                        log,
+                        service,
+                        json: log_json(),
+                    }))
+                }
                 // Not fatal: the console still has every line.
                 Err(e) => eprintln!("{service}: cannot open {}: {e}", path.display()),
             }
         }
     }
     let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref());
-    let json = std::env::var("NEXUS_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = log_json();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Redacting { file })
@@ -60,6 +66,11 @@ pub fn init_with_default(service: &'static str, level: &str, config: Option<&Con
         tracing::debug!(service, "telemetry initialised");
     }
     Telemetry { _private: () }
+}
+
+/// `NEXUS_LOG_FORMAT=json`: one JSON object per line.
+fn log_json() -> bool {
+    std::env::var("NEXUS_LOG_FORMAT").is_ok_and(|v| v == "json")
 }
 
 /// genai's OpenAI streamer warns `EMPTY CHOICE CONTENT` for every delta without text,
@@ -86,13 +97,36 @@ fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
 
 /// Writes each formatted event, redacted, to stderr and to `redacted.log`.
 struct Redacting {
-    file: Option<Arc<SharedLog>>,
+    file: Option<Arc<FileSink>>,
+}
+
+/// `redacted.log`, which several services share: each line there names its service.
+struct FileSink {
+    log: SharedLog,
+    service: &'static str,
+    json: bool,
+}
+
+impl FileSink {
+    fn append(&self, line: &str) {
+        let tagged = tag(self.service, self.json, line);
+        let _ = self.log.append(tagged.as_bytes());
+    }
+}
+
+/// `line` with `service` in it: a `service` field first in a JSON object, else a
+/// `service: ` prefix.
+fn tag(service: &str, json: bool, line: &str) -> String {
+    match line.strip_prefix('{') {
+        Some(rest) if json => format!("{{\"service\":\"{service}\",{rest}"),
+        _ => format!("{service}: {line}"),
+    }
 }
 
 /// Buffers one event, redacts, writes it whole (one write per destination).
 struct LineWriter {
     buf: Vec<u8>,
-    file: Option<Arc<SharedLog>>,
+    file: Option<Arc<FileSink>>,
 }
 
 impl Write for LineWriter {
@@ -111,7 +145,7 @@ impl Drop for LineWriter {
         let line = redact(&text);
         let _ = io::stderr().lock().write_all(line.as_bytes());
         if let Some(file) = &self.file {
-            let _ = file.append(line.as_bytes());
+            file.append(&line);
         }
     }
 }
@@ -176,6 +210,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn lines_in_the_shared_file_name_their_service() {
+        assert_eq!(
+            super::tag("agent-core", false, "2026-12-02T10:00:00Z  INFO started\n"),
+            "agent-core: 2026-12-02T10:00:00Z  INFO started\n"
+        );
+        let json = super::tag("memory-svc", true, "{\"level\":\"INFO\"}\n");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(v["service"], "memory-svc");
+        assert_eq!(v["level"], "INFO");
     }
 
     #[test]
