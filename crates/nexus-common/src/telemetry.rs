@@ -114,12 +114,15 @@ impl FileSink {
     }
 }
 
-/// `line` with `service` in it: a `service` field first in a JSON object, else a
-/// `service: ` prefix.
-fn tag(service: &str, json: bool, line: &str) -> String {
-    match line.strip_prefix('{') {
+/// `event` with `service` in it: a `service` field first in a JSON object, else a
+/// `service: ` prefix on each of its lines (an error's message may span several).
+fn tag(service: &str, json: bool, event: &str) -> String {
+    match event.strip_prefix('{') {
         Some(rest) if json => format!("{{\"service\":\"{service}\",{rest}"),
-        _ => format!("{service}: {line}"),
+        _ => event
+            .split_inclusive('\n')
+            .map(|line| format!("{service}: {line}"))
+            .collect(),
     }
 }
 
@@ -217,6 +220,10 @@ mod tests {
         assert_eq!(
             super::tag("agent-core", false, "2026-12-02T10:00:00Z  INFO started\n"),
             "agent-core: 2026-12-02T10:00:00Z  INFO started\n"
+        );
+        assert_eq!(
+            super::tag("tool-runner", false, "WARN failed: cause:\nbody\n"),
+            "tool-runner: WARN failed: cause:\ntool-runner: body\n"
         );
         let json = super::tag("memory-svc", true, "{\"level\":\"INFO\"}\n");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();

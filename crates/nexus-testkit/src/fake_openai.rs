@@ -40,6 +40,9 @@ pub enum Reply {
     Status(u16),
     /// The same, with a `Retry-After` header (seconds or an HTTP date).
     StatusRetryAfter(u16, String),
+    /// A 401 whose message quotes the API key it was sent, whole: a provider (or a
+    /// proxy) that echoes credentials, so that redaction has something to remove.
+    EchoKey,
     /// A 200 whose body is not a valid completion.
     Junk,
     /// Never answers: the request stays open (counted in flight) until the client
@@ -156,7 +159,11 @@ impl FakeOpenAi {
     }
 }
 
-async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
+async fn completions(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: header::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let (reply, delay, requested) = {
         let Ok(mut i) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -194,6 +201,16 @@ async fn completions(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Va
         // OpenAI answers a failed streamed request with a JSON error too, not SSE.
         Reply::Status(code) => return failure(code, None),
         Reply::StatusRetryAfter(code, after) => return failure(code, Some(&after)),
+        Reply::EchoKey => {
+            let key = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            let message = format!("Incorrect API key provided: {key}.");
+            let err = json!({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}});
+            return (StatusCode::UNAUTHORIZED, Json(err)).into_response();
+        }
         Reply::Junk => {
             return (
                 StatusCode::OK,

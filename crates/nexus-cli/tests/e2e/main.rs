@@ -918,3 +918,38 @@ async fn the_agent_runs_a_script_with_exec_in_the_sandbox_and_answers_from_its_o
         "{content}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_appends_to_one_redacted_log_without_the_deployments_secrets() {
+    let test = TestEnv::new();
+    // A provider that quotes the key it was sent; the key has no recognisable
+    // shape, so only knowing the deployment's secrets can take it out.
+    let fake = FakeOpenAi::start(Reply::EchoKey).await;
+    let secret = "plain-provider-secret-4242";
+    let mut env = llm_env(&fake, false);
+    env.retain(|(k, _)| *k != "OPENAI_API_KEY");
+    env.push(("OPENAI_API_KEY", secret.into()));
+    env.push(("NEXUS__LLM__MAX_RETRIES", "0".into()));
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let out = nexus(stack.env(), &["chat", "-m", "hi"]).await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+
+    let path = test.workspace_path().join(".nexus/logs/redacted.log");
+    let log = nexus_testkit::eventually(
+        "agent-core's line about the refused key",
+        Duration::from_secs(30),
+        || async {
+            let log = std::fs::read_to_string(&path).ok()?;
+            log.lines()
+                .any(|l| l.starts_with("agent-core: ") && l.contains("Incorrect API key"))
+                .then_some(log)
+        },
+    )
+    .await;
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains("Incorrect API key provided: [REDACTED]"), "{log}");
+    for service in ["agent-core", "memory-svc", "tool-runner"] {
+        let prefix = format!("{service}: ");
+        assert!(log.lines().any(|l| l.starts_with(&prefix)), "no {service} line: {log}");
+    }
+}
