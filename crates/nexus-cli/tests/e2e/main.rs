@@ -947,9 +947,15 @@ async fn every_service_appends_to_one_redacted_log_without_the_deployments_secre
     )
     .await;
     assert!(!log.contains(secret), "{log}");
-    assert!(log.contains("Incorrect API key provided: [REDACTED]"), "{log}");
+    assert!(
+        log.contains("Incorrect API key provided: [REDACTED]"),
+        "{log}"
+    );
     for service in ["agent-core", "memory-svc", "tool-runner"] {
         let prefix = format!("{service}: ");
-        assert!(log.lines().any(|l| l.starts_with(&prefix)), "no {service} line: {log}");
+        assert!(
+            log.lines().any(|l| l.starts_with(&prefix)),
+            "no {service} line: {log}"
+        );
     }
 }
