@@ -18,10 +18,10 @@ use crate::Config;
 /// would wreck the log and protect nothing.
 const MIN_SECRET_LEN: usize = 6;
 
-/// Environment variables that hold secrets, besides any `*_API_KEY`, `*_TOKEN`,
+/// Environment variables that hold secrets, besides any `*_KEY` (API keys), `*_TOKEN`,
 /// `*_SECRET` and `*_PASSWORD`.
-const SECRET_VARS: &[&str] = &["DATABASE_URL", "NATS_CREDS", "OTEL_EXPORTER_OTLP_HEADERS"];
-const SECRET_SUFFIXES: &[&str] = &["_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_KEY"];
+const SECRET_VARS: &[&str] = &["DATABASE_URL", "OTEL_EXPORTER_OTLP_HEADERS"];
+const SECRET_SUFFIXES: &[&str] = &["_KEY", "_TOKEN", "_SECRET", "_PASSWORD"];
 
 fn patterns() -> &'static [(Regex, &'static str)] {
     static PATTERNS: OnceLock<Vec<(Regex, &'static str)>> = OnceLock::new();
