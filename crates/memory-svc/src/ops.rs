@@ -454,7 +454,16 @@ impl Memory {
                 "from_day {from} is after to_day {to}"
             )));
         }
-        let rows = self.store.usage(&from.to_string(), &to.to_string()).await?;
+        if req.user_id.len() > 256 || req.user_id.chars().any(char::is_control) {
+            return Err(OpError::BadRequest(
+                "user id is too long or holds control characters".into(),
+            ));
+        }
+        let user = (!req.user_id.is_empty()).then_some(req.user_id.as_str());
+        let rows = self
+            .store
+            .usage(&from.to_string(), &to.to_string(), user)
+            .await?;
         if rows.len() > MAX_USAGE_ROWS {
             return Err(OpError::BadRequest(format!(
                 "{} ledger rows from {from} to {to}; ask for fewer days (at most {MAX_USAGE_ROWS} rows)",

@@ -1107,6 +1107,7 @@ fn event_name(kind: &event::Kind) -> &'static str {
         event::Kind::DeadLetter(_) => event_kind::DEAD_LETTER,
         event::Kind::Service(_) => event_kind::SERVICE,
         event::Kind::Journal(_) => event_kind::JOURNAL,
+        event::Kind::LimitReached(_) => event_kind::LIMIT_REACHED,
     }
 }
 

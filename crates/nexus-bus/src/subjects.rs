@@ -24,6 +24,8 @@ pub mod event_kind {
     pub const DEAD_LETTER: &str = "dead_letter";
     pub const SERVICE: &str = "service";
     pub const JOURNAL: &str = "journal";
+    /// A user reached a budget or message rate (`LimitReached`).
+    pub const LIMIT_REACHED: &str = "limit_reached";
 }
 
 /// memory-svc operations, the last token of `N.memory.<op>`.
@@ -196,6 +198,15 @@ impl Subjects {
     pub fn denied_bucket(&self, channel: &ChannelName) -> String {
         format!("{}_denied_{channel}", self.ns)
     }
+    /// KV bucket of message-rate logs (`rate.user.<user>`, `rate.channel.<channel>`)
+    /// and of the budget notices sent (`notice.<limit>.<window>.<user>`).
+    pub fn limits_bucket(&self) -> String {
+        format!("{}_limits", self.ns)
+    }
+    /// KV bucket of the limits admins set per user (`UserLimits`, by user id), kept for good.
+    pub fn user_limits_bucket(&self) -> String {
+        format!("{}_user_limits", self.ns)
+    }
     /// KV bucket of calls waiting for a person's yes, one per session (`PendingApproval`).
     pub fn approvals_bucket(&self) -> String {
         format!("{}_approvals", self.ns)
@@ -311,6 +322,9 @@ mod tests {
         assert_eq!(s.tasks(), "t1.tasks.run");
         assert_eq!(s.tasks_stream(), "t1_TASKS");
         assert_eq!(s.tasks_bucket(), "t1_tasks");
+        assert_eq!(s.limits_bucket(), "t1_limits");
+        assert_eq!(s.user_limits_bucket(), "t1_user_limits");
+        assert_eq!(s.event(event_kind::LIMIT_REACHED), "t1.events.limit_reached");
         assert_eq!(s.inbound_stream(), "t1_INBOUND");
         assert_eq!(
             s.payload_type("t1.inbound.cli"),

@@ -86,6 +86,7 @@ pub async fn run(config: Config, args: UsageArgs) -> anyhow::Result<ExitCode> {
         &UsageRequest {
             from_day: args.from.unwrap_or_default(),
             to_day: args.to.unwrap_or_default(),
+            user_id: String::new(),
         },
     )
     .await?;

@@ -32,6 +32,8 @@ pub struct Config {
     /// Per-channel settings, keyed by channel name (`cli`, `telegram`, `slack`, …).
     pub channels: BTreeMap<String, ChannelConfig>,
     pub api: ApiConfig,
+    /// `[limits]`: budgets and message rates; 0 means unlimited.
+    pub limits: crate::limits::LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -406,6 +408,7 @@ impl Default for Config {
             subagents: SubagentsConfig::default(),
             channels,
             api: ApiConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -676,6 +679,7 @@ impl Config {
                 "[agent] concurrency must be at least 1".into(),
             ));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         if self.agent.max_deliver < 1 {
             return Err(ConfigError::Invalid(
                 "[agent] max_deliver must be at least 1".into(),

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod limits;
 pub mod logfile;
 pub mod process;
 pub mod redact;

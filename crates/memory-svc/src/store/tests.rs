@@ -1071,7 +1071,7 @@ async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
             .unwrap()
     );
 
-    let rows = store.usage("2026-11-24", "2026-11-24").await.unwrap();
+    let rows = store.usage("2026-11-24", "2026-11-24", None).await.unwrap();
     let view: Vec<(&str, u64, u64, u64)> = rows
         .iter()
         .map(|r| {
@@ -1085,12 +1085,18 @@ async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
         .collect();
     assert_eq!(view, [("alice", 2, 500, 50), ("bob", 1, 5, 1)]);
     assert_eq!(
-        store.usage("2026-11-01", "2026-11-30").await.unwrap().len(),
+        store.usage("2026-11-01", "2026-11-30", None).await.unwrap().len(),
         3
     );
+    let bobs = store
+        .usage("2026-11-01", "2026-11-30", Some("bob"))
+        .await
+        .unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!((bobs[0].key.user_id.as_str(), bobs[0].input_tokens), ("bob", 5));
     assert!(
         store
-            .usage("2026-12-01", "2026-12-31")
+            .usage("2026-12-01", "2026-12-31", None)
             .await
             .unwrap()
             .is_empty()

@@ -47,7 +47,7 @@ mod sql {
            output_tokens = usage_daily.output_tokens + excluded.output_tokens";
 
     pub const ROWS: &str = "SELECT day, user_id, channel, model, purpose, calls, input_tokens, output_tokens \
-         FROM usage_daily WHERE day >= $1 AND day <= $2 \
+         FROM usage_daily WHERE day >= $1 AND day <= $2 AND ($3 = '' OR user_id = $3) \
          ORDER BY day, user_id, channel, model, purpose";
 }
 
@@ -96,12 +96,19 @@ impl SessionStore {
         Ok(counted)
     }
 
-    /// Ledger rows of the days `from_day..=to_day` (`YYYY-MM-DD`), in order.
-    pub async fn usage(&self, from_day: &str, to_day: &str) -> Result<Vec<UsageSums>, StoreError> {
+    /// Ledger rows of the days `from_day..=to_day` (`YYYY-MM-DD`), in order; only
+    /// `user`'s when given (what a budget check reads).
+    pub async fn usage(
+        &self,
+        from_day: &str,
+        to_day: &str,
+        user: Option<&str>,
+    ) -> Result<Vec<UsageSums>, StoreError> {
         on_pool!(self, pool => {
             sqlx::query(sql::ROWS)
                 .bind(from_day)
                 .bind(to_day)
+                .bind(user.unwrap_or_default())
                 .fetch_all(pool)
                 .await?
                 .iter()

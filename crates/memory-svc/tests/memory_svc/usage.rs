@@ -76,6 +76,21 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
         },
     )
     .await;
+    // One user's rows alone, for a budget check.
+    let bobs: UsageResponse = bus
+        .request(
+            bus.subjects().memory(memory_op::USAGE),
+            &UsageRequest {
+                user_id: "cli_bob".into(),
+                ..Default::default()
+            },
+            &TraceContext::new_root(),
+            None,
+        )
+        .await
+        .unwrap();
+    let users: Vec<&str> = bobs.rows.iter().map(|r| r.user_id.as_str()).collect();
+    assert_eq!(users, ["cli_bob"]);
     // A bad range is a clear 400.
     let err = bus
         .request::<_, UsageResponse>(
@@ -83,6 +98,7 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
             &UsageRequest {
                 from_day: "2026-11-30".into(),
                 to_day: "2026-11-01".into(),
+                user_id: String::new(),
             },
             &TraceContext::new_root(),
             None,
