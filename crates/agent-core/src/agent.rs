@@ -32,6 +32,10 @@ pub struct Agent {
     pub tasks_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// Files each sub-agent running here wrote so far, by task id.
     pub task_files: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// The rate-log and notice bucket of `[limits]`, opened on first use.
+    pub limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// The bucket of admins' per-user limits, opened on first use.
+    pub user_limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.

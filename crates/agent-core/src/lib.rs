@@ -14,6 +14,7 @@ mod approvals;
 pub mod commands;
 pub mod context;
 pub mod journal;
+pub mod limits;
 pub mod llm;
 pub mod message;
 pub mod progress;
@@ -95,6 +96,8 @@ pub async fn run_with_model(
         journal: wake,
         tasks_kv: tokio::sync::OnceCell::new(),
         task_files: Default::default(),
+        limits_kv: tokio::sync::OnceCell::new(),
+        user_limits_kv: tokio::sync::OnceCell::new(),
     });
     let running = Running::default();
 

@@ -544,6 +544,9 @@ impl Agent {
             End::Finished(Err(crate::turn::TurnError::Stopped)) => {
                 (State::Failed, "failed", "It was stopped.".to_owned())
             }
+            End::Finished(Err(crate::turn::TurnError::Limited(notice))) => {
+                (State::Failed, "was not run", notice)
+            }
             End::TimedOut => (
                 State::Failed,
                 "timed out",
@@ -628,6 +631,16 @@ impl Agent {
             .await
             .map_err(|e| crate::turn::TurnError::Transient(format!("memory-svc: {e}")))?;
         let resolved = turn.for_user(&ctx.user_id);
+        // A sub-agent spends its user's budget: over it, the task is not run.
+        match self.limits_gate(&resolved).await {
+            Ok(crate::limits::Gate::Open) => {}
+            Ok(crate::limits::Gate::Refused { notice }) => {
+                return Err(crate::turn::TurnError::Limited(notice.unwrap_or_else(|| {
+                    "Your budget is used up, as you were told; the task was not run.".to_owned()
+                })));
+            }
+            Err(e) => return Err(crate::turn::TurnError::Transient(format!("limits: {e}"))),
+        }
         self.tool_loop(&resolved, &ctx).await.map(|r| r.text)
     }
 

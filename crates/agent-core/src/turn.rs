@@ -28,6 +28,7 @@ use crate::{
     agent::{Agent, provider_of},
     approvals::approval_answer,
     commands::Command,
+    limits::Gate,
     context::{
         TurnFacts, estimate_tokens, fence_untrusted, fit_history, history_messages, system_prompt,
     },
@@ -84,6 +85,8 @@ pub(crate) enum TurnError {
     Stopped,
     /// Our own infrastructure failed; the turn is retried.
     Transient(String),
+    /// Over a budget or message rate: the one notice to send instead.
+    Limited(String),
 }
 
 impl From<LlmError> for TurnError {
@@ -241,9 +244,24 @@ impl Agent {
             };
             let resolved = turn.for_user(&ctx.user_id);
             user_id.clone_from(&resolved.user_id);
-            let result = tokio::select! {
-                r = self.tool_loop(&resolved, &ctx) => r,
-                _ = stop.cancelled() => Err(TurnError::Stopped),
+            // Budgets and rates hold before the model is called; commands and
+            // approval answers above never call it, so they always work.
+            let gate = match self.limits_gate(&resolved).await {
+                Ok(gate) => gate,
+                Err(e) => return retry(format!("limits: {e}")),
+            };
+            let result = match gate {
+                Gate::Open => tokio::select! {
+                    r = self.tool_loop(&resolved, &ctx) => r,
+                    _ = stop.cancelled() => Err(TurnError::Stopped),
+                },
+                Gate::Refused { notice: Some(text) } => Err(TurnError::Limited(text)),
+                Gate::Refused { notice: None } => {
+                    // Told already: nothing is sent, and the message is acked.
+                    self.finished(turn, started, "limit reached; the user was told before")
+                        .await;
+                    return Outcome::Ack;
+                }
             };
             match result {
                 Ok(r) => {
@@ -264,6 +282,10 @@ impl Agent {
                     Answer::unstored(reply, "stopped".into())
                 }
                 Err(TurnError::Transient(e)) => return retry(e),
+                Err(TurnError::Limited(text)) => {
+                    let reply = self.outbound(turn, text, OutboundKind::Notice, "");
+                    Answer::unstored(reply, "limit reached".into())
+                }
                 Err(TurnError::Llm(e)) => {
                     tracing::warn!(error = %e, "turn failed; telling the user");
                     let reply = self.outbound(turn, e.user_message(), OutboundKind::Error, "");
@@ -319,6 +341,21 @@ impl Agent {
             }))
             .await;
         outcome
+    }
+
+    /// Emits `turn_finished` for a turn that ended without a reply.
+    async fn finished(&self, turn: &Turn, started: Instant, error: &str) {
+        self.bus
+            .emit(event::Kind::TurnFinished(TurnFinished {
+                turn_id: turn.msg.id.clone(),
+                session_id: turn.session.id(),
+                ok: false,
+                llm_calls: 0,
+                tool_calls: 0,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: error.to_owned(),
+            }))
+            .await;
     }
 
     async fn answered(&self, turn: &Turn) -> Result<Option<OutboundMessage>, BusError> {

@@ -5,6 +5,7 @@
 
 mod chat;
 mod cron;
+mod limits;
 mod status;
 mod tail;
 mod up;

@@ -1,7 +1,8 @@
 //! `nexus usage`: model calls, tokens and cost from memory-svc's usage ledger,
 //! summed over a range of UTC days and grouped by user, model, channel, day or
 //! purpose. Costs come from `[llm.prices]` (USD per million tokens); models
-//! without a price are named, not guessed.
+//! without a price are named, not guessed. Below it, each user's consumption of
+//! the current UTC day and month against their limits (`crate::limits`).
 
 use std::{collections::BTreeMap, process::ExitCode};
 
@@ -90,6 +91,7 @@ pub async fn run(config: Config, args: UsageArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .await?;
+    let limits = crate::limits::report(&bus, &config).await?;
     let (lines, unpriced) = report(&reply.rows, args.by, &config.llm.prices);
     let total = lines.values().fold(Line::default(), |mut t, l| {
         t.calls += l.calls;
@@ -109,12 +111,15 @@ pub async fn run(config: Config, args: UsageArgs) -> anyhow::Result<ExitCode> {
             "lines": lines.iter().map(|(k, l)| { let mut v = line(l); v["key"] = json!(k); v }).collect::<Vec<_>>(),
             "total": line(&total),
             "models_without_price": unpriced,
+            "limits": limits.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     if lines.is_empty() {
         println!("no model calls recorded in that range");
+        println!();
+        print!("{}", limits.to_text());
         return Ok(ExitCode::SUCCESS);
     }
     let width = lines
@@ -145,6 +150,8 @@ pub async fn run(config: Config, args: UsageArgs) -> anyhow::Result<ExitCode> {
             unpriced.join(", ")
         );
     }
+    println!();
+    print!("{}", limits.to_text());
     Ok(ExitCode::SUCCESS)
 }
 

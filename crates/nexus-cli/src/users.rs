@@ -38,6 +38,9 @@ enum UsersCommand {
         #[arg(long = "user")]
         user: Option<String>,
     },
+    /// Show or set a user's own limits (over [limits]): messages per minute, tokens
+    /// and USD per UTC day and month; a number, 0 for unlimited, `default` for [limits].
+    Limit(crate::limits::LimitArgs),
 }
 
 pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +58,10 @@ pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
         UsersCommand::List { user } => Op::List(ListIdentities {
             user_id: user.unwrap_or_default(),
         }),
+        UsersCommand::Limit(limit) => {
+            print!("{}", crate::limits::set(&config, limit).await?);
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let listing = matches!(op, Op::List(_));
     let reply: IdentityResponse = ask_memory(

@@ -34,6 +34,7 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 }
 
 mod journal;
+mod limits;
 mod message;
 mod provider_errors;
 mod scheduled;

@@ -17,6 +17,8 @@ use nexus_testkit::{
 use prost::Message;
 use serde_json::json;
 
+mod limits;
+
 fn llm_env(fake: &FakeOpenAi, stream: bool) -> Vec<(&'static str, String)> {
     vec![
         ("OPENAI_API_KEY", "sk-test-key-000000".into()),
