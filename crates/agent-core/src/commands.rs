@@ -1,8 +1,14 @@
 //! Chat commands answered by agent-core itself, on every channel: /help, /new,
-//! /model, /stop, /tasks, /cancel <task> — parsed here, and carried out here ([`Agent::command`]).
+//! /model, /stop, /tasks, /cancel <task>, and for admins (`[agent] admins`) /pair —
+//! parsed here, and carried out here ([`Agent::command`]).
 
 use nexus_bus::{BusError, memory_op};
-use nexus_proto::v1::{SessionCommandRequest, SessionCommandResponse, session_command_request};
+use nexus_common::now_ms;
+use nexus_gateway::pairing::{Pairing, PairingCode, for_how_long};
+use nexus_proto::v1::{
+    IdentityRequest, IdentityResponse, ResolveIdentity, SessionCommandRequest,
+    SessionCommandResponse, identity_request, session_command_request,
+};
 
 use crate::{agent::Agent, turn::Turn};
 
@@ -21,6 +27,8 @@ pub enum Command {
     Tasks,
     /// `/cancel <task id>`: stop a task.
     CancelTask(String),
+    /// `/pair list|approve <code> [user]|reject <code>` (admins only); the words after /pair.
+    Pair(String),
 }
 
 /// What /help says.
@@ -29,7 +37,13 @@ pub const HELP: &str = "Commands:\n\
 /model — show the model; /model <name> — use another model here; /model default — back to the configured one\n\
 /stop — cancel what I am working on\n\
 /tasks — background tasks of this chat; /cancel <id> — stop one\n\
+/pair list | approve <code> [user] | reject <code> — pairing requests of new senders (admins only)\n\
 /help — this list";
+
+/// What a non-admin hears for an admin command.
+const ADMINS_ONLY: &str =
+    "Sorry, /pair is for admins only. Ask an admin to approve or reject pairing codes.";
+const PAIR_USAGE: &str = "Use /pair list, /pair approve <code> [user id], or /pair reject <code>.";
 
 impl Command {
     /// Parses a message; `None` when it is not a command (text is for the model).
@@ -51,6 +65,7 @@ impl Command {
             "tasks" => Self::Tasks,
             "model" if arg.is_empty() => Self::ShowModel,
             "model" => Self::SetModel(arg.to_owned()),
+            "pair" => Self::Pair(arg.to_owned()),
             _ => return None,
         })
     }
@@ -78,6 +93,88 @@ impl Agent {
                 None,
             )
             .await
+    }
+
+    /// Whether the sender of a turn is one of `[agent] admins`: by the user id the
+    /// gateway named, or the one memory-svc links their sender id to.
+    async fn is_admin(&self, turn: &Turn) -> Result<bool, BusError> {
+        let admins = &self.config.agent.admins;
+        if admins.is_empty() {
+            return Ok(false);
+        }
+        if admins.contains(&turn.user_id) {
+            return Ok(true);
+        }
+        let sender = turn
+            .msg
+            .sender
+            .as_ref()
+            .map(|s| s.id.as_str())
+            .unwrap_or("");
+        if sender.is_empty() {
+            return Ok(false);
+        }
+        let resolved: IdentityResponse = self
+            .bus
+            .request(
+                self.bus.subjects().memory(memory_op::IDENTITY),
+                &IdentityRequest {
+                    op: Some(identity_request::Op::Resolve(ResolveIdentity {
+                        channel: turn.session.channel().to_string(),
+                        sender_id: sender.to_owned(),
+                    })),
+                },
+                &turn.trace,
+                None,
+            )
+            .await?;
+        Ok(admins.contains(&resolved.user_id))
+    }
+
+    /// `/pair …` from a chat: the admin's view of `nexus pair`.
+    async fn pair(&self, turn: &Turn, args: &str) -> Result<String, BusError> {
+        if !self.is_admin(turn).await? {
+            tracing::info!(user = %turn.user_id, "/pair refused: not an admin");
+            return Ok(ADMINS_ONLY.to_owned());
+        }
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let pairing = Pairing::open(&self.bus).await?;
+        let now = now_ms();
+        let by = turn.user_id.as_str();
+        let said = match words.as_slice() {
+            ["list"] => match pairing.pending(now).await {
+                Ok(codes) if codes.is_empty() => "No pairing codes are waiting.".to_owned(),
+                Ok(codes) => {
+                    let lines: Vec<String> = codes.iter().map(|c| waiting(c, now)).collect();
+                    format!("Pairing codes waiting:\n{}", lines.join("\n"))
+                }
+                Err(e) => format!("I could not read the pairing codes: {e}"),
+            },
+            ["approve", code] | ["approve", code, _] => {
+                let user = words.get(2).copied();
+                match pairing.approve(code, user, by, now).await {
+                    Ok(c) => format!(
+                        "Approved {}: {} may talk to me on {} now, as user {}.",
+                        c.code,
+                        who(&c),
+                        c.channel,
+                        c.user_id
+                    ),
+                    Err(e) => format!("Not approved: {e}."),
+                }
+            }
+            ["reject", code] => match pairing.reject(code, by, now).await {
+                Ok(c) => format!(
+                    "Rejected {}: {} on {} gets no further answer.",
+                    c.code,
+                    who(&c),
+                    c.channel
+                ),
+                Err(e) => format!("Not rejected: {e}."),
+            },
+            _ => PAIR_USAGE.to_owned(),
+        };
+        Ok(said)
     }
 
     /// Runs a chat command and returns the text to answer with.
@@ -110,6 +207,7 @@ impl Agent {
                 .cancel_task(turn, &id)
                 .await
                 .map_err(|e| BusError::Nats(format!("tasks: {e}")))?,
+            Command::Pair(args) => self.pair(turn, &args).await?,
             // The turn it stops was cancelled when the command was seen on the wire.
             Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
             Command::ShowModel => {
@@ -157,6 +255,28 @@ impl Agent {
     }
 }
 
+/// "Eve (sender 99)", or the sender id alone.
+fn who(c: &PairingCode) -> String {
+    if c.display_name.is_empty() {
+        format!("sender {}", c.sender_id)
+    } else {
+        format!("{} (sender {})", c.display_name, c.sender_id)
+    }
+}
+
+/// One waiting code for /pair list.
+fn waiting(c: &PairingCode, now: i64) -> String {
+    let secs = |ms: i64| u64::try_from(ms.max(0) / 1000).unwrap_or(0);
+    format!(
+        "{} — {} on {}, {} old, expires in {}",
+        c.code,
+        who(c),
+        c.channel,
+        for_how_long(secs(now - c.created_at_ms)),
+        for_how_long(secs(c.expires_at_ms - now))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +301,10 @@ mod tests {
             Some(Command::CancelTask("t0123456789".into()))
         );
         assert!(!Command::is_stop("/cancel t0123456789"));
+        assert_eq!(
+            Command::parse("/pair approve ABCD-EFGH"),
+            Some(Command::Pair("approve ABCD-EFGH".into()))
+        );
+        assert_eq!(Command::parse("/pair"), Some(Command::Pair(String::new())));
     }
 }

@@ -16,7 +16,7 @@ use std::{
 
 use nexus_bus::{BusError, TraceContext};
 use nexus_common::now_ms;
-use nexus_gateway::{Access, Gateway};
+use nexus_gateway::{Admission, Gateway, pairing::Stranger};
 use nexus_proto::v1::{ChatRef, MediaRef, OutboundKind, OutboundMessage, Sender, media_ref};
 use serde::Deserialize;
 use tokio::sync::RwLock;
@@ -116,7 +116,7 @@ pub enum Handled {
     Stored { duplicate: bool },
     /// Not for the agent (bot, edit, channel chatter without a mention, other event types).
     Ignored(&'static str),
-    /// The sender is not on the allow-list.
+    /// The sender is not allowed (told once, given a pairing code, or left unanswered).
     Denied,
 }
 
@@ -125,6 +125,8 @@ pub enum Handled {
 pub enum IntakeError {
     #[error("storing the message failed: {0}")]
     Bus(#[from] BusError),
+    #[error("reading who may talk failed: {0}")]
+    Access(#[from] nexus_gateway::pairing::PairingError),
 }
 
 /// Turns events into inbound messages for one gateway.
@@ -162,20 +164,42 @@ impl Intake {
             tracing::debug!(reason, "event ignored");
             return Ok(Handled::Ignored(reason));
         }
-        if self.gateway.access(&[&ev.user]) == Access::Denied {
-            tracing::info!(user = %ev.user, "sender not on [channels.slack] allow_from");
-            if self.gateway.first_denial(&ev.user).await {
-                self.notify_denied(cb).await;
+        let is_dm = ev.channel_type.as_deref() == Some("im");
+        let thread = ev.thread_ts.clone().unwrap_or_else(|| ev.ts.clone());
+        let who = Stranger {
+            sender_id: &ev.user,
+            display_name: ev
+                .user_profile
+                .as_ref()
+                .map(|p| p.real_name.as_str())
+                .unwrap_or_default(),
+            chat_id: &ev.channel,
+            thread_id: "",
+        };
+        let admitted = self.gateway.admit(&[&ev.user], who, !is_dm).await?;
+        match &admitted {
+            Admission::Allowed { .. } => {}
+            Admission::NotAllowed => {
+                tracing::info!(user = %ev.user, "sender not on [channels.slack] allow_from");
+                if self.gateway.first_denial(&ev.user).await {
+                    self.notify_denied(cb, None).await;
+                }
+                return Ok(Handled::Denied);
             }
-            return Ok(Handled::Denied);
+            Admission::Pairing { notice } => {
+                if let Some(text) = notice {
+                    tracing::info!(user = %ev.user, "stranger given a pairing code");
+                    self.notify_denied(cb, Some(text.clone())).await;
+                }
+                return Ok(Handled::Denied);
+            }
         }
 
         let mut msg = self.gateway.inbound(&cb.event_id);
-        let is_dm = ev.channel_type.as_deref() == Some("im");
         msg.chat = Some(ChatRef {
             chat_id: ev.channel.clone(),
             // Replies go in the thread of the message; a thread is a session.
-            thread_id: ev.thread_ts.clone().unwrap_or_else(|| ev.ts.clone()),
+            thread_id: thread,
             is_group: !is_dm,
         });
         let display_name = ev
@@ -192,7 +216,7 @@ impl Intake {
         msg.sender = Some(Sender {
             id: ev.user.clone(),
             display_name,
-            user_id: self.gateway.user_id(&ev.user),
+            user_id: self.gateway.admitted_user_id(&admitted, &ev.user),
         });
         msg.text = mrkdwn::from_slack(
             &ev.text,
@@ -275,9 +299,10 @@ impl Intake {
         }
     }
 
-    /// Puts the one-time "not allowed" notice in `N_OUTBOUND`, so it is delivered
-    /// (and retried) like any reply. In a channel only the sender sees it.
-    async fn notify_denied(&self, cb: &Callback) {
+    /// Puts the one-time "not allowed" notice (or `text`, a pairing code) in
+    /// `N_OUTBOUND`, so it is delivered (and retried) like any reply. In a channel
+    /// only the sender sees it.
+    async fn notify_denied(&self, cb: &Callback, text: Option<String>) {
         let ev = &cb.event;
         let is_dm = ev.channel_type.as_deref() == Some("im");
         let mut metadata = HashMap::new();
@@ -295,10 +320,10 @@ impl Intake {
                 is_group: !is_dm,
             }),
             recipient_id: ev.user.clone(),
-            text: format!(
+            text: text.unwrap_or_else(|| format!(
                 "Sorry, I can't talk with you yet. Your Slack user id is `{}`: ask an admin to add it to `[channels.slack] allow_from`.",
                 ev.user
-            ),
+            )),
             kind: OutboundKind::Notice as i32,
             created_at_ms: now_ms(),
             metadata,

@@ -5,7 +5,7 @@
 //! An `Err` means "not stored yet": the caller must not confirm the update.
 
 use nexus_common::now_ms;
-use nexus_gateway::Access;
+use nexus_gateway::{Admission, pairing::Stranger};
 use nexus_proto::v1::{ChatRef, InboundMessage, MediaRef, Sender, media_ref};
 use teloxide::{
     net::Download,
@@ -29,7 +29,7 @@ pub(crate) enum Handled {
     Stored { duplicate: bool },
     /// Answered by the gateway itself (`/start`, `/help`).
     Answered,
-    /// The sender is not on the allow-list.
+    /// The sender is not allowed (told once, given a pairing code, or left unanswered).
     Denied,
     /// Not for the agent (another update kind, a group message not addressed to the bot, …).
     Ignored(&'static str),
@@ -81,7 +81,28 @@ impl Telegram {
             })
             .cloned()
             .unwrap_or_default();
-        if self.gateway.access(&[&sender_id, &at]) == Access::Denied {
+        let chat_id = msg.chat.id.0.to_string();
+        let thread_id = topic(msg).map(|t| t.0.0.to_string()).unwrap_or_default();
+        let who = Stranger {
+            sender_id: &sender_id,
+            display_name: &from.full_name(),
+            chat_id: &chat_id,
+            thread_id: &thread_id,
+        };
+        let admitted = self
+            .gateway
+            .admit(&[&sender_id, &at], who, in_group)
+            .await
+            .map_err(|e| IntakeError::Store(e.to_string()))?;
+        if let Admission::Pairing { notice } = admitted {
+            // Their message is dropped: only the code (once) goes back.
+            if let Some(text) = notice {
+                tracing::info!(sender = %sender_id, "stranger given a pairing code");
+                self.reply_now(msg, text).await;
+            }
+            return Ok(Handled::Denied);
+        }
+        if admitted == Admission::NotAllowed {
             if self.gateway.first_denial(&sender_id).await {
                 tracing::info!(sender = %sender_id, "sender not allowed; telling them their id once");
                 let text = format!(
@@ -118,7 +139,10 @@ impl Telegram {
             ));
         }
 
-        let inbound = self.inbound_message(msg, from, text, media);
+        let mut inbound = self.inbound_message(msg, from, text, media);
+        if let Some(sender) = inbound.sender.as_mut() {
+            sender.user_id = self.gateway.admitted_user_id(&admitted, &sender_id);
+        }
         let stored = self
             .gateway
             .intake(&inbound)

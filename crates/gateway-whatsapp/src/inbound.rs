@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use nexus_bus::BusError;
-use nexus_gateway::{Access, Gateway};
+use nexus_gateway::{Admission, Gateway, pairing::Stranger};
 use nexus_proto::v1::{ChatRef, InboundMessage, MediaRef, Sender, media_ref};
 
 use crate::protocol::{Identity, InboundMsg, Media, MediaKind};
@@ -104,6 +104,8 @@ pub enum IntakeError {
     Base64(String),
     #[error("JetStream did not store the message: {0}")]
     Intake(BusError),
+    #[error("reading who may talk failed: {0}")]
+    Access(nexus_gateway::pairing::PairingError),
 }
 
 /// Applies the allow-list and stores an allowed message. `Ok` only after the PubAck.
@@ -113,8 +115,25 @@ pub async fn take_in(gateway: &Gateway, msg: &InboundMsg) -> Result<Handled, Int
     };
     let aliases = who.aliases();
     let ids: Vec<&str> = aliases.iter().map(String::as_str).collect();
-    if gateway.access(&ids) == Access::Denied {
-        let sender_id = who.sender_id();
+    let sender_id = who.sender_id();
+    let direct = who.direct_chat();
+    let stranger = Stranger {
+        sender_id: &sender_id,
+        display_name: msg.sender.name.as_deref().unwrap_or_default(),
+        chat_id: &direct,
+        thread_id: "",
+    };
+    let admitted = gateway
+        .admit(&ids, stranger, msg.is_group)
+        .await
+        .map_err(IntakeError::Access)?;
+    if let Admission::Pairing { notice } = admitted {
+        // Their message goes nowhere; the code (once) goes to the direct chat.
+        return Ok(Handled::Denied {
+            notice: notice.map(|text| (direct, text)),
+        });
+    }
+    if admitted == Admission::NotAllowed {
         // Keyed by the bare number (or LID): nexus-gateway's KV key escaping turns a
         // leading '+' into a leading '.', which NATS refuses as a key.
         let notice = if gateway.first_denial(who.user_key()).await {
@@ -134,6 +153,9 @@ pub async fn take_in(gateway: &Gateway, msg: &InboundMsg) -> Result<Handled, Int
     }
 
     let mut inbound = to_inbound(gateway, msg, &who);
+    if let Some(sender) = inbound.sender.as_mut() {
+        sender.user_id = gateway.admitted_user_id(&admitted, who.user_key());
+    }
     if let Some(media) = &msg.media {
         inbound
             .media

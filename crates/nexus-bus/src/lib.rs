@@ -1108,6 +1108,7 @@ fn event_name(kind: &event::Kind) -> &'static str {
         event::Kind::Service(_) => event_kind::SERVICE,
         event::Kind::Journal(_) => event_kind::JOURNAL,
         event::Kind::LimitReached(_) => event_kind::LIMIT_REACHED,
+        event::Kind::Pairing(_) => event_kind::PAIRING,
     }
 }
 

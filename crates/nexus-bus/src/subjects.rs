@@ -26,6 +26,8 @@ pub mod event_kind {
     pub const JOURNAL: &str = "journal";
     /// A user reached a budget or message rate (`LimitReached`).
     pub const LIMIT_REACHED: &str = "limit_reached";
+    /// An unknown sender asked to pair, or an admin decided (`PairingNotice`).
+    pub const PAIRING: &str = "pairing";
 }
 
 /// memory-svc operations, the last token of `N.memory.<op>`.
@@ -198,6 +200,16 @@ impl Subjects {
     pub fn denied_bucket(&self, channel: &ChannelName) -> String {
         format!("{}_denied_{channel}", self.ns)
     }
+    /// KV bucket of pairing codes (`code.<CODE>`) and each sender's live code
+    /// (`sender.<channel>.<sender>`), for `dm_policy = "pairing"`.
+    pub fn pairing_bucket(&self) -> String {
+        format!("{}_pairing", self.ns)
+    }
+    /// KV bucket of senders an admin approved (`allowed.<channel>.<sender>`) or
+    /// rejected (`rejected.<channel>.<sender>`): allowed beside `allow_from`, kept for good.
+    pub fn paired_bucket(&self) -> String {
+        format!("{}_paired", self.ns)
+    }
     /// KV bucket of message-rate logs (`rate.user.<user>`, `rate.channel.<channel>`)
     /// and of the budget notices sent (`notice.<limit>.<window>.<user>`).
     pub fn limits_bucket(&self) -> String {
@@ -325,6 +337,9 @@ mod tests {
         assert_eq!(s.limits_bucket(), "t1_limits");
         assert_eq!(s.user_limits_bucket(), "t1_user_limits");
         assert_eq!(s.event(event_kind::LIMIT_REACHED), "t1.events.limit_reached");
+        assert_eq!(s.pairing_bucket(), "t1_pairing");
+        assert_eq!(s.paired_bucket(), "t1_paired");
+        assert_eq!(s.event(event_kind::PAIRING), "t1.events.pairing");
         assert_eq!(s.inbound_stream(), "t1_INBOUND");
         assert_eq!(
             s.payload_type("t1.inbound.cli"),

@@ -6,6 +6,7 @@
 mod chat;
 mod cron;
 mod limits;
+mod pair;
 mod status;
 mod tail;
 mod up;
@@ -40,6 +41,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Link a channel's sender to a user id, or list the links.
     Users(users::UsersArgs),
+    /// Pairing codes of unknown senders (dm_policy = "pairing"): list, approve, reject.
+    Pair(pair::PairArgs),
     /// Model calls, tokens and cost per user, model, channel, day or purpose.
     Usage(usage::UsageArgs),
     /// Scheduled jobs of every user: list (owner, next and last fire, last outcome), add, remove, pause, resume.
@@ -76,6 +79,7 @@ async fn main() -> ExitCode {
         Command::Tail(a) => tail::run(config, a).await,
         Command::Status(a) => status::run(config, a).await,
         Command::Users(a) => users::run(config, a).await,
+        Command::Pair(a) => pair::run(config, a).await,
         Command::Usage(a) => usage::run(config, a).await,
         Command::Cron(a) => cron::run(config, a).await,
         Command::WhatsApp(a) => whatsapp::run(config, a).await,

@@ -118,6 +118,10 @@ pub struct AgentConfig {
     pub ack_wait_secs: u64,
     /// Seconds a turn in flight may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// User ids (as `nexus users list` shows them, e.g. `telegram_42` or a linked
+    /// `ada`) that may use admin chat commands (`/pair`).
+    #[serde(deserialize_with = "list")]
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -359,18 +363,51 @@ impl std::fmt::Debug for McpServerConfig {
 }
 
 /// Settings of one channel. Gateways read the keys they know.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ChannelConfig {
     /// Who may talk to the agent: sender ids, `"*"` for everyone, empty for nobody.
     #[serde(deserialize_with = "list")]
     pub allow_from: Vec<String>,
+    /// What a sender outside `allow_from` (and not approved) gets.
+    pub dm_policy: DmPolicy,
+    /// Seconds a pairing code stays valid (at most a day).
+    #[serde(deserialize_with = "whole_number")]
+    pub pairing_code_ttl_secs: u64,
+    /// Pairing codes waiting for an admin at most, per channel; further strangers get none.
+    #[serde(deserialize_with = "whole_number")]
+    pub pairing_max_pending: u64,
     /// Listener address, for channels that receive webhooks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Channel-specific keys not modelled here yet.
     #[serde(flatten)]
     pub extra: BTreeMap<String, toml::Value>,
+}
+
+/// `[channels.<name>] dm_policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmPolicy {
+    /// Only `allow_from` (and senders approved earlier); others are told their id once.
+    #[default]
+    Allowlist,
+    /// Others get a one-time code to give an admin (`nexus pair approve <code>`);
+    /// their messages never reach the agent.
+    Pairing,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            allow_from: Vec::new(),
+            dm_policy: DmPolicy::default(),
+            pairing_code_ttl_secs: 3600,
+            pairing_max_pending: 50,
+            listen: None,
+            extra: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -452,6 +489,7 @@ impl Default for AgentConfig {
             max_deliver: 5,
             ack_wait_secs: 5,
             shutdown_grace_secs: 20,
+            admins: Vec::new(),
         }
     }
 }
@@ -679,6 +717,13 @@ impl Config {
                 "[agent] concurrency must be at least 1".into(),
             ));
         }
+        for (name, c) in &self.channels {
+            if !(1..=86_400).contains(&c.pairing_code_ttl_secs) || c.pairing_max_pending == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "[channels.{name}] pairing_code_ttl_secs must be 1 to 86400 and pairing_max_pending at least 1"
+                )));
+            }
+        }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         if self.agent.max_deliver < 1 {
             return Err(ConfigError::Invalid(
@@ -769,6 +814,23 @@ fn set_path(root: &mut toml::Value, path: &[String], raw: &str) {
         _ => toml::Value::String(raw.to_owned()),
     };
     table.insert(last.clone(), typed);
+}
+
+/// Accepts a number, or its digits as a string (overrides of keys without a default arrive so).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(u64),
+        Text(String),
+    }
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a whole number"))),
+    }
 }
 
 /// Accepts a list, or a comma-separated string (as environment overrides give).
@@ -970,5 +1032,46 @@ mod tests {
         );
         let out = toml::to_string(&c).unwrap();
         assert!(!out.contains("secret-key"));
+    }
+
+    #[test]
+    fn pairing_and_admins_are_read_from_the_file_and_the_environment() {
+        let c = Config::from_sources(None, env(&[])).unwrap();
+        let telegram = c.channel("telegram");
+        assert_eq!(telegram.dm_policy, DmPolicy::Allowlist);
+        assert_eq!(
+            (telegram.pairing_code_ttl_secs, telegram.pairing_max_pending),
+            (3600, 50)
+        );
+        assert!(c.agent.admins.is_empty());
+
+        let toml = "[channels.slack]\ndm_policy = \"pairing\"\npairing_max_pending = 5\n";
+        let c = Config::from_sources(
+            Some((Path::new("n.toml"), toml)),
+            env(&[
+                ("NEXUS__CHANNELS__TELEGRAM__DM_POLICY", "pairing"),
+                ("NEXUS__CHANNELS__TELEGRAM__PAIRING_CODE_TTL_SECS", "5"),
+                ("NEXUS__AGENT__ADMINS", "telegram_42, ada"),
+            ]),
+        )
+        .unwrap();
+        let telegram = c.channel("telegram");
+        assert_eq!(telegram.dm_policy, DmPolicy::Pairing);
+        assert_eq!(telegram.pairing_code_ttl_secs, 5);
+        assert_eq!(c.channel("slack").pairing_max_pending, 5);
+        assert_eq!(c.agent.admins, ["telegram_42", "ada"]);
+
+        let err = Config::from_sources(
+            None,
+            env(&[("NEXUS__CHANNELS__TELEGRAM__DM_POLICY", "open")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("open"), "{err}");
+        let err = Config::from_sources(
+            None,
+            env(&[("NEXUS__CHANNELS__TELEGRAM__PAIRING_CODE_TTL_SECS", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("pairing_code_ttl_secs"), "{err}");
     }
 }

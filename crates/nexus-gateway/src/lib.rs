@@ -6,6 +6,8 @@
 //!   caller acknowledges upstream (Telegram offset, Slack 200, WhatsApp receipt) after it;
 //! - the idempotency key is `<channel>:<upstream id>`, so platform retries start no second turn;
 //! - [`Gateway::access`] applies `[channels.<name>] allow_from` (empty = nobody, `"*"` = everyone);
+//! - [`Gateway::admit`] adds the senders admins approved, and under `dm_policy = "pairing"`
+//!   gives a stranger a one-time code ([`pairing`]) instead of silence;
 //! - [`Gateway::deliver`] drains `N.outbound.<channel>` through a durable consumer,
 //!   acks after the platform accepted a reply and the record of it is stored, and
 //!   never sends a reply it delivered (or cannot tell whether it did);
@@ -13,6 +15,7 @@
 //!
 //! It must never know a platform's wire format.
 
+pub mod pairing;
 mod records;
 
 use std::{future::Future, time::Duration};
@@ -21,12 +24,13 @@ use async_nats::{jetstream, service::Service};
 use nexus_bus::{Bus, BusError, InProgress, Outcome, Puller, Stored, TraceContext, kv_key, settle};
 use nexus_common::{
     Config,
-    config::ChannelConfig,
+    config::{ChannelConfig, DmPolicy},
     domain::{ChannelName, default_user_id, inbound_id},
     now_ms,
     shutdown::CancellationToken,
 };
 use nexus_proto::v1::{InboundMessage, OutboundMessage};
+use pairing::{Pairing, Requested, Stranger};
 use prost::Message as _;
 pub use records::PartLog;
 use records::Records;
@@ -43,6 +47,18 @@ const OUTBOUND_ACK_WAIT: Duration = Duration::from_secs(5);
 pub enum Access {
     Allowed,
     Denied,
+}
+
+/// What a sender's message may do, by `allow_from`, stored approvals and `dm_policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Taken in; `user_id` is set when an admin paired the sender to a user.
+    Allowed { user_id: Option<String> },
+    /// Not allowed under `allowlist`: the gateway's one-time notice with their id applies.
+    NotAllowed,
+    /// Not allowed under `pairing`: send `notice` (their new code) if set, else stay quiet.
+    /// The message goes nowhere either way.
+    Pairing { notice: Option<String> },
 }
 
 /// Why a reply could not be handed to the platform.
@@ -64,6 +80,7 @@ pub struct Gateway {
     max_deliver: i64,
     service: Service,
     records: Records,
+    pairing: Pairing,
 }
 
 impl Gateway {
@@ -85,6 +102,7 @@ impl Gateway {
         let service = bus
             .register_service(&service_name, &format!("{channel} ↔ NATS"))
             .await?;
+        let pairing = Pairing::open(&bus).await?;
         Ok(Self {
             bus,
             settings: config.channel(channel.as_str()),
@@ -92,6 +110,7 @@ impl Gateway {
             max_deliver: 10,
             service,
             records,
+            pairing,
         })
     }
 
@@ -113,6 +132,55 @@ impl Gateway {
     /// Applies the allow-list to a sender id (and any alias the channel knows, e.g. phone and LID).
     pub fn access(&self, sender_ids: &[&str]) -> Access {
         access(&self.settings.allow_from, sender_ids)
+    }
+
+    /// Decides on a sender: `allow_from` (any of `ids`), else an approval stored for
+    /// `who.sender_id`, else `dm_policy`. Pairing happens only in a direct chat
+    /// (`in_group` false); in groups strangers are treated as under the allow-list.
+    /// `Err`: the state in NATS could not be read; do not confirm upstream, try again.
+    pub async fn admit(
+        &self,
+        ids: &[&str],
+        who: Stranger<'_>,
+        in_group: bool,
+    ) -> Result<Admission, pairing::PairingError> {
+        if self.access(ids) == Access::Allowed {
+            return Ok(Admission::Allowed { user_id: None });
+        }
+        if let Some(approval) = self.pairing.approval(&self.channel, who.sender_id).await? {
+            return Ok(Admission::Allowed {
+                user_id: Some(approval.user_id),
+            });
+        }
+        if self.settings.dm_policy != DmPolicy::Pairing || in_group {
+            return Ok(Admission::NotAllowed);
+        }
+        let ttl = self.settings.pairing_code_ttl_secs;
+        let notice = match self
+            .pairing
+            .request(
+                &self.channel,
+                who,
+                ttl,
+                self.settings.pairing_max_pending,
+                now_ms(),
+            )
+            .await?
+        {
+            Requested::Issued(code) => Some(pairing::code_notice(&code.code, ttl)),
+            Requested::Waiting | Requested::Rejected | Requested::Full => None,
+        };
+        Ok(Admission::Pairing { notice })
+    }
+
+    /// The user id for an admitted sender: the one they were paired to, else the default.
+    pub fn admitted_user_id(&self, admitted: &Admission, sender_id: &str) -> String {
+        match admitted {
+            Admission::Allowed {
+                user_id: Some(user_id),
+            } => user_id.clone(),
+            _ => self.user_id(sender_id),
+        }
     }
 
     /// True the first time a denied sender is seen, so the notice with their id is sent once.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_telegram;
+mod pairing;
 mod scheduled;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
