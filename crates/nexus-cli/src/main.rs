@@ -1,7 +1,7 @@
 //! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
 //! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `users`
-//! links senders to users, `cron` manages scheduled jobs, `whatsapp` pairs the
-//! WhatsApp channel.
+//! links senders to users, `pair` approves strangers' pairing codes, `cron`
+//! manages scheduled jobs, `whatsapp` pairs the WhatsApp channel.
 
 mod chat;
 mod cron;
