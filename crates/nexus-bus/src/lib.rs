@@ -4,6 +4,8 @@
 //!
 //! It must never hold business logic: it moves typed protobuf messages.
 
+mod access;
+mod depth;
 mod link;
 pub mod subjects;
 mod trace;
@@ -21,6 +23,7 @@ use nexus_common::{Config, domain::Namespace, now_ms};
 use nexus_proto::v1::{self, DeadLetter, DeadLetterNotice, Event, event};
 use prost::Message;
 
+pub use access::{NatsAccess, connect_options};
 pub use async_nats;
 pub use link::{Link, LinkState};
 pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op, scheduler_op};
@@ -45,6 +48,9 @@ pub enum BusError {
         "cannot connect to NATS at {url}: {message}. Is nats-server running? (`nexus up` starts one)"
     )]
     Connect { url: String, message: String },
+    /// The NATS credentials or TLS variables are wrong (named in the message).
+    #[error("NATS settings: {0}")]
+    Settings(String),
     #[error("nobody serves {subject}: is the {service} service running?")]
     NoResponders { subject: String, service: String },
     #[error("{subject} did not answer within {timeout:?}")]
@@ -97,9 +103,12 @@ impl Bus {
     pub async fn connect(config: &Config, service: &str) -> Result<Self, BusError> {
         let ns = Namespace::parse(&config.namespace).map_err(|e| BusError::Nats(e.to_string()))?;
         let (feed, link) = link::LinkFeed::new();
+        let access = NatsAccess::from_env(&config.nats.url)?;
+        tracing::debug!(url = %config.nats.url, "connecting to NATS {}", access.describe());
         // No retry_on_initial_connect: a missing server must be an error at start,
         // not a timeout on the first request. Supervisors (nexus up, compose) restart us.
-        let client = async_nats::ConnectOptions::new()
+        let client = access
+            .options()?
             .name(format!("{}:{service}", config.namespace))
             .connection_timeout(Duration::from_secs(5))
             .reconnect_delay_callback(link::reconnect_delay)
@@ -109,6 +118,11 @@ impl Bus {
                     match &event {
                         async_nats::Event::Connected | async_nats::Event::Disconnected => {
                             tracing::info!(%event, "NATS connection")
+                        }
+                        // Permission violations and authorization errors: the server
+                        // refused something this service did, so operators must see it.
+                        async_nats::Event::ServerError(_) => {
+                            tracing::warn!(%event, "NATS server error")
                         }
                         _ => tracing::debug!(%event, "NATS connection event"),
                     }
@@ -124,7 +138,7 @@ impl Bus {
             })?
             .map_err(|e| BusError::Connect {
                 url: config.nats.url.clone(),
-                message: e.to_string(),
+                message: format!("{e} (connecting {})", access.describe()),
             })?;
         let mut bus = Self::from_client(
             client,
@@ -228,6 +242,14 @@ impl Bus {
         ];
         for config in configs {
             let name = config.name.clone();
+            // A stream that is already as wanted is left alone: then only the users
+            // allowed to manage streams (agent-core and admin in deploy/nats) need
+            // the JetStream API's create and update subjects.
+            if let Ok(stream) = self.js.get_stream(&name).await
+                && stream_is_as_configured(&stream.cached_info().config, &config)
+            {
+                continue;
+            }
             self.js
                 .create_or_update_stream(config)
                 .await
@@ -1110,6 +1132,18 @@ fn event_name(kind: &event::Kind) -> &'static str {
         event::Kind::LimitReached(_) => event_kind::LIMIT_REACHED,
         event::Kind::Pairing(_) => event_kind::PAIRING,
     }
+}
+
+/// Whether a stream's settings are those `ensure_streams` asks for (a setting left
+/// at zero is the server's default, which it reports filled in).
+fn stream_is_as_configured(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects == want.subjects
+        && have.storage == want.storage
+        && have.retention == want.retention
+        && (want.duplicate_window.is_zero() || have.duplicate_window == want.duplicate_window)
+        && have.max_age == want.max_age
+        && have.max_messages.max(0) == want.max_messages.max(0)
+        && have.discard == want.discard
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]` and may not start or end with `.`; anything

@@ -185,11 +185,18 @@ fn on_path(name: &str) -> Option<PathBuf> {
 /// The NATS URL to use, and the server child when we started one.
 async fn ensure_nats(config: &Config) -> anyhow::Result<(String, Option<Child>)> {
     let url = config.nats.url.clone();
-    if reachable(&url).await {
-        println!("[nexus] using NATS at {url}");
+    // The same credentials and TLS settings every service will use (NATS_CREDS, …).
+    let access = nexus_bus::NatsAccess::from_env(&url)?;
+    if reachable(&url, &access).await? {
+        println!("[nexus] using NATS at {url} ({})", access.describe());
         return Ok((url, None));
     }
     let (host, port) = host_port(&url);
+    if url.starts_with("tls://") {
+        bail!(
+            "NATS at {url} does not answer; nexus up starts only a plain local server, so start yours with TLS              (deploy/nats/nats.conf) or use a nats:// URL"
+        );
+    }
     if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0" | "::1") {
         bail!(
             "NATS at {url} does not answer, and it is not local, so nexus up will not start one there"
@@ -220,7 +227,7 @@ async fn ensure_nats(config: &Config) -> anyhow::Result<(String, Option<Child>)>
     pipe_output("nats-server", &mut child);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if reachable(&url).await {
+        if reachable(&url, &access).await? {
             return Ok((url, Some(child)));
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -231,14 +238,29 @@ async fn ensure_nats(config: &Config) -> anyhow::Result<(String, Option<Child>)>
     bail!("nats-server did not become ready within 15s")
 }
 
-async fn reachable(url: &str) -> bool {
-    let connect = async_nats::ConnectOptions::new()
+/// Whether a NATS server answers at `url`; a server that refuses our credentials
+/// is an error, not a reason to start another one.
+async fn reachable(url: &str, access: &nexus_bus::NatsAccess) -> anyhow::Result<bool> {
+    let connect = access
+        .options()?
         .connection_timeout(Duration::from_secs(2))
         .connect(url);
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), connect).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            ) =>
+        {
+            bail!(
+                "NATS at {url} refused the connection {}: {e}. Check NATS_CREDS, NATS_USER/NATS_PASSWORD or NATS_TOKEN",
+                access.describe()
+            )
+        }
+        _ => Ok(false),
+    }
 }
 
 fn host_port(url: &str) -> (String, u16) {

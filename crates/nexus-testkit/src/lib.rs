@@ -18,7 +18,7 @@ use std::{path::Path, time::Duration};
 use nexus_bus::Bus;
 use nexus_common::{Config, domain::Namespace};
 
-pub use nats::NatsServer;
+pub use nats::{Configured, NatsServer, nats_server_2_10};
 pub use process::{ServiceProcess, bin_path};
 pub use proxy::TcpProxy;
 pub use stack::{Stack, nexus};

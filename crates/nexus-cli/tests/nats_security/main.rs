@@ -1,0 +1,476 @@
+//! NATS security on a real nats-server (2.10+) of the test's own, started with
+//! the shipped `deploy/nats/nats.conf` and `authorization.conf` plus TLS from a
+//! throwaway CA: every service logs in as its own user over `tls://`, the whole
+//! stack answers, and the server refuses what a user may not do.
+//!
+//! The permissions are written for the namespace `nexus`, so each test runs it on
+//! a server of its own, where that namespace is free.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{path::PathBuf, time::Duration};
+
+use nexus_bus::{Bus, NatsAccess, async_nats};
+use nexus_common::domain::Namespace;
+use nexus_testkit::{
+    Configured, NatsServer, ServiceProcess, eventually,
+    fake_openai::{FakeOpenAi, Reply},
+    nats_server_2_10,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Every user of `deploy/nats/authorization.conf`, with the variable its password comes from.
+const USERS: &[&str] = &[
+    "admin",
+    "agent-core",
+    "tool-runner",
+    "memory-svc",
+    "scheduler",
+    "gateway-telegram",
+    "gateway-slack",
+    "gateway-whatsapp",
+    "gateway-api",
+];
+
+fn password_var(user: &str) -> String {
+    format!(
+        "NEXUS_NATS_{}_PASSWORD",
+        user.to_uppercase().replace('-', "_")
+    )
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A nats-server with the deployment's users and permissions, serving TLS with a
+/// certificate from a CA made for this test.
+struct SecureNats {
+    dir: tempfile::TempDir,
+    passwords: Vec<(String, String)>,
+    server: Option<NatsServer>,
+}
+
+impl SecureNats {
+    async fn start() -> Self {
+        nexus_testkit::init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "nexus test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server_cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap()
+                .signed_by(&server_key, &ca)
+                .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server_cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server-key.pem"),
+            server_key.serialize_pem(),
+        )
+        .unwrap();
+
+        // The shipped files as they are, with TLS added where nats.conf says to.
+        let conf = std::fs::read_to_string(repo().join("deploy/nats/nats.conf")).unwrap();
+        let store = dir.path().join("jetstream");
+        assert!(
+            conf.contains("store_dir: /data"),
+            "nats.conf keeps JetStream in /data"
+        );
+        let mut conf = conf.replace(
+            "store_dir: /data",
+            &format!("store_dir: \"{}\"", store.display()),
+        );
+        conf.push_str(&format!(
+            "\ntls {{\n  cert_file: \"{0}/server.pem\"\n  key_file: \"{0}/server-key.pem\"\n  ca_file: \"{0}/ca.pem\"\n}}\n",
+            dir.path().display()
+        ));
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        std::fs::copy(
+            repo().join("deploy/nats/authorization.conf"),
+            dir.path().join("authorization.conf"),
+        )
+        .unwrap();
+
+        let passwords: Vec<(String, String)> = USERS
+            .iter()
+            .map(|u| (password_var(u), uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let mut secure = Self {
+            dir,
+            passwords,
+            server: None,
+        };
+        let probe = secure.access("admin");
+        secure.server = Some(
+            NatsServer::start_configured(Configured {
+                bin: nats_server_2_10(),
+                config: secure.dir.path().join("nats.conf"),
+                env: secure.passwords.clone(),
+                tls: true,
+                probe,
+            })
+            .await,
+        );
+        secure
+    }
+
+    fn url(&self) -> String {
+        match &self.server {
+            Some(server) => server.url(),
+            // Before the server runs, only the scheme matters (to the probe's settings).
+            None => "tls://127.0.0.1:4222".into(),
+        }
+    }
+
+    /// What a process logging in as `user` gets in its environment.
+    fn env(&self, user: &str) -> Vec<(String, String)> {
+        let password = self
+            .passwords
+            .iter()
+            .find(|(k, _)| *k == password_var(user))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        vec![
+            ("NATS_URL".into(), self.url()),
+            ("NATS_USER".into(), user.into()),
+            ("NATS_PASSWORD".into(), password),
+            (
+                "NATS_CA".into(),
+                self.dir.path().join("ca.pem").display().to_string(),
+            ),
+        ]
+    }
+
+    fn access(&self, user: &str) -> NatsAccess {
+        let env = self.env(user);
+        NatsAccess::from_vars(&env[0].1, |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    }
+
+    /// A client logged in as `user`, and the server errors it is told about.
+    async fn client(
+        &self,
+        user: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = self
+            .access(user)
+            .options()
+            .unwrap()
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("{user} cannot connect: {e}"));
+        (client, rx)
+    }
+
+    /// The admin's view of the namespace `nexus`.
+    async fn admin_bus(&self) -> Bus {
+        let (client, _) = self.client("admin").await;
+        Bus::from_client(
+            client,
+            Namespace::parse("nexus").unwrap(),
+            "test-admin",
+            Duration::from_secs(10),
+        )
+    }
+}
+
+/// The next permissions violation the server reports to this client.
+async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(WAIT, async {
+        while let Some(e) = errors.recv().await {
+            if e.to_lowercase().contains("permissions violation") {
+                return e;
+            }
+        }
+        panic!("the connection closed before a permissions violation was reported")
+    })
+    .await
+    .expect("the server reported no permissions violation")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runner() {
+    let nats = SecureNats::start().await;
+
+    let (gateway, mut gateway_errors) = nats.client("gateway-telegram").await;
+    gateway
+        .publish("nexus.tool.read_file", "{}".into())
+        .await
+        .unwrap();
+    gateway.flush().await.unwrap();
+    let refused = violation(&mut gateway_errors).await;
+    assert!(
+        refused.contains("nexus.tool.read_file"),
+        "wrong subject refused: {refused}"
+    );
+
+    let (tools, mut tools_errors) = nats.client("tool-runner").await;
+    tools
+        .publish("nexus.outbound.telegram", "hi".into())
+        .await
+        .unwrap();
+    tools.flush().await.unwrap();
+    let refused = violation(&mut tools_errors).await;
+    assert!(
+        refused.contains("nexus.outbound.telegram"),
+        "wrong subject refused: {refused}"
+    );
+
+    // What a gateway's job needs goes through: once agent-core's user (the one that
+    // manages streams) created them, the gateway stores a message of its channel.
+    let admin = nats.admin_bus().await;
+    admin.ensure_streams().await.unwrap();
+    let js = async_nats::jetstream::new(gateway.clone());
+    let ack = js
+        .publish("nexus.inbound.telegram.7", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, "nexus_INBOUND");
+    // …but not one of another channel.
+    gateway
+        .publish("nexus.inbound.slack.7", "x".into())
+        .await
+        .unwrap();
+    gateway.flush().await.unwrap();
+    let refused = violation(&mut gateway_errors).await;
+    assert!(refused.contains("nexus.inbound.slack.7"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_or_an_untrusted_server_certificate_is_refused() {
+    let nats = SecureNats::start().await;
+    let mut env = nats.env("agent-core");
+    env[2].1 = "not-the-password".into();
+    let access = NatsAccess::from_vars(&env[0].1, |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let err = access
+        .options()
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .expect_err("a wrong password must be refused");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
+
+    // Without NATS_CA the server's certificate (from the test's CA) is not trusted.
+    let env = nats.env("agent-core");
+    let access = NatsAccess::from_vars(&env[0].1, |name| {
+        (name != "NATS_CA")
+            .then(|| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .flatten()
+    })
+    .unwrap();
+    let err = access
+        .options()
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .expect_err("a server certificate of an unknown CA must be refused");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+}
+
+/// Waits until each of `names` answers on the service API; a process that exits
+/// meanwhile (refused by NATS, say) fails the test at once, with its name.
+async fn wait_registered(admin: &Bus, processes: &mut [ServiceProcess], names: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for p in processes.iter_mut() {
+            if let Some(status) = p.try_status() {
+                panic!(
+                    "{} exited with {status} (refused by NATS?); run with TEST_LOG=1 to see why",
+                    p.name()
+                );
+            }
+        }
+        let seen = admin
+            .discover_services(Duration::from_millis(200))
+            .await
+            .unwrap_or_default();
+        if names.iter().all(|n| seen.iter().any(|s| s.name == *n)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {names:?} to register"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
+    let nats = SecureNats::start().await;
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(
+        workspace.path().join("notes.txt"),
+        "The launch code word is PELICAN-42.\n",
+    )
+    .unwrap();
+    let key = "key-alice-0123456789";
+    let config = workspace.path().join(".test-nexus.toml");
+    std::fs::write(&config, format!("[api.keys]\n\"{key}\" = \"alice\"\n")).unwrap();
+    let fake = FakeOpenAi::start(Reply::Text("unexpected".into())).await;
+    fake.push([
+        Reply::ToolCalls(vec![("read_file".into(), json!({"path": "notes.txt"}))]),
+        Reply::EchoLastTool("notes.txt says: ".into()),
+    ]);
+    let http = free_port();
+    let common: Vec<(String, String)> = [
+        ("NEXUS_NAMESPACE", "nexus".to_owned()),
+        ("NEXUS_WORKSPACE", workspace.path().display().to_string()),
+        ("NEXUS_CONFIG", config.display().to_string()),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
+        ("NEXUS__MEMORY__JOURNAL", "false".into()),
+        ("OPENAI_API_KEY", "sk-test-key-000000".into()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
+        ("NEXUS__LLM__STREAM", "false".into()),
+        ("NEXUS__API__LISTEN", format!("127.0.0.1:{http}")),
+        (
+            "NEXUS__API__GRPC_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let spawn = |name: &str| {
+        let mut env = common.clone();
+        env.extend(nats.env(name));
+        ServiceProcess::spawn(name, &[], &env)
+    };
+    let admin = nats.admin_bus().await;
+    // agent-core creates the streams; the others only look them up.
+    let mut processes = vec![spawn("agent-core")];
+    wait_registered(&admin, &mut processes, &["agent-core"]).await;
+    processes.push(spawn("memory-svc"));
+    processes.push(spawn("tool-runner"));
+    processes.push(spawn("scheduler"));
+    processes.push(spawn("gateway-api"));
+    wait_registered(
+        &admin,
+        &mut processes,
+        &[
+            "agent-core",
+            "memory-svc",
+            "tool-runner",
+            "scheduler",
+            "gateway-api",
+        ],
+    )
+    .await;
+
+    let client = reqwest::Client::new();
+    let reply: serde_json::Value = eventually("an answer from the API", WAIT, || async {
+        let r = client
+            .post(format!("http://127.0.0.1:{http}/v1/messages"))
+            .bearer_auth(key)
+            .json(&json!({"text": "What does notes.txt say?", "session": "s1"}))
+            .send()
+            .await
+            .ok()?;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        r.json().await.ok()
+    })
+    .await;
+    let text = reply.to_string();
+    assert!(text.contains("PELICAN-42"), "reply was: {text}");
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "one call to choose the tool, one to answer"
+    );
+
+    // The other gateways start under their own users too (their upstreams are
+    // unreachable here: what counts is that NATS lets them set up).
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gateways = [
+        (
+            "gateway-telegram",
+            vec![
+                ("TELEGRAM_BOT_TOKEN", "123456:test-token-0000".to_owned()),
+                ("TELEGRAM_API_URL", dead.clone()),
+            ],
+        ),
+        (
+            "gateway-slack",
+            vec![
+                ("SLACK_BOT_TOKEN", "xoxb-test-000000".to_owned()),
+                ("SLACK_SIGNING_SECRET", "test-signing-secret".to_owned()),
+                ("SLACK_API_URL", dead.clone()),
+                (
+                    "NEXUS__CHANNELS__SLACK__LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                ),
+            ],
+        ),
+        (
+            "gateway-whatsapp",
+            vec![
+                ("WHATSAPP_BRIDGE_URL", dead.replace("http", "ws")),
+                ("WHATSAPP_BRIDGE_TOKEN", "test-bridge-token".to_owned()),
+            ],
+        ),
+    ];
+    for (name, extra) in gateways {
+        let mut env = common.clone();
+        env.extend(nats.env(name));
+        env.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        processes.push(ServiceProcess::spawn(name, &[], &env));
+    }
+    wait_registered(
+        &admin,
+        &mut processes,
+        &["gateway-telegram", "gateway-slack", "gateway-whatsapp"],
+    )
+    .await;
+
+    // The CLI's admin commands log in as admin.
+    let mut env = common.clone();
+    env.extend(nats.env("admin"));
+    let out = nexus_testkit::nexus(&env, &["status"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("tool-runner"),
+        "nexus status as admin: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
