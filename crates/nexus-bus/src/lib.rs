@@ -5,7 +5,6 @@
 //! It must never hold business logic: it moves typed protobuf messages.
 
 mod access;
-mod depth;
 mod link;
 pub mod subjects;
 mod trace;
