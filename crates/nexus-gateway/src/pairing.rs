@@ -539,14 +539,21 @@ impl Pairing {
             if key == except {
                 continue;
             }
-            let Some(code) = self.codes.get(key.clone()).await.map_err(store_err)? else {
+            let Some(entry) = self.codes.entry(key.clone()).await.map_err(store_err)? else {
                 continue;
             };
-            let code = String::from_utf8_lossy(&code).into_owned();
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let code = String::from_utf8_lossy(&entry.value).into_owned();
             match self.code(&code).await? {
                 Some((c, _)) if c.is_live(now_ms) => live += 1,
+                // Only this revision: the sender may have just been given a new code.
                 _ => {
-                    let _ = self.codes.delete(&key).await;
+                    let _ = self
+                        .codes
+                        .delete_expect_revision(&key, Some(entry.revision))
+                        .await;
                 }
             }
         }
