@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_slack;
+mod pairing;
 
 use std::time::Duration;
 
