@@ -5,6 +5,7 @@
 //! It must never hold business logic: it moves typed protobuf messages.
 
 mod access;
+mod depth;
 mod link;
 pub mod subjects;
 mod trace;
@@ -267,7 +268,7 @@ impl Bus {
     ) -> Result<Stored, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, msg_id);
-        headers.insert(TRACEPARENT, trace.header().as_str());
+        headers.insert(TRACEPARENT, trace.sent_from_here().header().as_str());
         let fut = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -432,6 +433,9 @@ impl Bus {
             at_ms: now_ms(),
             source: self.source.clone(),
         };
+        // `<ns>.inbound.…` → `inbound`: which flow lost a message, without ids.
+        nexus_common::telemetry::metrics()
+            .dead_letter(subject.split('.').nth(1).unwrap_or("other"));
         let id = format!("dl:{subject}:{stream_sequence}");
         self.publish_durable(
             self.subjects.deadletter(),
@@ -560,7 +564,7 @@ impl Bus {
             return Err(timed_out());
         }
         let mut headers = headers.unwrap_or_default();
-        headers.insert(TRACEPARENT, trace.header().as_str());
+        headers.insert(TRACEPARENT, trace.sent_from_here().header().as_str());
         let request = async_nats::Request::new()
             .payload(payload)
             .headers(headers)

@@ -55,6 +55,28 @@ impl TraceContext {
         &self.trace_id
     }
 
+    /// What a message sent from here carries: the current span's ids when spans
+    /// are exported over OpenTelemetry (so the receiver's span is its child), this
+    /// context otherwise.
+    pub fn sent_from_here(&self) -> Self {
+        match nexus_common::telemetry::current_span_ids() {
+            Some((trace_id, span_id)) => Self { trace_id, span_id },
+            None => self.clone(),
+        }
+    }
+
+    /// Makes `span` a child of the span that sent this context; call it before the
+    /// span is first entered. A no-op when spans are not exported.
+    pub fn adopt(&self, span: &tracing::Span) {
+        nexus_common::telemetry::set_remote_parent(span, &self.trace_id, &self.span_id);
+    }
+
+    /// A span for handling a received message, child of its sender's span.
+    pub fn span(&self, span: tracing::Span) -> tracing::Span {
+        self.adopt(&span);
+        span
+    }
+
     /// The `traceparent` header value.
     pub fn header(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)

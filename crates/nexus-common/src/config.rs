@@ -22,6 +22,8 @@ pub struct Config {
     /// The agent's files and Markdown memory (`NEXUS_WORKSPACE`).
     pub workspace: PathBuf,
     pub nats: NatsConfig,
+    /// `[metrics]`: the optional Prometheus text endpoint of each service.
+    pub metrics: MetricsConfig,
     pub database: DatabaseConfig,
     pub llm: LlmConfig,
     pub agent: AgentConfig,
@@ -158,6 +160,26 @@ pub struct SchedulerConfig {
     /// A due time seen this much later (the scheduler was down) counts as missed, and
     /// the job's missed-fire policy applies: fire once late, or skip.
     pub misfire_grace_secs: u64,
+}
+
+/// `[metrics]`: Prometheus scraping, for operators without an OTLP collector.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `GET /metrics` address per service, keyed by its name (`agent-core =
+    /// "127.0.0.1:9464"`, or `NEXUS__METRICS__LISTEN__AGENT_CORE`); absent: none.
+    pub listen: BTreeMap<String, String>,
+}
+
+impl MetricsConfig {
+    /// The address `service` serves metrics on (`agent-core` or `agent_core`).
+    pub fn listen_of(&self, service: &str) -> Option<&str> {
+        let key = |s: &str| s.replace('-', "_").to_ascii_lowercase();
+        self.listen
+            .iter()
+            .find(|(name, addr)| key(name) == key(service) && !addr.trim().is_empty())
+            .map(|(_, addr)| addr.trim())
+    }
 }
 
 /// `[log]`: the `redacted.log` every service appends to.
@@ -436,6 +458,7 @@ impl Default for Config {
             namespace: "nexus".to_owned(),
             workspace: PathBuf::from("./workspace"),
             nats: NatsConfig::default(),
+            metrics: MetricsConfig::default(),
             database: DatabaseConfig::default(),
             llm: LlmConfig::default(),
             agent: AgentConfig::default(),

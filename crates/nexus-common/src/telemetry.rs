@@ -5,22 +5,88 @@
 //! (`[log] redacted_file`). Every line passes through [`redact`] before it is
 //! written anywhere, so API keys, bot tokens, the deployment's own secrets and
 //! phone numbers never reach a log even when a library prints them.
+//!
+//! Traces and metrics go over OTLP (HTTP/protobuf) when the standard `OTEL_*`
+//! variables say where (see `otel.rs`); `[metrics.listen]` adds a Prometheus text
+//! endpoint per service. The [`Telemetry`] guard flushes both on the way down.
+
+mod metrics;
+mod otel;
 
 use std::{
     io::{self, Write},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use opentelemetry_sdk::{
+    metrics::{PeriodicReader, SdkMeterProvider},
+    trace::SdkTracerProvider,
+};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::Targets, fmt::MakeWriter, layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
+pub use self::{
+    metrics::{Metrics, enabled as metrics_enabled, metrics, set_queue_depth},
+    otel::{current_span_ids, set_remote_parent},
+};
 pub use crate::redact::redact;
 use crate::{Config, logfile::SharedLog};
 
+/// Set once a meter provider records somewhere (OTLP or Prometheus).
+static METRICS_ON: AtomicBool = AtomicBool::new(false);
+
 /// What keeps telemetry running; hold it until `main` returns, so that what is
-/// still buffered is written out on the way down.
+/// still buffered is written out on the way down: dropping it flushes the spans and
+/// metrics not exported yet and stops the metrics endpoint.
 #[must_use = "telemetry stops being flushed when this is dropped"]
 pub struct Telemetry {
-    _private: (),
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+    endpoint: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Telemetry {
+    fn none() -> Self {
+        Self {
+            tracer: None,
+            meter: None,
+            endpoint: None,
+        }
+    }
+
+    /// Flushes what is batched and stops exporting (what dropping the guard does).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.abort();
+        }
+        let (tracer, meter) = (self.tracer.take(), self.meter.take());
+        if tracer.is_none() && meter.is_none() {
+            return;
+        }
+        METRICS_ON.store(false, Ordering::Relaxed);
+        // The SDK's exporters block on their own threads; keep a runtime worker free.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| otel::shutdown(tracer, meter));
+            }
+            _ => otel::shutdown(tracer, meter),
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Installs the global subscriber for a service: console and `redacted.log`, with
@@ -52,20 +118,130 @@ pub fn init_with_default(service: &'static str, level: &str, config: Option<&Con
     }
     let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref());
     let json = log_json();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(Redacting { file })
         .with_target(false)
         .with_ansi(false);
-    let result = if json {
-        builder.json().flatten_event(true).try_init()
+    let console = if json {
+        console
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        console.with_filter(filter).boxed()
     };
-    if result.is_ok() {
-        tracing::debug!(service, "telemetry initialised");
+
+    // Only services (a configuration) export; a CLI command never does.
+    let mut telemetry = match config {
+        Some(config) => exporting(service, config),
+        None => Telemetry::none(),
+    };
+    let spans = telemetry.tracer.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service))
+            .with_filter(span_filter())
+    });
+    let result = tracing_subscriber::registry()
+        .with(console)
+        .with(spans)
+        .try_init();
+    match result {
+        Ok(()) => tracing::debug!(service, "telemetry initialised"),
+        // Someone else's subscriber runs (a second call): it gets no spans of ours.
+        Err(_) => drop(telemetry.tracer.take()),
     }
-    Telemetry { _private: () }
+    telemetry
+}
+
+/// The providers the environment and `config` ask for, with the meter provider
+/// installed globally (so [`metrics()`] records into it).
+fn exporting(service: &'static str, config: &Config) -> Telemetry {
+    let env = |k: &str| std::env::var(k).ok();
+    let traces = otel::export_configured("traces", env);
+    let otlp_metrics = otel::export_configured("metrics", env);
+    let listen = config.metrics.listen_of(service);
+    if traces || otlp_metrics {
+        otel::warn_unsupported_protocol(service);
+    }
+    if !traces && !otlp_metrics && listen.is_none() {
+        return Telemetry::none();
+    }
+    let resource = otel::resource(service);
+    let mut telemetry = Telemetry::none();
+    if traces {
+        telemetry.tracer = otel::tracer_provider(service, resource.clone());
+    }
+    let mut meter = SdkMeterProvider::builder().with_resource(resource);
+    let mut readers = 0;
+    if otlp_metrics && let Some(exporter) = otel::metric_exporter(service) {
+        meter = meter.with_reader(PeriodicReader::builder(exporter).build());
+        readers += 1;
+    }
+    if let Some(addr) = listen {
+        match prometheus_endpoint(service, addr) {
+            Ok((reader, endpoint)) => {
+                meter = meter.with_reader(reader);
+                telemetry.endpoint = Some(endpoint);
+                readers += 1;
+            }
+            Err(e) => eprintln!("{service}: no metrics endpoint on {addr}: {e}"),
+        }
+    }
+    if readers > 0 {
+        let provider = meter.build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        METRICS_ON.store(true, Ordering::Relaxed);
+        telemetry.meter = Some(provider);
+    }
+    telemetry
+}
+
+/// Binds `addr` now (so a taken port is reported at start) and serves the
+/// Prometheus text of a pull reader there.
+fn prometheus_endpoint(
+    service: &str,
+    addr: &str,
+) -> Result<
+    (
+        opentelemetry_prometheus::PrometheusExporter,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let registry = prometheus::Registry::new();
+    let reader = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let endpoint = runtime.spawn(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => metrics::serve(listener, registry).await,
+            Err(error) => tracing::warn!(%error, "metrics endpoint not served"),
+        }
+    });
+    eprintln!("{service}: serving Prometheus metrics on http://{bound}/metrics");
+    Ok((reader, endpoint))
+}
+
+/// Which spans go to OpenTelemetry: ours and our dependencies' at INFO, without
+/// the chatty clients (their spans would drown a turn's trace).
+fn span_filter() -> Targets {
+    Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("sqlx", tracing::Level::WARN)
+        .with_target("async_nats", tracing::Level::WARN)
+        .with_target("genai", tracing::Level::WARN)
+        .with_target("rmcp", tracing::Level::WARN)
+        .with_target("hyper", tracing::Level::WARN)
+        .with_target("reqwest", tracing::Level::WARN)
+        .with_target("h2", tracing::Level::WARN)
+        .with_target("opentelemetry", tracing::Level::WARN)
 }
 
 /// `NEXUS_LOG_FORMAT=json`: one JSON object per line.
