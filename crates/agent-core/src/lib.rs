@@ -160,6 +160,14 @@ pub async fn run_with_model(
         ));
     }
     tasks.spawn(router_loop(agent.clone(), router, shutdown.clone()));
+    // What waits for the partitions, for the `nexus.queue.depth` gauge (when metrics are on).
+    tasks.spawn(bus.clone().sample_queue_depth(
+        s.inbound_stream(),
+        // `<ns>_agent-core-p`: every partition's consumer, not the router's.
+        s.agent_consumer(0).trim_end_matches('0').to_owned(),
+        "agent-core".to_owned(),
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::tasks::run(
         agent.clone(),
         task_queue,
@@ -285,6 +293,22 @@ async fn partition_loop(
 
 async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
     let trace = TraceContext::from_headers(msg.headers.as_ref());
+    // The turn's span, child of the gateway's intake (carried in `traceparent`).
+    let span = trace.span(tracing::info_span!(
+        "turn",
+        otel.kind = "consumer",
+        trace_id = trace.trace_id()
+    ));
+    tracing::Instrument::instrument(process_in_span(agent, msg, running, trace), span).await;
+}
+
+async fn process_in_span(
+    agent: &Agent,
+    msg: &jetstream::Message,
+    running: &Running,
+    trace: TraceContext,
+) {
+    let started = std::time::Instant::now();
     let outcome = match nexus_bus::decode::<InboundMessage>(&msg.payload) {
         Err(e) => Outcome::Poison {
             reason: e.to_string(),
@@ -306,6 +330,12 @@ async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
             }
         },
     };
+    let name = match &outcome {
+        Outcome::Ack => "ack",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Poison { .. } => "poison",
+    };
+    nexus_common::telemetry::metrics().turn(name, started.elapsed().as_secs_f64());
     settle(&agent.bus, msg, outcome, agent.config.agent.max_deliver).await;
 }
 

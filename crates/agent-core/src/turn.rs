@@ -551,14 +551,46 @@ impl Agent {
                 let p = progress.clone();
                 move |d: &str| p.text(d)
             };
-            let routed = self
-                .router
-                .chat(self.model.as_ref(), &models, req.clone(), &sink)
-                .await;
+            // One span per model call, with OpenTelemetry's GenAI attributes.
+            let llm_span = tracing::info_span!(
+                "llm_call",
+                otel.name = format!("chat {}", req.model),
+                otel.kind = "client",
+                gen_ai.operation.name = "chat",
+                gen_ai.system = gen_ai_system(&req.model),
+                gen_ai.request.model = %req.model,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+            );
+            let routed = tracing::Instrument::instrument(
+                self.router
+                    .chat(self.model.as_ref(), &models, req.clone(), &sink),
+                llm_span.clone(),
+            )
+            .await;
             llm_calls += 1;
             let routed = routed?;
             let attempts = routed.attempts;
             let resp = routed.response;
+            llm_span.record("gen_ai.response.model", resp.model.as_str());
+            // As i64: the OpenTelemetry layer would turn unsigned numbers into text.
+            llm_span.record(
+                "gen_ai.usage.input_tokens",
+                i64::from(resp.usage.input_tokens),
+            );
+            llm_span.record(
+                "gen_ai.usage.output_tokens",
+                i64::from(resp.usage.output_tokens),
+            );
+            drop(llm_span);
+            nexus_common::telemetry::metrics().llm_call(
+                &routed.model,
+                gen_ai_system(&routed.model),
+                started.elapsed().as_secs_f64(),
+                resp.usage.input_tokens.into(),
+                resp.usage.output_tokens.into(),
+            );
             usage.input_tokens = usage.input_tokens.saturating_add(resp.usage.input_tokens);
             usage.output_tokens = usage.output_tokens.saturating_add(resp.usage.output_tokens);
             self.bus
@@ -643,11 +675,20 @@ impl Agent {
             });
             tool_calls += calls.len() as u32;
             // Parallel tool calls run concurrently; results go back in call order.
-            let results = futures::future::join_all(
-                calls
-                    .iter()
-                    .map(|c| self.run_tool(turn, &specs, c, &progress, &timezone)),
-            )
+            let results = futures::future::join_all(calls.iter().map(|c| {
+                let span = tracing::info_span!(
+                    "tool_call",
+                    otel.name = format!("execute_tool {}", c.name),
+                    otel.kind = "client",
+                    gen_ai.operation.name = "execute_tool",
+                    gen_ai.tool.name = %c.name,
+                    gen_ai.tool.call.id = %c.id,
+                );
+                tracing::Instrument::instrument(
+                    self.run_tool(turn, &specs, c, &progress, &timezone),
+                    span,
+                )
+            }))
             .await;
             for (call, (ok, text)) in calls.iter().zip(results) {
                 entries.push(HistoryEntry {
@@ -784,6 +825,13 @@ pub(crate) fn entry(turn: &Turn, role: Role, text: &str) -> HistoryEntry {
         turn_id: turn.msg.id.clone(),
         ..Default::default()
     }
+}
+
+/// `gen_ai.system` of a model: the provider genai routes it to (`openai`, `anthropic`, …).
+fn gen_ai_system(model: &str) -> &'static str {
+    genai::adapter::AdapterKind::from_model(model)
+        .map(|k| k.as_lower_str())
+        .unwrap_or("unknown")
 }
 
 fn retry(reason: String) -> Outcome {

@@ -325,7 +325,17 @@ impl Turns {
                             last_sequence = info.stream_sequence;
                         }
                         match OutboundMessage::decode(m.payload.clone()) {
-                            Ok(reply) => self.dispatch_reply(reply),
+                            Ok(reply) => {
+                                let _delivery = TraceContext::from_headers(m.headers.as_ref())
+                                    .span(tracing::info_span!(
+                                        "delivery",
+                                        otel.name = format!("deliver {}", self.channel),
+                                        otel.kind = "consumer",
+                                        turn = %reply.in_reply_to,
+                                    ))
+                                    .entered();
+                                self.dispatch_reply(reply)
+                            }
                             Err(error) => tracing::warn!(%error, "undecodable reply ignored"),
                         }
                     }

@@ -76,7 +76,13 @@ pub async fn serve(
 /// Handles one request and sends its reply.
 async fn answer(memory: &Memory, op: Op, request: service::Request) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
-    let span = tracing::info_span!("memory_op", op = op.name(), trace_id = trace.trace_id());
+    let span = trace.span(tracing::info_span!(
+        "memory_op",
+        otel.name = format!("memory {}", op.name()),
+        otel.kind = "server",
+        op = op.name(),
+        trace_id = trace.trace_id()
+    ));
     async {
         let reply = memory.handle(op, &request.message.payload).await;
         if let Err(error) = request.respond(reply).await {

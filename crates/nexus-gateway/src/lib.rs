@@ -236,10 +236,21 @@ impl Gateway {
     /// Stores an inbound message in `N_INBOUND`. Acknowledge upstream only after `Ok`.
     /// A duplicate (platform retry) is `Ok` with `duplicate = true`.
     pub async fn intake(&self, msg: &InboundMessage) -> Result<Stored, BusError> {
-        let stored = self
-            .bus
-            .publish_inbound(msg, &TraceContext::new_root())
-            .await?;
+        // The root of the turn's trace: agent-core's turn, its model and tool calls,
+        // memory-svc and the delivery all descend from this span.
+        let span = tracing::info_span!(
+            parent: None,
+            "intake",
+            otel.name = format!("intake {}", self.channel),
+            otel.kind = "producer",
+            channel = %self.channel,
+            message = %msg.id,
+        );
+        let stored = tracing::Instrument::instrument(
+            self.bus.publish_inbound(msg, &TraceContext::new_root()),
+            span,
+        )
+        .await?;
         if stored.duplicate {
             tracing::info!(id = %msg.id, "duplicate upstream message ignored");
         }
@@ -267,11 +278,27 @@ impl Gateway {
             )
             .await?;
         let mut puller = Puller::new(&self.bus, &consumer).await?;
+        // Replies waiting for this gateway, for the `nexus.queue.depth` gauge.
+        let depth = tokio::spawn(self.bus.clone().sample_queue_depth(
+            s.outbound_stream(),
+            s.gateway_consumer(&self.channel),
+            self.bus.source().to_owned(),
+            shutdown.clone(),
+        ));
         while let Some(msg) = puller.next(&shutdown).await {
             let _in_progress = InProgress::keep(&msg, OUTBOUND_ACK_WAIT);
-            let outcome = self.deliver_one(&msg, &send, &shutdown).await;
+            let span = TraceContext::from_headers(msg.headers.as_ref()).span(tracing::info_span!(
+                "delivery",
+                otel.name = format!("deliver {}", self.channel),
+                otel.kind = "consumer",
+                channel = %self.channel,
+            ));
+            let outcome =
+                tracing::Instrument::instrument(self.deliver_one(&msg, &send, &shutdown), span)
+                    .await;
             settle(&self.bus, &msg, outcome, self.max_deliver).await;
         }
+        depth.abort();
         Ok(())
     }
 

@@ -384,13 +384,17 @@ async fn dispatch(request: Request, spec: &Arc<Spec>, tool: &Arc<dyn DynTool>, i
 async fn handle(request: Request, spec: &Spec, tool: &dyn DynTool, max_output_bytes: usize) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
     let encoding = Encoding::of_headers(request.message.headers.as_ref());
-    let span = tracing::info_span!(
+    let span = trace.span(tracing::info_span!(
         "tool_call",
+        otel.name = format!("execute_tool {}", spec.name),
+        otel.kind = "server",
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = spec.name,
         tool = spec.name,
         trace_id = trace.trace_id(),
         call_id = field::Empty,
         session_id = field::Empty,
-    );
+    ));
     async {
         let result = match wire::decode_call(&request.message.payload, encoding) {
             Ok(call) => {
@@ -407,16 +411,23 @@ async fn handle(request: Request, spec: &Spec, tool: &dyn DynTool, max_output_by
             }
         };
         match &result.outcome {
-            Some(Outcome::Error(e)) => tracing::info!(
-                error_kind = ?e.kind(),
-                duration_ms = result.duration_ms,
-                "tool call failed"
-            ),
-            _ => tracing::info!(
-                truncated = result.truncated,
-                duration_ms = result.duration_ms,
-                "tool call finished"
-            ),
+            Some(Outcome::Error(e)) => {
+                nexus_common::telemetry::metrics()
+                    .tool_call(&spec.name, Some(e.kind().as_str_name()));
+                tracing::info!(
+                    error_kind = ?e.kind(),
+                    duration_ms = result.duration_ms,
+                    "tool call failed"
+                )
+            }
+            _ => {
+                nexus_common::telemetry::metrics().tool_call(&spec.name, None);
+                tracing::info!(
+                    truncated = result.truncated,
+                    duration_ms = result.duration_ms,
+                    "tool call finished"
+                )
+            }
         }
         let reply = wire::encode_result(&result, encoding);
         if let Err(error) = request

@@ -94,7 +94,13 @@ pub async fn serve(
 
 async fn answer(jobs: &Jobs, op: &'static str, request: service::Request) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
-    let span = tracing::info_span!("scheduler_op", op, trace_id = trace.trace_id());
+    let span = trace.span(tracing::info_span!(
+        "scheduler_op",
+        otel.name = format!("scheduler {op}"),
+        otel.kind = "server",
+        op,
+        trace_id = trace.trace_id()
+    ));
     async {
         let reply = handle(jobs, op, &request.message.payload).await;
         if let Err(error) = request.respond(reply).await {
