@@ -32,6 +32,8 @@ use nexus_testkit::{
 };
 use serde_json::{Value, json};
 
+mod telemetry;
+
 const ALICE: &str = "key-alice-0123456789";
 const BOB: &str = "key-bob-0123456789";
 const WAIT: Duration = Duration::from_secs(60);
