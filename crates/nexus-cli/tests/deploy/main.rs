@@ -162,3 +162,110 @@ fn the_image_builds_every_binary_and_runs_unprivileged() {
         "SIGTERM must reach the service for a graceful stop"
     );
 }
+
+#[test]
+fn the_observability_profile_sends_every_services_traces_and_metrics_through_a_collector_to_jaeger()
+{
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let collector = &c["services"]["otel-collector"];
+    let jaeger = &c["services"]["jaeger"];
+    for (name, svc) in [("otel-collector", collector), ("jaeger", jaeger)] {
+        let profiles: Vec<&str> = svc["profiles"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} must be opt-in"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(profiles, ["observability"], "{name}");
+    }
+    assert!(
+        jaeger["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("jaegertracing/"),
+        "{jaeger:?}"
+    );
+    assert!(
+        jaeger["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str() == Some("16686:16686")),
+        "Jaeger's UI is published"
+    );
+
+    // The collector runs the config file in deploy/.
+    let mount = collector["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| v.starts_with("./deploy/otel-collector.yaml:"))
+        .expect("deploy/otel-collector.yaml mounted");
+    let target = mount.split(':').nth(1).unwrap();
+    let cmd: Vec<&str> = collector["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        cmd.contains(&format!("--config={target}").as_str()),
+        "{cmd:?}"
+    );
+
+    let text = std::fs::read_to_string(repo().join("deploy/otel-collector.yaml")).unwrap();
+    let config: Value = serde_yaml::from_str(&text).unwrap();
+    let http = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .expect("an OTLP/HTTP receiver");
+    assert!(http.ends_with(":4318"), "{http}");
+    for signal in ["traces", "metrics"] {
+        let pipeline = &config["service"]["pipelines"][signal];
+        let listed = |key: &str| -> Vec<String> {
+            pipeline[key]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{signal} pipeline has no {key}"))
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        assert!(listed("receivers").contains(&"otlp".to_owned()), "{signal}");
+        for exporter in listed("exporters") {
+            assert!(
+                config["exporters"].get(exporter.as_str()).is_some(),
+                "{signal} exports to {exporter}, which is not configured"
+            );
+        }
+    }
+    let to_jaeger = config["service"]["pipelines"]["traces"]["exporters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|e| config["exporters"][e]["endpoint"].as_str().unwrap_or(""))
+        .any(|endpoint| endpoint.starts_with("jaeger:"));
+    assert!(to_jaeger, "traces must reach the jaeger service");
+
+    // Every service exports when OTEL_EXPORTER_OTLP_ENDPOINT is set, and the documented
+    // value names the collector's service and port.
+    for bin in service_binaries() {
+        let env = &services.get(bin.as_str()).unwrap()["environment"];
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+            Some("${OTEL_EXPORTER_OTLP_ENDPOINT:-}"),
+            "{bin}"
+        );
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_PROTOCOL"].as_str(),
+            Some("http/protobuf"),
+            "{bin}"
+        );
+    }
+    let compose_text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    for doc in [&compose_text, &readme] {
+        assert!(doc.contains("OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318"));
+    }
+}
