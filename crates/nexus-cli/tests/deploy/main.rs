@@ -87,9 +87,19 @@ fn nats_runs_jetstream_on_a_volume_and_postgres_keeps_its_data() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(cmd.contains(&"-js"), "JetStream must be on: {cmd:?}");
-    let sd = cmd.iter().position(|a| *a == "-sd").expect("a store dir");
-    let store = cmd[sd + 1];
+    // JetStream and its store come from the mounted deploy/nats/nats.conf.
+    assert_eq!(
+        cmd[..2],
+        ["-c", "/etc/nats/nats.conf"],
+        "nats runs deploy/nats/nats.conf"
+    );
+    let conf = std::fs::read_to_string(repo().join("deploy/nats/nats.conf")).unwrap();
+    assert!(conf.contains("\njetstream {"), "JetStream must be on");
+    let store = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("store_dir:"))
+        .expect("a store dir")
+        .trim();
     let vols: Vec<&str> = nats["volumes"]
         .as_sequence()
         .unwrap()
@@ -267,5 +277,79 @@ fn the_observability_profile_sends_every_services_traces_and_metrics_through_a_c
     let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
     for doc in [&compose_text, &readme] {
         assert!(doc.contains("OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318"));
+    }
+}
+
+/// The users of deploy/nats/authorization.conf and the variable each password
+/// comes from: a light parse of `user: <name>` followed by `password: $<VAR>`.
+fn nats_users() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/nats/authorization.conf")).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    lines
+        .windows(2)
+        .filter_map(|w| {
+            let user = w[0].strip_prefix("user:")?.trim();
+            let var = w[1].strip_prefix("password:")?.trim().strip_prefix('$')?;
+            Some((user.to_owned(), var.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_service_logs_in_to_nats_as_its_own_user_of_the_shipped_configuration() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let users = nats_users();
+    let nats = &c["services"]["nats"];
+    let mounted = nats["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|v| v.starts_with("./deploy/nats:/etc/nats"));
+    assert!(mounted, "deploy/nats must be mounted at /etc/nats");
+    let image = nats["image"].as_str().unwrap();
+    let version: Vec<u32> = image
+        .trim_start_matches("nats:")
+        .split(['-', '.'])
+        .take(2)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        version >= vec![2, 10],
+        "nats-server 2.10+ is needed: {image}"
+    );
+
+    // The admin user for the CLI, and one user per binary, named after it.
+    assert!(users.iter().any(|(u, _)| u == "admin"), "{users:?}");
+    for bin in service_binaries() {
+        let (_, var) = users
+            .iter()
+            .find(|(u, _)| *u == bin)
+            .unwrap_or_else(|| panic!("no NATS user for {bin} in authorization.conf"));
+        let env = &services.get(bin.as_str()).unwrap()["environment"];
+        assert_eq!(env["NATS_USER"].as_str(), Some(bin.as_str()), "{bin}");
+        let password = env["NATS_PASSWORD"].as_str().unwrap_or_default();
+        assert!(
+            password.starts_with(&format!("${{{var}:")),
+            "{bin} must take NATS_PASSWORD from {var}: {password}"
+        );
+    }
+    // The server gets every password the configuration refers to, and .env.example
+    // documents them.
+    let example = std::fs::read_to_string(repo().join(".env.example")).unwrap();
+    for (user, var) in &users {
+        assert!(
+            nats["environment"][var.as_str()].as_str().is_some(),
+            "the nats service lacks {var} ({user})"
+        );
+        assert!(
+            example.contains(&format!("{var}=")),
+            ".env.example lacks {var}"
+        );
     }
 }
