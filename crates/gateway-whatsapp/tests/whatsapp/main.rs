@@ -6,6 +6,7 @@
 
 mod e2e;
 mod fake_bridge;
+mod pairing;
 
 use std::{path::PathBuf, time::Duration};
 
