@@ -36,6 +36,8 @@ pub struct Agent {
     pub limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// The bucket of admins' per-user limits, opened on first use.
     pub user_limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// What `user_limits_kv` said per user lately (see `limits::USER_LIMITS_FRESH`).
+    pub user_limits_seen: crate::limits::Seen,
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.

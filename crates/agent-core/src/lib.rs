@@ -98,6 +98,7 @@ pub async fn run_with_model(
         task_files: Default::default(),
         limits_kv: tokio::sync::OnceCell::new(),
         user_limits_kv: tokio::sync::OnceCell::new(),
+        user_limits_seen: Default::default(),
     });
     let running = Running::default();
 

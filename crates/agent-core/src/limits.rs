@@ -33,6 +33,37 @@ const CAS_TRIES: usize = 32;
 /// outlives its month, a rate log its minute by far.
 const LIMITS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(33 * 24 * 3600);
 
+/// How long an admin's per-user limits read from `N_user_limits` are used without
+/// reading them again: a change by `nexus users limit` holds on every replica within
+/// this, and a chatty user costs one KV read per this much time, not one per turn.
+const USER_LIMITS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// Users remembered at most; past that the memory starts over.
+const USER_LIMITS_REMEMBERED: usize = 10_000;
+
+/// Per-user limits read lately from `N_user_limits`: a copy, never a count (the
+/// counts live in KV and the ledger).
+#[derive(Default)]
+pub struct Seen(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, StoredLimits)>>,
+);
+
+impl Seen {
+    fn fresh(&self, user_id: &str) -> Option<StoredLimits> {
+        let seen = self.0.lock().ok()?;
+        let (at, stored) = seen.get(user_id)?;
+        (at.elapsed() < USER_LIMITS_FRESH).then(|| stored.clone())
+    }
+
+    fn remember(&self, user_id: &str, stored: StoredLimits) {
+        if let Ok(mut seen) = self.0.lock() {
+            if seen.len() >= USER_LIMITS_REMEMBERED {
+                seen.clear();
+            }
+            seen.insert(user_id.to_owned(), (std::time::Instant::now(), stored));
+        }
+    }
+}
+
 /// Whether a turn may call the model.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Gate {
@@ -130,12 +161,16 @@ impl Agent {
 
     /// The user's limits: the settings, with what an admin set for them.
     async fn limits_of(&self, user_id: &str) -> Result<UserLimits, String> {
+        if let Some(stored) = self.user_limits_seen.fresh(user_id) {
+            return Ok(self.config.limits.for_user(&overrides(&stored)));
+        }
         let kv = self.user_limits_kv().await?;
         let stored = match kv.get(kv_key(user_id)).await {
             Ok(Some(bytes)) => StoredLimits::decode(bytes).map_err(|e| e.to_string())?,
             Ok(None) => StoredLimits::default(),
             Err(e) => return Err(e.to_string()),
         };
+        self.user_limits_seen.remember(user_id, stored.clone());
         Ok(self.config.limits.for_user(&overrides(&stored)))
     }
 
