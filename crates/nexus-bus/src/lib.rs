@@ -268,7 +268,7 @@ impl Bus {
     ) -> Result<Stored, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, msg_id);
-        headers.insert(TRACEPARENT, trace.sent_from_here().header().as_str());
+        headers.insert(TRACEPARENT, trace.header_from_here().as_str());
         let fut = self
             .js
             .publish_with_headers(subject.clone(), headers, payload)
@@ -564,7 +564,7 @@ impl Bus {
             return Err(timed_out());
         }
         let mut headers = headers.unwrap_or_default();
-        headers.insert(TRACEPARENT, trace.sent_from_here().header().as_str());
+        headers.insert(TRACEPARENT, trace.header_from_here().as_str());
         let request = async_nats::Request::new()
             .payload(payload)
             .headers(headers)

@@ -55,13 +55,13 @@ impl TraceContext {
         &self.trace_id
     }
 
-    /// What a message sent from here carries: the current span's ids when spans
-    /// are exported over OpenTelemetry (so the receiver's span is its child), this
-    /// context otherwise.
-    pub fn sent_from_here(&self) -> Self {
+    /// The `traceparent` a message sent from here carries: the current span's ids
+    /// when spans are exported over OpenTelemetry (so the receiver's span is its
+    /// child), this context's otherwise.
+    pub fn header_from_here(&self) -> String {
         match nexus_common::telemetry::current_span_ids() {
-            Some((trace_id, span_id)) => Self { trace_id, span_id },
-            None => self.clone(),
+            Some((trace_id, span_id)) => format!("00-{trace_id}-{span_id}-01"),
+            None => self.header(),
         }
     }
 

@@ -202,6 +202,9 @@ impl<P: SpanProcessor> SpanProcessor for Redacting<P> {
 }
 
 pub(crate) fn redact_span(span: &mut SpanData) {
+    if let std::borrow::Cow::Owned(clean) = redact(&span.name) {
+        span.name = clean.into();
+    }
     redact_values(&mut span.attributes);
     for event in span.events.events.iter_mut() {
         if let std::borrow::Cow::Owned(clean) = redact(&event.name) {
@@ -278,7 +281,7 @@ mod tests {
             parent_span_id: SpanId::INVALID,
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
-            name: Cow::Borrowed("tool_call"),
+            name: Cow::Owned(format!("execute_tool {key}")),
             start_time: SystemTime::now(),
             end_time: SystemTime::now(),
             attributes: vec![
