@@ -9,6 +9,9 @@
 //!
 //! The variables are read here, never into `Config`, so printing a config never
 //! shows them; `Debug` of [`NatsAccess`] hides the secrets too.
+//!
+//! A user's reply inboxes are `_INBOX.<user>.…` rather than `_INBOX.…`, so the
+//! server can let each user subscribe to its own replies only (deploy/nats).
 
 use std::path::{Path, PathBuf};
 
@@ -141,7 +144,12 @@ impl NatsAccess {
                 .credentials(contents)
                 .map_err(|e| settings(format!("NATS_CREDS: {}: {e}", path.display())))?,
             Auth::UserPassword { user, password } => {
-                ConnectOptions::new().user_and_password(user.clone(), password.clone())
+                let options =
+                    ConnectOptions::new().user_and_password(user.clone(), password.clone());
+                match inbox_prefix(user) {
+                    Some(prefix) => options.custom_inbox_prefix(prefix),
+                    None => options,
+                }
             }
             Auth::Token(token) => ConnectOptions::new().token(token.clone()),
         };
@@ -197,6 +205,13 @@ impl std::fmt::Debug for NatsAccess {
 /// Nexus process starts from.
 pub fn connect_options(url: &str) -> Result<ConnectOptions, BusError> {
     NatsAccess::from_env(url)?.options()
+}
+
+/// `_INBOX.<user>` for a user name that is one subject token (letters, digits, `-`, `_`).
+fn inbox_prefix(user: &str) -> Option<String> {
+    user.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        .then(|| format!("_INBOX.{user}"))
 }
 
 fn settings(message: String) -> BusError {
@@ -382,6 +397,16 @@ AQH/MAoGCCqGSM49BAMCA0YAMEMCIGkP2JujZ4WmbU+sMhnzWypN0Cz/6df4hfhi
                 .describe(),
             "without credentials over TLS"
         );
+    }
+
+    #[test]
+    fn a_users_reply_inboxes_carry_its_name() {
+        assert_eq!(
+            inbox_prefix("agent-core").as_deref(),
+            Some("_INBOX.agent-core")
+        );
+        assert_eq!(inbox_prefix("a.b"), None);
+        assert_eq!(inbox_prefix("a b"), None);
     }
 
     #[test]

@@ -238,6 +238,15 @@ async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runn
         "wrong subject refused: {refused}"
     );
 
+    // Replies are private: a gateway cannot listen on agent-core's reply inboxes.
+    let _snoop = gateway.subscribe("_INBOX.agent-core.>").await.unwrap();
+    gateway.flush().await.unwrap();
+    let refused = violation(&mut gateway_errors).await;
+    assert!(
+        refused.contains("Subscription") && refused.contains("_INBOX.agent-core.>"),
+        "{refused}"
+    );
+
     // What a gateway's job needs goes through: once agent-core's user (the one that
     // manages streams) created them, the gateway stores a message of its channel.
     let admin = nats.admin_bus().await;
