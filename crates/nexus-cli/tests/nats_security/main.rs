@@ -483,3 +483,107 @@ async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A bus in the namespace `nexus` logged in as `user`.
+async fn bus_as(nats: &SecureNats, user: &str) -> Bus {
+    let (client, _) = nats.client(user).await;
+    Bus::from_client(
+        client,
+        Namespace::parse("nexus").unwrap(),
+        user,
+        Duration::from_secs(10),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_user_reaches_the_media_buckets_and_consumers_its_job_needs() {
+    use nexus_bus::Outcome;
+    use nexus_common::domain::ChannelName;
+    use nexus_proto::v1::{ChatRef, OutboundMessage, media_ref};
+
+    let nats = SecureNats::start().await;
+    let agent = bus_as(&nats, "agent-core").await;
+    agent.ensure_streams().await.unwrap();
+
+    // A gateway stores an upstream file as media; tool-runner stages a workspace file;
+    // agent-core reads both; the gateway reads what tool-runner staged (to send it).
+    let gateway = bus_as(&nats, "gateway-telegram").await;
+    let upload = gateway
+        .put_media(
+            "telegram-1",
+            media_ref::Kind::Image,
+            "image/png",
+            "a.png",
+            "",
+            b"png",
+        )
+        .await
+        .unwrap();
+    let tools = bus_as(&nats, "tool-runner").await;
+    let staged = tools
+        .put_media(
+            "staged-1",
+            media_ref::Kind::Document,
+            "text/plain",
+            "r.txt",
+            "",
+            b"report",
+        )
+        .await
+        .unwrap();
+    assert_eq!(agent.get_media(&upload, 1024).await.unwrap(), b"png");
+    assert_eq!(gateway.get_media(&staged, 1024).await.unwrap(), b"report");
+
+    // The gateway's own KV buckets.
+    let channel = ChannelName::parse("telegram").unwrap();
+    let delivered = gateway
+        .ensure_kv_bucket(
+            &gateway.subjects().delivered_bucket(&channel),
+            1,
+            None,
+            "test",
+        )
+        .await
+        .unwrap();
+    delivered.put("reply-1", "1".into()).await.unwrap();
+    assert!(delivered.get("reply-1").await.unwrap().is_some());
+
+    // A reply from agent-core reaches the gateway through its own durable consumer.
+    let s = gateway.subjects().clone();
+    let consumer = gateway
+        .durable_consumer(
+            &s.outbound_stream(),
+            &s.gateway_consumer(&channel),
+            s.outbound(&channel),
+            Duration::from_secs(30),
+            5,
+            1,
+        )
+        .await
+        .unwrap();
+    let reply = OutboundMessage {
+        id: "reply:telegram:1".into(),
+        channel: "telegram".into(),
+        chat: Some(ChatRef {
+            chat_id: "42".into(),
+            ..Default::default()
+        }),
+        text: "hello".into(),
+        ..Default::default()
+    };
+    agent
+        .publish_outbound(&reply, &nexus_bus::TraceContext::new_root())
+        .await
+        .unwrap();
+    let shutdown = nexus_common::shutdown::CancellationToken::new();
+    let mut puller = nexus_bus::Puller::new(&gateway, &consumer).await.unwrap();
+    let msg = tokio::time::timeout(WAIT, puller.next(&shutdown))
+        .await
+        .expect("the reply reached the gateway")
+        .unwrap();
+    let got: OutboundMessage = nexus_bus::decode(&msg.payload).unwrap();
+    assert_eq!(got.text, "hello");
+    nexus_bus::settle(&gateway, &msg, Outcome::Ack, 5).await;
+    let info = consumer.clone().info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 0, "the ack went through");
+}
