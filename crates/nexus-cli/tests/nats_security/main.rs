@@ -48,12 +48,20 @@ fn repo() -> PathBuf {
 /// certificate from a CA made for this test.
 struct SecureNats {
     dir: tempfile::TempDir,
+    /// Clients present `client.pem` (NATS_CERT, NATS_KEY), which the server requires.
+    mutual: bool,
     passwords: Vec<(String, String)>,
     server: Option<NatsServer>,
 }
 
 impl SecureNats {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With `mutual`, the server also asks every client for a certificate of the CA
+    /// (`verify: true`); `client.pem`/`client-key.pem` hold one.
+    async fn start_with(mutual: bool) -> Self {
         nexus_testkit::init_logging();
         let dir = tempfile::tempdir().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -69,6 +77,17 @@ impl SecureNats {
                 .unwrap()
                 .signed_by(&server_key, &ca)
                 .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client_cert = rcgen::CertificateParams::new(vec!["agent-core".into()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("client-key.pem"),
+            client_key.serialize_pem(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("server.pem"), server_cert.pem()).unwrap();
         std::fs::write(
@@ -89,8 +108,9 @@ impl SecureNats {
             &format!("store_dir: \"{}\"", store.display()),
         );
         conf.push_str(&format!(
-            "\ntls {{\n  cert_file: \"{0}/server.pem\"\n  key_file: \"{0}/server-key.pem\"\n  ca_file: \"{0}/ca.pem\"\n}}\n",
-            dir.path().display()
+            "\ntls {{\n  cert_file: \"{0}/server.pem\"\n  key_file: \"{0}/server-key.pem\"\n  ca_file: \"{0}/ca.pem\"\n  verify: {1}\n}}\n",
+            dir.path().display(),
+            mutual
         ));
         std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
         std::fs::copy(
@@ -105,6 +125,7 @@ impl SecureNats {
             .collect();
         let mut secure = Self {
             dir,
+            mutual,
             passwords,
             server: None,
         };
@@ -138,7 +159,7 @@ impl SecureNats {
             .find(|(k, _)| *k == password_var(user))
             .map(|(_, v)| v.clone())
             .unwrap();
-        vec![
+        let mut env = vec![
             ("NATS_URL".into(), self.url()),
             ("NATS_USER".into(), user.into()),
             ("NATS_PASSWORD".into(), password),
@@ -146,7 +167,13 @@ impl SecureNats {
                 "NATS_CA".into(),
                 self.dir.path().join("ca.pem").display().to_string(),
             ),
-        ]
+        ];
+        if self.mutual {
+            for (var, file) in [("NATS_CERT", "client.pem"), ("NATS_KEY", "client-key.pem")] {
+                env.push((var.into(), self.dir.path().join(file).display().to_string()));
+            }
+        }
+        env
     }
 
     fn access(&self, user: &str) -> NatsAccess {
@@ -586,4 +613,38 @@ async fn each_user_reaches_the_media_buckets_and_consumers_its_job_needs() {
     nexus_bus::settle(&gateway, &msg, Outcome::Ack, 5).await;
     let info = consumer.clone().info().await.unwrap().clone();
     assert_eq!(info.num_ack_pending, 0, "the ack went through");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mutual_tls_a_client_needs_nats_cert_and_nats_key() {
+    let nats = SecureNats::start_with(true).await;
+    let env = nats.env("agent-core");
+    let without_cert = NatsAccess::from_vars(&env[0].1, |name| {
+        (!matches!(name, "NATS_CERT" | "NATS_KEY"))
+            .then(|| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .flatten()
+    })
+    .unwrap();
+    let err = without_cert
+        .options()
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .expect_err("a client without a certificate must be refused");
+    assert!(
+        matches!(
+            err.kind(),
+            async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::Tls
+        ),
+        "{err}"
+    );
+
+    let client = nats
+        .access("agent-core")
+        .options()
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .unwrap_or_else(|e| panic!("with a client certificate: {e}"));
+    client.flush().await.unwrap();
 }
