@@ -8,6 +8,7 @@
 pub mod fake_openai;
 pub mod fake_site;
 pub mod nats;
+pub mod otlp;
 pub mod plugins;
 pub mod process;
 pub mod proxy;

@@ -1,24 +1,12 @@
 //! Traces and metrics of one turn: the services export over OTLP (HTTP/protobuf)
 //! to a receiver run by the test, and agent-core serves Prometheus text.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
-};
+use std::collections::BTreeSet;
 
-use axum::{Router, body::Bytes, extract::State, routing::post};
-use nexus_proto::Message as _;
 use nexus_testkit::{
     Stack, TestEnv, eventually,
     fake_openai::{FakeOpenAi, Reply},
-};
-use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse},
-        trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
-    },
-    common::v1::{KeyValue, any_value},
-    trace::v1::Span,
+    otlp::{Exported, OtlpCollector, connected_trace, parent_of},
 };
 use serde_json::json;
 
@@ -27,128 +15,6 @@ use super::{ALICE, Api, WAIT, World, free_port};
 /// A GitHub token used as the session name: it lands in span attributes (the
 /// session of the turn and of the tool call) and must leave only redacted.
 const TOKEN: &str = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
-
-/// What an OTLP/HTTP collector received.
-#[derive(Default)]
-struct Received {
-    traces: Vec<ExportTraceServiceRequest>,
-    metrics: Vec<ExportMetricsServiceRequest>,
-}
-
-/// A span with the `service.name` of the resource it came with.
-#[derive(Debug, Clone)]
-struct Exported {
-    service: String,
-    span: Span,
-}
-
-impl Exported {
-    fn attr(&self, key: &str) -> Option<&any_value::Value> {
-        attr(&self.span.attributes, key)
-    }
-}
-
-fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn text(value: Option<&any_value::Value>) -> String {
-    match value {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn int(value: Option<&any_value::Value>) -> Option<i64> {
-    match value {
-        Some(any_value::Value::IntValue(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-/// The test's OTLP receiver: `POST /v1/traces` and `/v1/metrics`, protobuf bodies.
-#[derive(Clone, Default)]
-struct Collector {
-    received: Arc<Mutex<Received>>,
-}
-
-impl Collector {
-    async fn start() -> (Self, String) {
-        let collector = Self::default();
-        let app = Router::new()
-            .route(
-                "/v1/traces",
-                post(|State(c): State<Collector>, body: Bytes| async move {
-                    let req = ExportTraceServiceRequest::decode(body).unwrap();
-                    c.received.lock().unwrap().traces.push(req);
-                    ExportTraceServiceResponse::default().encode_to_vec()
-                }),
-            )
-            .route(
-                "/v1/metrics",
-                post(|State(c): State<Collector>, body: Bytes| async move {
-                    let req = ExportMetricsServiceRequest::decode(body).unwrap();
-                    c.received.lock().unwrap().metrics.push(req);
-                    ExportMetricsServiceResponse::default().encode_to_vec()
-                }),
-            )
-            .with_state(collector.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (collector, url)
-    }
-
-    fn spans(&self) -> Vec<Exported> {
-        let received = self.received.lock().unwrap();
-        let mut out = Vec::new();
-        for req in &received.traces {
-            for rs in &req.resource_spans {
-                let service = text(
-                    rs.resource
-                        .as_ref()
-                        .and_then(|r| attr(&r.attributes, "service.name")),
-                );
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        out.push(Exported {
-                            service: service.clone(),
-                            span: span.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Names of the metrics each service sent.
-    fn metric_names(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let received = self.received.lock().unwrap();
-        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for req in &received.metrics {
-            for rm in &req.resource_metrics {
-                let service = text(
-                    rm.resource
-                        .as_ref()
-                        .and_then(|r| attr(&r.attributes, "service.name")),
-                );
-                for sm in &rm.scope_metrics {
-                    for m in &sm.metrics {
-                        out.entry(service.clone())
-                            .or_default()
-                            .insert(m.name.clone());
-                    }
-                }
-            }
-        }
-        out
-    }
-}
 
 /// The core services and a gateway-api, all exporting to `otlp`, plus `extra`.
 async fn world_exporting(otlp: &str, extra: &[(&str, &str)]) -> (World, Api) {
@@ -199,7 +65,7 @@ async fn stop_all(world: &mut World, api: Api) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_turn_with_a_tool_call_is_one_connected_trace_across_the_services() {
-    let (collector, otlp) = Collector::start().await;
+    let (collector, otlp) = OtlpCollector::start().await;
     let (mut world, api) = world_exporting(&otlp, &[]).await;
 
     let reply = api
@@ -226,15 +92,8 @@ async fn one_turn_with_a_tool_call_is_one_connected_trace_across_the_services() 
     assert_eq!(intakes.len(), 1, "one intake: {spans:#?}");
     let root = intakes[0];
     assert_eq!(root.service, "gateway-api");
-    assert!(
-        root.span.parent_span_id.is_empty(),
-        "the intake is the root"
-    );
-    let trace: Vec<&Exported> = spans
-        .iter()
-        .filter(|s| s.span.trace_id == root.span.trace_id)
-        .collect();
-
+    // Connected: every span but the intake has its parent in the same trace.
+    let trace = connected_trace(&spans, root);
     let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
     for service in ["gateway-api", "agent-core", "tool-runner", "memory-svc"] {
         assert!(
@@ -242,24 +101,7 @@ async fn one_turn_with_a_tool_call_is_one_connected_trace_across_the_services() 
             "{service} missing: {services:?}"
         );
     }
-    // Connected: every span but the intake has its parent in the same trace.
-    let ids: BTreeSet<&[u8]> = trace.iter().map(|s| s.span.span_id.as_slice()).collect();
-    for s in &trace {
-        if s.span.span_id != root.span.span_id {
-            assert!(
-                ids.contains(s.span.parent_span_id.as_slice()),
-                "orphan span {} of {} in the turn's trace",
-                s.span.name,
-                s.service
-            );
-        }
-    }
-    let parent_of = |s: &Exported| {
-        trace
-            .iter()
-            .find(|p| p.span.span_id == s.span.parent_span_id)
-            .copied()
-    };
+    let parent_of = |s: &Exported| parent_of(&trace, s);
     let named = |name: &str, service: &str| -> Vec<&Exported> {
         trace
             .iter()
@@ -278,17 +120,17 @@ async fn one_turn_with_a_tool_call_is_one_connected_trace_across_the_services() 
     let llm = named("chat gpt-4.1-mini", "agent-core");
     assert_eq!(llm.len(), 2, "two model calls");
     for call in &llm {
-        assert_eq!(text(call.attr("gen_ai.system")), "openai");
-        assert_eq!(text(call.attr("gen_ai.operation.name")), "chat");
-        assert_eq!(text(call.attr("gen_ai.request.model")), "gpt-4.1-mini");
+        assert_eq!(call.text("gen_ai.system"), "openai");
+        assert_eq!(call.text("gen_ai.operation.name"), "chat");
+        assert_eq!(call.text("gen_ai.request.model"), "gpt-4.1-mini");
         // What the fake reported as usage.
         assert_eq!(
-            int(call.attr("gen_ai.usage.input_tokens")),
+            call.int("gen_ai.usage.input_tokens"),
             Some(42),
             "{:?}",
             call.span.attributes
         );
-        assert_eq!(int(call.attr("gen_ai.usage.output_tokens")), Some(7));
+        assert_eq!(call.int("gen_ai.usage.output_tokens"), Some(7));
         let mut up = parent_of(call);
         while let Some(p) = up.filter(|p| p.span.name != "turn") {
             up = parent_of(p);

@@ -7,6 +7,7 @@
 mod fake_telegram;
 mod pairing;
 mod scheduled;
+mod telemetry;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
