@@ -127,12 +127,14 @@ impl Turn {
         })
     }
 
-    /// The sender's id when the gateway named no user, for memory-svc to resolve.
-    pub(crate) fn unresolved_sender_id(&self) -> String {
-        match &self.msg.sender {
-            Some(sender) if sender.user_id.is_empty() => sender.id.clone(),
-            _ => String::new(),
-        }
+    /// The sender's id, for memory-svc to resolve: an admin's link wins over the
+    /// user the gateway named.
+    pub(crate) fn sender_id(&self) -> String {
+        self.msg
+            .sender
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default()
     }
 
     /// This turn as the user memory-svc resolved; `Turn::parse`'s id stays
@@ -382,7 +384,7 @@ impl Agent {
                     user_id: turn.user_id.clone(),
                     query: turn.msg.text.clone(),
                     history_turns: self.config.memory.history_turns,
-                    channel_sender_id: turn.unresolved_sender_id(),
+                    channel_sender_id: turn.sender_id(),
                 },
                 &turn.trace,
                 None,

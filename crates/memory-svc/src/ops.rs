@@ -201,7 +201,8 @@ impl Memory {
             req.user_id
         } else {
             let sender = sender_id(&req.channel_sender_id)?;
-            self.resolve(session.channel(), sender).await?
+            self.resolve(session.channel(), sender, &req.user_id)
+                .await?
         };
         let markdown = async {
             match self.files.ensure_profile(&user_id).await {
@@ -302,11 +303,18 @@ impl Memory {
         out
     }
 
-    /// The user id of a sender: the linked one, else `<channel>_<sender>`.
-    async fn resolve(&self, channel: &ChannelName, sender_id: &str) -> Result<String, OpError> {
+    /// The user id of a sender: the linked one, else the one the gateway `named`,
+    /// else `<channel>_<sender>`.
+    async fn resolve(
+        &self,
+        channel: &ChannelName,
+        sender_id: &str,
+        named: &str,
+    ) -> Result<String, OpError> {
         Ok(
             match self.store.identity(channel.as_str(), sender_id).await? {
                 Some(linked) => linked.user_id,
+                None if !named.is_empty() => named.to_owned(),
                 None => default_user_id(channel, sender_id),
             },
         )

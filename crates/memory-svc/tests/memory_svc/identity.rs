@@ -66,14 +66,18 @@ fn triple(channel: &str, sender: &str, user: &str) -> (String, String, String) {
 
 /// A context for a message from `sender_id` in a chat of `channel`.
 async fn context_from(bus: &Bus, channel: &str, sender_id: &str) -> ContextResponse {
+    // What gateways name: the sender's default user; a link wins over it.
+    context_named(bus, channel, sender_id, &format!("{channel}_{sender_id}")).await
+}
+
+async fn context_named(bus: &Bus, channel: &str, sender_id: &str, named: &str) -> ContextResponse {
     let req = ContextRequest {
         session: Some(SessionRef {
             channel: channel.into(),
             chat_id: format!("chat-{sender_id}"),
             thread_id: String::new(),
         }),
-        // Stale on purpose: a sender id wins over it.
-        user_id: "ignored".into(),
+        user_id: named.into(),
         query: "hello".into(),
         history_turns: 0,
         channel_sender_id: sender_id.into(),
@@ -202,8 +206,14 @@ async fn two_linked_senders_share_one_profile_created_on_first_contact_and_never
         "# Ada\nPrefers German.\n"
     );
 
-    // An unlinked sender is its default user, and a profile someone wrote stays.
-    let nine = context_from(&bus, "telegram", "9").await;
+    // A link wins over the user a gateway named.
+    let linked = context_named(&bus, "telegram", "42", "someone_else").await;
+    assert_eq!(linked.user_id, "ada");
+    // An unlinked sender is the user the gateway named (an API key's user)...
+    let named = context_named(&bus, "api", "k1", "bob").await;
+    assert_eq!(named.user_id, "bob");
+    // ...or its default user, and a profile someone wrote stays.
+    let nine = context_named(&bus, "telegram", "9", "").await;
     assert_eq!(nine.user_id, "telegram_9");
     assert_eq!(nine.user_profile_md, "# Nine\nWrote this myself.\n");
     assert_eq!(

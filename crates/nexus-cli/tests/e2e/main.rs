@@ -725,6 +725,11 @@ async fn inbound_from(bus: &nexus_bus::Bus, channel: &str, sender: &str, text: &
         }),
         sender: Some(nexus_proto::v1::Sender {
             id: sender.into(),
+            // Gateways name the default user (`<channel>_<sender>`); a link wins over it.
+            user_id: nexus_common::domain::default_user_id(
+                &ChannelName::parse(channel).unwrap(),
+                sender,
+            ),
             ..Default::default()
         }),
         text: text.into(),
