@@ -295,11 +295,13 @@ async fn partition_loop(
 async fn process(agent: &Agent, msg: &jetstream::Message, running: &Running) {
     let trace = TraceContext::from_headers(msg.headers.as_ref());
     // The turn's span, child of the gateway's intake (carried in `traceparent`).
-    let span = trace.span(tracing::info_span!(
+    let span = tracing::info_span!(
         "turn",
-        otel.kind = "consumer",
+        otel.kind = tracing::field::Empty,
         trace_id = trace.trace_id()
-    ));
+    );
+    nexus_common::telemetry::name_span(&span, "consumer", || "turn".to_owned());
+    let span = trace.span(span);
     tracing::Instrument::instrument(process_in_span(agent, msg, running, trace), span).await;
 }
 

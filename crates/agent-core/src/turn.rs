@@ -556,8 +556,8 @@ impl Agent {
             // One span per model call, with OpenTelemetry's GenAI attributes.
             let llm_span = tracing::info_span!(
                 "llm_call",
-                otel.name = format!("chat {}", req.model),
-                otel.kind = "client",
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
                 gen_ai.operation.name = "chat",
                 gen_ai.system = gen_ai_system(&req.model),
                 gen_ai.request.model = %req.model,
@@ -565,6 +565,9 @@ impl Agent {
                 gen_ai.usage.input_tokens = tracing::field::Empty,
                 gen_ai.usage.output_tokens = tracing::field::Empty,
             );
+            nexus_common::telemetry::name_span(&llm_span, "client", || {
+                format!("chat {}", req.model)
+            });
             let routed = tracing::Instrument::instrument(
                 self.router
                     .chat(self.model.as_ref(), &models, req.clone(), &sink),
@@ -680,12 +683,15 @@ impl Agent {
             let results = futures::future::join_all(calls.iter().map(|c| {
                 let span = tracing::info_span!(
                     "tool_call",
-                    otel.name = format!("execute_tool {}", c.name),
-                    otel.kind = "client",
+                    otel.name = tracing::field::Empty,
+                    otel.kind = tracing::field::Empty,
                     gen_ai.operation.name = "execute_tool",
                     gen_ai.tool.name = %c.name,
                     gen_ai.tool.call.id = %c.id,
                 );
+                nexus_common::telemetry::name_span(&span, "client", || {
+                    format!("execute_tool {}", c.name)
+                });
                 tracing::Instrument::instrument(
                     self.run_tool(turn, &specs, c, &progress, &timezone),
                     span,

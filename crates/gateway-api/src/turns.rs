@@ -157,6 +157,7 @@ async fn open_replies(
         .await
         .context("outbound stream")?
         .create_consumer(pull::OrderedConfig {
+            name: Some(s.reply_feed_consumer(channel, &uuid::Uuid::new_v4().simple().to_string())),
             filter_subject: s.outbound(channel),
             deliver_policy,
             ..Default::default()
@@ -326,13 +327,17 @@ impl Turns {
                         }
                         match OutboundMessage::decode(m.payload.clone()) {
                             Ok(reply) => {
+                                let span = tracing::info_span!(
+                                    "delivery",
+                                    otel.name = tracing::field::Empty,
+                                    otel.kind = tracing::field::Empty,
+                                    turn = %reply.in_reply_to,
+                                );
+                                nexus_common::telemetry::name_span(&span, "consumer", || {
+                                    format!("deliver {}", self.channel)
+                                });
                                 let _delivery = TraceContext::from_headers(m.headers.as_ref())
-                                    .span(tracing::info_span!(
-                                        "delivery",
-                                        otel.name = format!("deliver {}", self.channel),
-                                        otel.kind = "consumer",
-                                        turn = %reply.in_reply_to,
-                                    ))
+                                    .span(span)
                                     .entered();
                                 self.dispatch_reply(reply)
                             }

@@ -76,13 +76,15 @@ pub async fn serve(
 /// Handles one request and sends its reply.
 async fn answer(memory: &Memory, op: Op, request: service::Request) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
-    let span = trace.span(tracing::info_span!(
+    let span = tracing::info_span!(
         "memory_op",
-        otel.name = format!("memory {}", op.name()),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         op = op.name(),
         trace_id = trace.trace_id()
-    ));
+    );
+    nexus_common::telemetry::name_span(&span, "server", || format!("memory {}", op.name()));
+    let span = trace.span(span);
     async {
         let reply = memory.handle(op, &request.message.payload).await;
         if let Err(error) = request.respond(reply).await {

@@ -32,7 +32,7 @@ use tracing_subscriber::{
 
 pub use self::{
     metrics::{Metrics, enabled as metrics_enabled, metrics, set_queue_depth},
-    otel::{current_span_ids, set_remote_parent},
+    otel::{current_span_ids, name_span, set_remote_parent},
 };
 pub use crate::redact::redact;
 use crate::{Config, logfile::SharedLog};

@@ -241,11 +241,14 @@ impl Gateway {
         let span = tracing::info_span!(
             parent: None,
             "intake",
-            otel.name = format!("intake {}", self.channel),
-            otel.kind = "producer",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
             channel = %self.channel,
             message = %msg.id,
         );
+        nexus_common::telemetry::name_span(&span, "producer", || {
+            format!("intake {}", self.channel)
+        });
         let stored = tracing::Instrument::instrument(
             self.bus.publish_inbound(msg, &TraceContext::new_root()),
             span,
@@ -287,12 +290,16 @@ impl Gateway {
         ));
         while let Some(msg) = puller.next(&shutdown).await {
             let _in_progress = InProgress::keep(&msg, OUTBOUND_ACK_WAIT);
-            let span = TraceContext::from_headers(msg.headers.as_ref()).span(tracing::info_span!(
+            let span = tracing::info_span!(
                 "delivery",
-                otel.name = format!("deliver {}", self.channel),
-                otel.kind = "consumer",
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
                 channel = %self.channel,
-            ));
+            );
+            nexus_common::telemetry::name_span(&span, "consumer", || {
+                format!("deliver {}", self.channel)
+            });
+            let span = TraceContext::from_headers(msg.headers.as_ref()).span(span);
             let outcome =
                 tracing::Instrument::instrument(self.deliver_one(&msg, &send, &shutdown), span)
                     .await;

@@ -384,17 +384,19 @@ async fn dispatch(request: Request, spec: &Arc<Spec>, tool: &Arc<dyn DynTool>, i
 async fn handle(request: Request, spec: &Spec, tool: &dyn DynTool, max_output_bytes: usize) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
     let encoding = Encoding::of_headers(request.message.headers.as_ref());
-    let span = trace.span(tracing::info_span!(
+    let span = tracing::info_span!(
         "tool_call",
-        otel.name = format!("execute_tool {}", spec.name),
-        otel.kind = "server",
+        otel.name = field::Empty,
+        otel.kind = field::Empty,
         gen_ai.operation.name = "execute_tool",
         gen_ai.tool.name = spec.name,
         tool = spec.name,
         trace_id = trace.trace_id(),
         call_id = field::Empty,
         session_id = field::Empty,
-    ));
+    );
+    nexus_common::telemetry::name_span(&span, "server", || format!("execute_tool {}", spec.name));
+    let span = trace.span(span);
     async {
         let result = match wire::decode_call(&request.message.payload, encoding) {
             Ok(call) => {

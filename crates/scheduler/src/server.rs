@@ -94,13 +94,15 @@ pub async fn serve(
 
 async fn answer(jobs: &Jobs, op: &'static str, request: service::Request) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
-    let span = trace.span(tracing::info_span!(
+    let span = tracing::info_span!(
         "scheduler_op",
-        otel.name = format!("scheduler {op}"),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         op,
         trace_id = trace.trace_id()
-    ));
+    );
+    nexus_common::telemetry::name_span(&span, "server", || format!("scheduler {op}"));
+    let span = trace.span(span);
     async {
         let reply = handle(jobs, op, &request.message.payload).await;
         if let Err(error) = request.respond(reply).await {

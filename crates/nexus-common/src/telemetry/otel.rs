@@ -150,6 +150,17 @@ pub fn current_span_ids() -> Option<(String, String)> {
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
+/// Names `span` and gives its kind (`server`, `client`, `producer`, `consumer`) for
+/// OpenTelemetry through its `otel.name` and `otel.kind` fields, declared `Empty`,
+/// only while spans are exported: log lines do not carry them, and `name` is not
+/// even formatted otherwise. Call it before the span is first entered.
+pub fn name_span(span: &tracing::Span, kind: &'static str, name: impl FnOnce() -> String) {
+    if TRACING.load(Ordering::Relaxed) {
+        span.record("otel.name", name().as_str());
+        span.record("otel.kind", kind);
+    }
+}
+
 /// Makes `span` the child of the remote span `span_id` of trace `trace_id` (from a
 /// received `traceparent`). Call it before the span is first entered. A no-op
 /// when spans are not exported or the ids are not valid hex.
