@@ -192,6 +192,13 @@ impl Subjects {
     pub fn gateway_consumer(&self, channel: &ChannelName) -> String {
         format!("{}_gateway-{channel}", self.ns)
     }
+    /// A short-lived ordered consumer of `N_OUTBOUND` following one channel's replies
+    /// (gateway-api), unique by `id`. Named, so that its filter travels in the API
+    /// subject (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), which the
+    /// deployment's NATS permissions scope to the channel.
+    pub fn reply_feed_consumer(&self, channel: &ChannelName, id: &str) -> String {
+        format!("{}_gateway-{channel}-feed-{id}", self.ns)
+    }
     /// KV bucket of outbound ids a gateway has delivered upstream (delivery dedupe).
     pub fn delivered_bucket(&self, channel: &ChannelName) -> String {
         format!("{}_delivered_{channel}", self.ns)
@@ -314,6 +321,7 @@ mod tests {
         assert_eq!(s.inbound_partition(&cli, 7), "t1.inbound.cli.7");
         assert_eq!(s.inbound_partition_filter(7), "t1.inbound.*.7");
         assert_eq!(s.agent_consumer(7), "t1_agent-core-p7");
+        assert_eq!(s.reply_feed_consumer(&cli, "x1"), "t1_gateway-cli-feed-x1");
         assert_eq!(
             s.payload_type("t1.inbound.cli.7"),
             Some("nexus.v1.InboundMessage")

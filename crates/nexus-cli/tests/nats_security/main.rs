@@ -265,6 +265,20 @@ async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runn
         "wrong subject refused: {refused}"
     );
 
+    // Nor read another channel's replies: gateway-api's feeds are scoped to its own
+    // subject, and the other gateways' consumers are not its to pull.
+    let (api, mut api_errors) = nats.client("gateway-api").await;
+    for subject in [
+        "$JS.API.CONSUMER.CREATE.nexus_OUTBOUND",
+        "$JS.API.CONSUMER.CREATE.nexus_OUTBOUND.spy.nexus.outbound.telegram",
+        "$JS.API.CONSUMER.MSG.NEXT.nexus_OUTBOUND.nexus_gateway-telegram",
+    ] {
+        api.publish(subject, "{}".into()).await.unwrap();
+        api.flush().await.unwrap();
+        let refused = violation(&mut api_errors).await;
+        assert!(refused.contains(subject), "{subject}: {refused}");
+    }
+
     // Replies are private: a gateway cannot listen on agent-core's reply inboxes.
     let _snoop = gateway.subscribe("_INBOX.agent-core.>").await.unwrap();
     gateway.flush().await.unwrap();
