@@ -414,4 +414,25 @@ mod tests {
         });
         assert!(out.contains("EMPTY CHOICE CONTENT"), "{out}");
     }
+
+    #[test]
+    fn each_service_finds_its_own_metrics_address_in_one_configuration() {
+        let file = "[metrics.listen]\ntool-runner = \"127.0.0.1:9465\"\n";
+        let env = [(
+            "NEXUS__METRICS__LISTEN__AGENT_CORE".to_owned(),
+            "127.0.0.1:9464".to_owned(),
+        )];
+        let config =
+            crate::Config::from_sources(Some((std::path::Path::new("nexus.toml"), file)), env)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.metrics.listen_of("agent-core"),
+            Some("127.0.0.1:9464")
+        );
+        assert_eq!(
+            config.metrics.listen_of("tool-runner"),
+            Some("127.0.0.1:9465")
+        );
+        assert_eq!(config.metrics.listen_of("memory-svc"), None);
+    }
 }
