@@ -28,10 +28,10 @@ use crate::{
     agent::{Agent, provider_of},
     approvals::approval_answer,
     commands::Command,
-    limits::Gate,
     context::{
         TurnFacts, estimate_tokens, fence_untrusted, fit_history, history_messages, system_prompt,
     },
+    limits::Gate,
     llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
     progress::Progress,
     scheduled, tasks,
