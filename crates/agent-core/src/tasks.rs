@@ -635,9 +635,9 @@ impl Agent {
         match self.limits_gate(&resolved).await {
             Ok(crate::limits::Gate::Open) => {}
             Ok(crate::limits::Gate::Refused { notice }) => {
-                return Err(crate::turn::TurnError::Limited(notice.unwrap_or_else(|| {
-                    "Your budget is used up, as you were told; the task was not run.".to_owned()
-                })));
+                return Err(crate::turn::TurnError::Limited(notice.unwrap_or_else(
+                    || "Your budget is used up, as you were told; the task was not run.".to_owned(),
+                )));
             }
             Err(e) => return Err(crate::turn::TurnError::Transient(format!("limits: {e}"))),
         }

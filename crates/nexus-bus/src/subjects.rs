@@ -344,7 +344,10 @@ mod tests {
         assert_eq!(s.tasks_bucket(), "t1_tasks");
         assert_eq!(s.limits_bucket(), "t1_limits");
         assert_eq!(s.user_limits_bucket(), "t1_user_limits");
-        assert_eq!(s.event(event_kind::LIMIT_REACHED), "t1.events.limit_reached");
+        assert_eq!(
+            s.event(event_kind::LIMIT_REACHED),
+            "t1.events.limit_reached"
+        );
         assert_eq!(s.pairing_bucket(), "t1_pairing");
         assert_eq!(s.paired_bucket(), "t1_paired");
         assert_eq!(s.event(event_kind::PAIRING), "t1.events.pairing");

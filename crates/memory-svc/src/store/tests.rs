@@ -1085,7 +1085,11 @@ async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
         .collect();
     assert_eq!(view, [("alice", 2, 500, 50), ("bob", 1, 5, 1)]);
     assert_eq!(
-        store.usage("2026-11-01", "2026-11-30", None).await.unwrap().len(),
+        store
+            .usage("2026-11-01", "2026-11-30", None)
+            .await
+            .unwrap()
+            .len(),
         3
     );
     let bobs = store
@@ -1093,7 +1097,10 @@ async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
         .await
         .unwrap();
     assert_eq!(bobs.len(), 1);
-    assert_eq!((bobs[0].key.user_id.as_str(), bobs[0].input_tokens), ("bob", 5));
+    assert_eq!(
+        (bobs[0].key.user_id.as_str(), bobs[0].input_tokens),
+        ("bob", 5)
+    );
     assert!(
         store
             .usage("2026-12-01", "2026-12-31", None)
