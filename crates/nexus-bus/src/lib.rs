@@ -136,9 +136,19 @@ impl Bus {
                 url: config.nats.url.clone(),
                 message: "timed out after 10s".into(),
             })?
-            .map_err(|e| BusError::Connect {
-                url: config.nats.url.clone(),
-                message: format!("{e} (connecting {})", access.describe()),
+            .map_err(|e| match e.kind() {
+                // Not a server that is down: one that does not accept these credentials.
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication => BusError::Settings(format!(
+                    "NATS at {} refused the connection {}: {e}. Check NATS_CREDS, \
+                     NATS_USER/NATS_PASSWORD or NATS_TOKEN",
+                    config.nats.url,
+                    access.describe()
+                )),
+                _ => BusError::Connect {
+                    url: config.nats.url.clone(),
+                    message: format!("{e} (connecting {})", access.describe()),
+                },
             })?;
         let mut bus = Self::from_client(
             client,

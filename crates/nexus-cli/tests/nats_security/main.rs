@@ -331,6 +331,31 @@ async fn a_wrong_password_or_an_untrusted_server_certificate_is_refused() {
         "{err}"
     );
 
+    // The CLI says which credentials were refused, and does not go looking for a
+    // server to start (`nexus up`) when one answers but refuses them.
+    let workspace = tempfile::tempdir().unwrap();
+    let mut cli_env = env.clone();
+    let config = workspace.path().join("nexus.toml");
+    std::fs::write(&config, "").unwrap();
+    cli_env.extend([
+        (
+            "NEXUS_WORKSPACE".to_owned(),
+            workspace.path().display().to_string(),
+        ),
+        ("NEXUS_CONFIG".to_owned(), config.display().to_string()),
+    ]);
+    for args in [&["status"][..], &["up"][..]] {
+        let out = nexus_testkit::nexus(&cli_env, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "nexus {args:?} succeeded");
+        assert!(
+            stderr.contains("refused the connection as user agent-core over TLS")
+                && stderr.contains("NATS_USER/NATS_PASSWORD"),
+            "nexus {args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("not-the-password"), "{stderr}");
+    }
+
     // Without NATS_CA the server's certificate (from the test's CA) is not trusted.
     let env = nats.env("agent-core");
     let access = NatsAccess::from_vars(&env[0].1, |name| {
