@@ -180,7 +180,9 @@ impl Up {
         self.driver.stop.cancel();
         nexus_common::process::terminate(self.pid);
         let _ = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
-        let client = async_nats::connect(&self.nats_url).await?;
+        let client = nexus_bus::connect_options(&self.nats_url)?
+            .connect(&self.nats_url)
+            .await?;
         let js = async_nats::jetstream::new(client);
         let mut names = js.stream_names();
         let mut doomed = Vec::new();

@@ -53,7 +53,9 @@ pub async fn run(nats_url: &str, calls: usize) -> anyhow::Result<ToolCost> {
         .spawn()
         .context("starting tool-runner")?;
 
-    let client = async_nats::connect(nats_url).await?;
+    let client = nexus_bus::connect_options(nats_url)?
+        .connect(nats_url)
+        .await?;
     let bus = Bus::from_client(
         client,
         Namespace::parse(&namespace)?,
