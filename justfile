@@ -20,7 +20,8 @@ chat *ARGS:
     "$CARGO_TARGET_DIR/debug/nexus" chat {{ARGS}}
 
 # Formatting, lints and every test (Rust and the WhatsApp bridge). Needs NATS (JetStream)
-# on 127.0.0.1:4222, PostgreSQL on 127.0.0.1:5432, nats-server and Node.js 20+ on PATH,
+# on 127.0.0.1:4222, PostgreSQL on 127.0.0.1:5432, nats-server and Node.js 20+ on PATH, a
+# nats-server 2.10+ in ~/.cache/nexus/nats-server-2.15 (or NEXUS_NATS_SERVER_2_10) for the NATS security tests,
 # python3 with nats-py (examples/python-plugin/requirements.txt) and mcp-server-time, and
 # `npm ci` done in crates/tool-runner/tests/mcp-servers (.ci/run installs all of these).
 test:
