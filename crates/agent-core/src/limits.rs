@@ -15,9 +15,13 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
-use nexus_bus::{kv_key, memory_op};
+use nexus_bus::{
+    kv_key,
+    limits::{overrides, user_limits_bucket},
+    memory_op,
+};
 use nexus_common::limits::{
-    Breach, Consumption, LimitKind, Overrides, RATE_WINDOW_MS, UserLimits, budget_breaches, windows,
+    Breach, Consumption, LimitKind, RATE_WINDOW_MS, UserLimits, budget_breaches, windows,
 };
 use nexus_proto::v1::{
     InboundKind, LimitReached, UsageRequest, UsageResponse, UserLimits as StoredLimits, event,
@@ -381,28 +385,6 @@ impl Agent {
             .await
             .map_err(|e| format!("usage ledger: {e}"))?;
         Ok(resp.rows)
-    }
-}
-
-/// The bucket of admins' per-user limits (no expiry), shared with `nexus users limit`.
-pub async fn user_limits_bucket(bus: &nexus_bus::Bus) -> Result<kv::Store, nexus_bus::BusError> {
-    bus.ensure_kv_bucket(
-        &bus.subjects().user_limits_bucket(),
-        5,
-        None,
-        "limits admins set per user (nexus users limit)",
-    )
-    .await
-}
-
-/// What an admin stored, as overrides of the settings.
-pub fn overrides(stored: &StoredLimits) -> Overrides {
-    Overrides {
-        messages_per_minute: stored.messages_per_minute,
-        tokens_per_day: stored.tokens_per_day,
-        tokens_per_month: stored.tokens_per_month,
-        cost_per_day: stored.cost_per_day,
-        cost_per_month: stored.cost_per_month,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod access;
 mod depth;
+pub mod limits;
 mod link;
 pub mod subjects;
 mod trace;

@@ -11,10 +11,14 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::kv;
 use clap::Args;
 use futures::StreamExt as _;
-use nexus_bus::{Bus, kv_key, memory_op};
+use nexus_bus::{
+    Bus, kv_key,
+    limits::{overrides, user_limits_bucket},
+    memory_op,
+};
 use nexus_common::{
     Config,
-    limits::{Consumption, Overrides, UserLimits as Effective, windows},
+    limits::{Consumption, UserLimits as Effective, windows},
     now_ms,
 };
 use nexus_proto::v1::{UsageRequest, UsageResponse, UserLimits};
@@ -76,28 +80,6 @@ fn apply<T: Copy>(setting: Option<Setting<T>>, stored: &mut Option<T>) {
     }
 }
 
-/// The bucket agent-core reads; made the same way there (history 5, kept for good).
-async fn bucket(bus: &Bus) -> anyhow::Result<kv::Store> {
-    bus.ensure_kv_bucket(
-        &bus.subjects().user_limits_bucket(),
-        5,
-        None,
-        "limits admins set per user (nexus users limit)",
-    )
-    .await
-    .context("opening the user limits bucket")
-}
-
-fn overrides(stored: &UserLimits) -> Overrides {
-    Overrides {
-        messages_per_minute: stored.messages_per_minute,
-        tokens_per_day: stored.tokens_per_day,
-        tokens_per_month: stored.tokens_per_month,
-        cost_per_day: stored.cost_per_day,
-        cost_per_month: stored.cost_per_month,
-    }
-}
-
 /// `nexus users limit`: changes what is given and prints the user's limits.
 pub async fn set(config: &Config, args: LimitArgs) -> anyhow::Result<String> {
     let user = args.user.trim();
@@ -118,7 +100,9 @@ pub async fn set(config: &Config, args: LimitArgs) -> anyhow::Result<String> {
         }
     }
     let bus = Bus::connect(config, "nexus-users").await?;
-    let kv = bucket(&bus).await?;
+    let kv = user_limits_bucket(&bus)
+        .await
+        .context("opening the user limits bucket")?;
     let key = kv_key(user);
     let changes = args.messages_per_minute.is_some()
         || args.tokens_per_day.is_some()
@@ -238,7 +222,9 @@ pub async fn report(bus: &Bus, config: &Config) -> anyhow::Result<LimitsReport> 
         },
     )
     .await?;
-    let kv = bucket(bus).await?;
+    let kv = user_limits_bucket(bus)
+        .await
+        .context("opening the user limits bucket")?;
     let mut stored: BTreeMap<String, UserLimits> = BTreeMap::new();
     let mut keys = kv.keys().await.context("listing the user limits")?;
     while let Some(key) = keys.next().await {
