@@ -494,6 +494,31 @@ async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
         "one call to choose the tool, one to answer"
     );
 
+    // memory-svc's and the scheduler's tools, called by agent-core under their users.
+    fake.push([
+        Reply::ToolCalls(vec![
+            (
+                "remember".into(),
+                json!({"fact": "The launch code word is PELICAN-42."}),
+            ),
+            (
+                "cron".into(),
+                json!({"action": "add", "message": "check the launch", "every_seconds": 3600}),
+            ),
+        ]),
+        Reply::Text("noted".into()),
+    ]);
+    let r = client
+        .post(format!("http://127.0.0.1:{http}/v1/messages"))
+        .bearer_auth(key)
+        .json(&json!({"text": "Remember it, and check daily.", "session": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let memory = std::fs::read_to_string(workspace.path().join("MEMORY.md")).unwrap_or_default();
+    assert!(memory.contains("PELICAN-42"), "MEMORY.md: {memory}");
+
     // The other gateways start under their own users too (their upstreams are
     // unreachable here: what counts is that NATS lets them set up).
     let dead = format!("http://127.0.0.1:{}", free_port());
@@ -541,6 +566,13 @@ async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
     // The CLI's admin commands log in as admin.
     let mut env = common.clone();
     env.extend(nats.env("admin"));
+    let out = nexus_testkit::nexus(&env, &["cron", "list", "--json"]).await;
+    let jobs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && jobs.contains("check the launch"),
+        "nexus cron list: {jobs}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = nexus_testkit::nexus(&env, &["status"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
