@@ -112,6 +112,11 @@ impl SecureNats {
             dir.path().display(),
             mutual
         ));
+        // The server's own account of what it refused (read by `violations`).
+        conf.push_str(&format!(
+            "log_file: \"{}\"\n",
+            dir.path().join("nats.log").display()
+        ));
         std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
         std::fs::copy(
             repo().join("deploy/nats/authorization.conf"),
@@ -141,6 +146,16 @@ impl SecureNats {
             .await,
         );
         secure
+    }
+
+    /// The permission violations the server logged so far.
+    fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("nats.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
     }
 
     fn url(&self) -> String {
@@ -300,6 +315,14 @@ async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runn
         .await
         .unwrap();
     assert_eq!(ack.stream, "nexus_INBOUND");
+    // The server logged each refusal with the user (what operators look for).
+    eventually("the server to log the refused tool call", WAIT, || async {
+        nats.violations()
+            .iter()
+            .any(|l| l.contains("user:gateway-telegram") && l.contains("nexus.tool.read_file"))
+            .then_some(())
+    })
+    .await;
     // …but not one of another channel.
     gateway
         .publish("nexus.inbound.slack.7", "x".into())
@@ -563,6 +586,14 @@ async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
     )
     .await;
 
+    // Nothing any service did was refused: every subject its job needs is allowed.
+    let refused = nats.violations();
+    assert!(
+        refused.is_empty(),
+        "refused by the server:\n{}",
+        refused.join("\n")
+    );
+
     // The CLI's admin commands log in as admin.
     let mut env = common.clone();
     env.extend(nats.env("admin"));
@@ -684,6 +715,12 @@ async fn each_user_reaches_the_media_buckets_and_consumers_its_job_needs() {
     nexus_bus::settle(&gateway, &msg, Outcome::Ack, 5).await;
     let info = consumer.clone().info().await.unwrap().clone();
     assert_eq!(info.num_ack_pending, 0, "the ack went through");
+    let refused = nats.violations();
+    assert!(
+        refused.is_empty(),
+        "refused by the server:\n{}",
+        refused.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
