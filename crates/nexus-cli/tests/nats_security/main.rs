@@ -542,6 +542,30 @@ async fn the_whole_stack_answers_over_tls_with_a_user_per_service() {
     let memory = std::fs::read_to_string(workspace.path().join("MEMORY.md")).unwrap_or_default();
     assert!(memory.contains("PELICAN-42"), "MEMORY.md: {memory}");
 
+    // A sub-agent: the task goes through N_TASKS and its state through the tasks bucket,
+    // both agent-core's; its model call is the fake's fallback.
+    fake.set_fallback(Reply::Text("sub-agent finished".into()));
+    fake.push([
+        Reply::ToolCalls(vec![(
+            "spawn".into(),
+            json!({"task": "Summarise notes.txt", "label": "summary"}),
+        )]),
+        Reply::Text("started a sub-agent".into()),
+    ]);
+    let before = fake.requests().len();
+    let r = client
+        .post(format!("http://127.0.0.1:{http}/v1/messages"))
+        .bearer_auth(key)
+        .json(&json!({"text": "Summarise it in the background.", "session": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    eventually("the sub-agent's model call", WAIT, || async {
+        (fake.requests().len() >= before + 3).then_some(())
+    })
+    .await;
+
     // The other gateways start under their own users too (their upstreams are
     // unreachable here: what counts is that NATS lets them set up).
     let dead = format!("http://127.0.0.1:{}", free_port());
