@@ -1149,9 +1149,12 @@ fn event_name(kind: &event::Kind) -> &'static str {
 }
 
 /// Whether a stream's settings are those `ensure_streams` asks for (a setting left
-/// at zero is the server's default, which it reports filled in).
+/// at zero is the server's default, which it reports filled in). Every field that
+/// `ensure_streams` sets must be compared here, or a change to it never reaches
+/// existing streams.
 fn stream_is_as_configured(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects == want.subjects
+        && have.num_replicas.max(1) == want.num_replicas.max(1)
         && have.storage == want.storage
         && have.retention == want.retention
         && (want.duplicate_window.is_zero() || have.duplicate_window == want.duplicate_window)
@@ -1196,6 +1199,34 @@ mod tests {
             [ms(0), ms(1), ms(2), ms(3), ms(4), ms(9)],
             [500, 500, 1000, 2000, 4000, 5000]
         );
+    }
+
+    #[test]
+    fn a_stream_as_the_server_reports_it_matches_what_was_asked() {
+        let want = stream::Config {
+            name: "n_EVENTS".into(),
+            subjects: vec!["n.events.>".into()],
+            max_age: Duration::from_secs(60),
+            ..Default::default()
+        };
+        // The server fills in its defaults: unlimited messages, 2 min window, 1 replica.
+        let have = stream::Config {
+            max_messages: -1,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: 1,
+            ..want.clone()
+        };
+        assert!(stream_is_as_configured(&have, &want));
+        let older = stream::Config {
+            max_age: Duration::from_secs(30),
+            ..have.clone()
+        };
+        assert!(!stream_is_as_configured(&older, &want));
+        let three = stream::Config {
+            num_replicas: 3,
+            ..want.clone()
+        };
+        assert!(!stream_is_as_configured(&have, &three));
     }
 
     #[test]
