@@ -22,7 +22,7 @@ use nexus_common::{Config, domain::Namespace};
 pub use nats::{Configured, NatsServer, nats_server_2_10};
 pub use process::{ServiceProcess, bin_path};
 pub use proxy::TcpProxy;
-pub use stack::{Stack, nexus};
+pub use stack::{Stack, nexus, wait_registered};
 
 /// NATS URL used by tests.
 pub fn nats_url() -> String {

@@ -50,32 +50,45 @@ impl Stack {
     /// Waits until every named service has at least one live instance.
     pub async fn wait_ready(&mut self, test: &TestEnv, names: &[&str]) {
         let bus = test.bus("test-probe").await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            // A service that died at start fails the test now, with its name, not in 60 s.
-            for p in [&mut self.memory, &mut self.tools, &mut self.agent]
+        let mut started: Vec<&mut ServiceProcess> =
+            [&mut self.memory, &mut self.tools, &mut self.agent]
                 .into_iter()
                 .flatten()
-            {
-                if let Some(status) = p.try_status() {
-                    panic!(
-                        "{} exited during start with {status}; run with TEST_LOG=1 to see why",
-                        p.name()
-                    );
-                }
+                .collect();
+        wait_registered(&bus, &mut started, names, Duration::from_secs(60)).await;
+    }
+}
+
+/// Waits until each of `names` has a live instance on the service API; one of
+/// `processes` that exits meanwhile (refused by NATS, a bad setting) fails the test at
+/// once, with its name, instead of at the timeout.
+pub async fn wait_registered(
+    bus: &nexus_bus::Bus,
+    processes: &mut [&mut ServiceProcess],
+    names: &[&str],
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        for p in processes.iter_mut() {
+            if let Some(status) = p.try_status() {
+                panic!(
+                    "{} exited during start with {status}; run with TEST_LOG=1 to see why",
+                    p.name()
+                );
             }
-            let seen = bus
-                .discover_services(Duration::from_millis(200))
-                .await
-                .unwrap_or_default();
-            if names.iter().all(|n| seen.iter().any(|s| s.name == *n)) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {names:?} to register"
-            );
         }
+        let seen = bus
+            .discover_services(Duration::from_millis(200))
+            .await
+            .unwrap_or_default();
+        if names.iter().all(|n| seen.iter().any(|s| s.name == *n)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {names:?} to register"
+        );
     }
 }
 

@@ -399,28 +399,8 @@ async fn a_wrong_password_or_an_untrusted_server_certificate_is_refused() {
 /// Waits until each of `names` answers on the service API; a process that exits
 /// meanwhile (refused by NATS, say) fails the test at once, with its name.
 async fn wait_registered(admin: &Bus, processes: &mut [ServiceProcess], names: &[&str]) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        for p in processes.iter_mut() {
-            if let Some(status) = p.try_status() {
-                panic!(
-                    "{} exited with {status} (refused by NATS?); run with TEST_LOG=1 to see why",
-                    p.name()
-                );
-            }
-        }
-        let seen = admin
-            .discover_services(Duration::from_millis(200))
-            .await
-            .unwrap_or_default();
-        if names.iter().all(|n| seen.iter().any(|s| s.name == *n)) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {names:?} to register"
-        );
-    }
+    let mut started: Vec<&mut ServiceProcess> = processes.iter_mut().collect();
+    nexus_testkit::wait_registered(admin, &mut started, names, WAIT).await;
 }
 
 fn free_port() -> u16 {
