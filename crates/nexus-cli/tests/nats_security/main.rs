@@ -252,33 +252,30 @@ async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) ->
     .expect("the server reported no permissions violation")
 }
 
+/// Publishes on `subject` as `client` and waits for the server to refuse it.
+async fn publish_refused(
+    client: &async_nats::Client,
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    subject: &str,
+) {
+    client
+        .publish(subject.to_owned(), "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let refused = violation(errors).await;
+    assert!(refused.contains(subject), "{subject}: {refused}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runner() {
     let nats = SecureNats::start().await;
 
     let (gateway, mut gateway_errors) = nats.client("gateway-telegram").await;
-    gateway
-        .publish("nexus.tool.read_file", "{}".into())
-        .await
-        .unwrap();
-    gateway.flush().await.unwrap();
-    let refused = violation(&mut gateway_errors).await;
-    assert!(
-        refused.contains("nexus.tool.read_file"),
-        "wrong subject refused: {refused}"
-    );
+    publish_refused(&gateway, &mut gateway_errors, "nexus.tool.read_file").await;
 
     let (tools, mut tools_errors) = nats.client("tool-runner").await;
-    tools
-        .publish("nexus.outbound.telegram", "hi".into())
-        .await
-        .unwrap();
-    tools.flush().await.unwrap();
-    let refused = violation(&mut tools_errors).await;
-    assert!(
-        refused.contains("nexus.outbound.telegram"),
-        "wrong subject refused: {refused}"
-    );
+    publish_refused(&tools, &mut tools_errors, "nexus.outbound.telegram").await;
 
     // Nor read another channel's replies: gateway-api's feeds are scoped to its own
     // subject, and the other gateways' consumers are not its to pull.
@@ -288,10 +285,7 @@ async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runn
         "$JS.API.CONSUMER.CREATE.nexus_OUTBOUND.spy.nexus.outbound.telegram",
         "$JS.API.CONSUMER.MSG.NEXT.nexus_OUTBOUND.nexus_gateway-telegram",
     ] {
-        api.publish(subject, "{}".into()).await.unwrap();
-        api.flush().await.unwrap();
-        let refused = violation(&mut api_errors).await;
-        assert!(refused.contains(subject), "{subject}: {refused}");
+        publish_refused(&api, &mut api_errors, subject).await;
     }
 
     // Replies are private: a gateway cannot listen on agent-core's reply inboxes.
@@ -324,13 +318,7 @@ async fn the_server_refuses_tool_calls_from_a_gateway_and_replies_from_tool_runn
     })
     .await;
     // …but not one of another channel.
-    gateway
-        .publish("nexus.inbound.slack.7", "x".into())
-        .await
-        .unwrap();
-    gateway.flush().await.unwrap();
-    let refused = violation(&mut gateway_errors).await;
-    assert!(refused.contains("nexus.inbound.slack.7"), "{refused}");
+    publish_refused(&gateway, &mut gateway_errors, "nexus.inbound.slack.7").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
