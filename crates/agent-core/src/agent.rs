@@ -38,6 +38,10 @@ pub struct Agent {
     pub user_limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// What `user_limits_kv` said per user lately (see `limits::USER_LIMITS_FRESH`).
     pub user_limits_seen: crate::limits::Seen,
+    /// The bucket of admins' deployment-wide choices, opened on first use.
+    pub settings_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// The model for everyone as read lately from `settings_kv`.
+    pub model_for_everyone: crate::commands::EveryoneModel,
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.

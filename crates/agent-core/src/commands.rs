@@ -1,6 +1,6 @@
 //! Chat commands answered by agent-core itself, on every channel: /help, /new,
-//! /model, /stop, /tasks, /cancel <task>, and for admins (`[agent] admins`) /pair —
-//! parsed here, and carried out here ([`Agent::command`]).
+//! /model, /stop, /tasks, /cancel <task>, and for admins (`[agent] admins`) /pair and
+//! /model all — parsed here, and carried out here ([`Agent::command`]).
 
 use nexus_bus::{BusError, memory_op};
 use nexus_common::now_ms;
@@ -23,6 +23,9 @@ pub enum Command {
     ShowModel,
     /// `/model <name>`; `default` clears the choice.
     SetModel(String),
+    /// `/model all <name>` (admins only): the model of every conversation that did
+    /// not choose its own; `default` clears it.
+    SetModelForEveryone(String),
     /// The chat's running and recent tasks.
     Tasks,
     /// `/cancel <task id>`: stop a task.
@@ -35,6 +38,7 @@ pub enum Command {
 pub const HELP: &str = "Commands:\n\
 /new — start a fresh conversation (the current one is archived)\n\
 /model — show the model; /model <name> — use another model here; /model default — back to the configured one\n\
+/model all <name> — the model for everyone; /model all default — back to the configured one (admins only)\n\
 /stop — cancel what I am working on\n\
 /tasks — background tasks of this chat; /cancel <id> — stop one\n\
 /pair list | approve <code> [user] | reject <code> — pairing requests of new senders (admins only)\n\
@@ -43,6 +47,13 @@ pub const HELP: &str = "Commands:\n\
 /// What a non-admin hears for an admin command.
 const ADMINS_ONLY: &str =
     "Sorry, /pair is for admins only. Ask an admin to approve or reject pairing codes.";
+const MODEL_ALL_ADMINS_ONLY: &str = "Sorry, /model all is for admins only. \
+     /model <name> changes the model of this conversation.";
+/// The key of the model for everyone in the settings bucket.
+const EVERYONE_MODEL_KEY: &str = "model";
+/// How long the model for everyone, once read, is used without reading it again:
+/// an admin's change holds on every replica within this.
+const EVERYONE_MODEL_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 const PAIR_USAGE: &str = "Use /pair list, /pair approve <code> [user id], or /pair reject <code>.";
 
 impl Command {
@@ -64,7 +75,10 @@ impl Command {
             "cancel" => Self::CancelTask(arg.to_owned()),
             "tasks" => Self::Tasks,
             "model" if arg.is_empty() => Self::ShowModel,
-            "model" => Self::SetModel(arg.to_owned()),
+            "model" => match arg.split_once(char::is_whitespace) {
+                Some(("all", name)) => Self::SetModelForEveryone(name.trim().to_owned()),
+                _ => Self::SetModel(arg.to_owned()),
+            },
             "pair" => Self::Pair(arg.to_owned()),
             _ => return None,
         })
@@ -76,7 +90,82 @@ impl Command {
     }
 }
 
+/// The model an admin chose for everyone, as read lately from the settings bucket:
+/// a copy for [`EVERYONE_MODEL_FRESH`], the value itself lives in KV.
+#[derive(Default)]
+pub struct EveryoneModel(std::sync::Mutex<Option<(std::time::Instant, String)>>);
+
+impl EveryoneModel {
+    fn fresh(&self) -> Option<String> {
+        let seen = self.0.lock().ok()?;
+        let (at, model) = seen.as_ref()?;
+        (at.elapsed() < EVERYONE_MODEL_FRESH).then(|| model.clone())
+    }
+
+    fn remember(&self, model: &str) {
+        if let Ok(mut seen) = self.0.lock() {
+            *seen = Some((std::time::Instant::now(), model.to_owned()));
+        }
+    }
+}
+
 impl Agent {
+    async fn settings_kv(&self) -> Result<&async_nats::jetstream::kv::Store, BusError> {
+        self.settings_kv
+            .get_or_try_init(|| async {
+                self.bus
+                    .ensure_kv_bucket(
+                        &self.bus.subjects().settings_bucket(),
+                        5,
+                        None,
+                        "deployment-wide choices admins make from a chat",
+                    )
+                    .await
+            })
+            .await
+    }
+
+    /// The model an admin set for everyone with `/model all`; empty when none. A
+    /// bucket that cannot be read means none: the configured models still answer.
+    pub(crate) async fn model_for_everyone(&self) -> String {
+        if let Some(model) = self.model_for_everyone.fresh() {
+            return model;
+        }
+        let read = async {
+            let entry = self.settings_kv().await?.get(EVERYONE_MODEL_KEY).await;
+            entry.map_err(|e| BusError::Nats(e.to_string()))
+        };
+        match read.await {
+            Ok(value) => {
+                let model = value
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                self.model_for_everyone.remember(&model);
+                model
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the model for everyone is unreadable; using the configured one");
+                String::new()
+            }
+        }
+    }
+
+    /// Stores (or, empty, clears) the model for everyone.
+    async fn set_model_for_everyone(&self, model: &str) -> Result<(), BusError> {
+        let kv = self.settings_kv().await?;
+        if model.is_empty() {
+            kv.delete(EVERYONE_MODEL_KEY)
+                .await
+                .map_err(|e| BusError::Nats(e.to_string()))?;
+        } else {
+            kv.put(EVERYONE_MODEL_KEY, model.to_owned().into())
+                .await
+                .map_err(|e| BusError::Nats(e.to_string()))?;
+        }
+        self.model_for_everyone.remember(model);
+        Ok(())
+    }
+
     pub(crate) async fn session_command(
         &self,
         turn: &Turn,
@@ -212,11 +301,14 @@ impl Agent {
             Command::Stop => "Stopped. Send a new message when you are ready.".to_owned(),
             Command::ShowModel => {
                 let ctx = self.context(turn).await?;
-                let models = self.models_for(turn, &ctx);
-                let how = if ctx.model_override.is_empty() {
-                    "configured".to_owned()
-                } else {
+                let models = self.models_for(turn, &ctx).await;
+                let everyone = self.model_for_everyone().await;
+                let how = if !ctx.model_override.is_empty() {
                     format!("chosen with /model {}", ctx.model_override)
+                } else if !everyone.is_empty() {
+                    format!("chosen for everyone by an admin with /model all {everyone}")
+                } else {
+                    "configured".to_owned()
                 };
                 let routes = if self.config.llm.routes.is_empty() {
                     String::new()
@@ -242,13 +334,45 @@ impl Agent {
                     return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
                 }
                 let r = self.session_command(turn, Op::SetModel(name)).await?;
+                // What "configured" means now: an admin's choice for everyone wins.
+                let everyone = self.model_for_everyone().await;
+                let configured = if everyone.is_empty() {
+                    self.config.llm.model.clone()
+                } else {
+                    everyone
+                };
                 if r.model_override.is_empty() {
+                    format!("This conversation uses the configured model again ({configured}).")
+                } else {
+                    format!("This conversation now uses {}.", r.model_override)
+                }
+            }
+            Command::SetModelForEveryone(name) => {
+                if !self.is_admin(turn).await? {
+                    tracing::info!(user = %turn.user_id, "/model all refused: not an admin");
+                    return Ok(MODEL_ALL_ADMINS_ONLY.to_owned());
+                }
+                let name = if name == "default" {
+                    String::new()
+                } else {
+                    name
+                };
+                if !name.is_empty()
+                    && let Err(e) = self.providers.check(&name)
+                {
+                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
+                }
+                self.set_model_for_everyone(&name).await?;
+                tracing::info!(by = %turn.user_id, model = %name, "model for everyone set");
+                if name.is_empty() {
                     format!(
-                        "This conversation uses the configured model again ({}).",
+                        "Everyone uses the configured model again ({}), except conversations that chose their own with /model.",
                         self.config.llm.model
                     )
                 } else {
-                    format!("This conversation now uses {}.", r.model_override)
+                    format!(
+                        "Everyone now uses {name}, except conversations that chose their own with /model."
+                    )
                 }
             }
         })
@@ -306,5 +430,14 @@ mod tests {
             Some(Command::Pair("approve ABCD-EFGH".into()))
         );
         assert_eq!(Command::parse("/pair"), Some(Command::Pair(String::new())));
+        assert_eq!(
+            Command::parse("/model all  claude-sonnet-4-5"),
+            Some(Command::SetModelForEveryone("claude-sonnet-4-5".into()))
+        );
+        // A model or route named "all" is still a conversation's choice.
+        assert_eq!(
+            Command::parse("/model all"),
+            Some(Command::SetModel("all".into()))
+        );
     }
 }

@@ -99,6 +99,8 @@ pub async fn run_with_model(
         limits_kv: tokio::sync::OnceCell::new(),
         user_limits_kv: tokio::sync::OnceCell::new(),
         user_limits_seen: Default::default(),
+        settings_kv: tokio::sync::OnceCell::new(),
+        model_for_everyone: Default::default(),
     });
     let running = Running::default();
 

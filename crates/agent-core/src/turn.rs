@@ -393,9 +393,9 @@ impl Agent {
     }
 
     /// The chain of models for a turn: the session's `/model` (a route name or a model),
-    /// else the user's route, else the channel's, else the `default` route, else
-    /// `[llm] model` with its fallbacks.
-    pub(crate) fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
+    /// else the model an admin chose for everyone (`/model all`), else the user's route,
+    /// else the channel's, else the `default` route, else `[llm] model` with its fallbacks.
+    pub(crate) async fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
         let llm = &self.config.llm;
         let route = |name: &str| {
             llm.routes
@@ -406,6 +406,10 @@ impl Agent {
         if !ctx.model_override.is_empty() {
             return route(&ctx.model_override)
                 .unwrap_or_else(|| chain(&ctx.model_override, &llm.fallbacks));
+        }
+        let everyone = self.model_for_everyone().await;
+        if !everyone.is_empty() {
+            return route(&everyone).unwrap_or_else(|| chain(&everyone, &llm.fallbacks));
         }
         llm.user_routes
             .get(&turn.user_id)
@@ -479,7 +483,7 @@ impl Agent {
                 .unwrap_or(""),
             now_utc: now_utc_text(),
         };
-        let models = self.models_for(turn, ctx);
+        let models = self.models_for(turn, ctx).await;
         let primary = models.first().cloned().unwrap_or_default();
         let mut system = system_prompt(ctx, &facts, &names);
         system.push_str(&scheduled::prompt_note(turn));

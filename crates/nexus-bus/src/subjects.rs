@@ -226,6 +226,11 @@ impl Subjects {
     pub fn user_limits_bucket(&self) -> String {
         format!("{}_user_limits", self.ns)
     }
+    /// KV bucket of deployment-wide choices admins make from a chat (`model`: the
+    /// model for everyone, set with `/model all <name>`), kept for good.
+    pub fn settings_bucket(&self) -> String {
+        format!("{}_settings", self.ns)
+    }
     /// KV bucket of calls waiting for a person's yes, one per session (`PendingApproval`).
     pub fn approvals_bucket(&self) -> String {
         format!("{}_approvals", self.ns)

@@ -422,6 +422,56 @@ async fn new_starts_an_empty_session_and_model_switches_the_model() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_admin_sets_the_model_for_everyone_and_others_may_not() {
+    let test = TestEnv::new();
+    let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    let mut env = llm_env(&fake);
+    env.push(("NEXUS__AGENT__ADMINS", "test_boss".into()));
+    let _stack = Stack::start(&test, &refs(&env)).await;
+    let bus = test.bus("test").await;
+
+    send_as(&bus, "c-eve", 0, "/model all openai::cheap-model", "eve").await;
+    let r = replies(&bus, 1, Duration::from_secs(60)).await;
+    assert!(r[0].text.contains("admins only"), "{}", r[0].text);
+
+    send_as(&bus, "c-boss", 0, "/model all openai::team-model", "boss").await;
+    let r = replies(&bus, 2, Duration::from_secs(60)).await;
+    assert!(
+        r[1].text.contains("Everyone now uses openai::team-model"),
+        "{}",
+        r[1].text
+    );
+    // Stored for every replica, not in the one that took the command.
+    let settings = bus
+        .jetstream()
+        .get_key_value(bus.subjects().settings_bucket())
+        .await
+        .unwrap();
+    let stored = settings.get("model").await.unwrap().unwrap();
+    assert_eq!(&stored[..], b"openai::team-model");
+    // Another user's conversation uses it.
+    send_as(&bus, "c-eve", 1, "hi", "eve").await;
+    replies(&bus, 3, Duration::from_secs(60)).await;
+    assert_eq!(fake.requests().last().unwrap()["model"], "team-model");
+    // A conversation's own /model still wins there.
+    send_as(&bus, "c-eve", 2, "/model openai::own-model", "eve").await;
+    send_as(&bus, "c-eve", 3, "hello", "eve").await;
+    replies(&bus, 5, Duration::from_secs(60)).await;
+    assert_eq!(fake.requests().last().unwrap()["model"], "own-model");
+
+    send_as(&bus, "c-boss", 1, "/model all default", "boss").await;
+    let r = replies(&bus, 6, Duration::from_secs(60)).await;
+    assert!(
+        r[5].text.contains("configured model again"),
+        "{}",
+        r[5].text
+    );
+    send_as(&bus, "c-other", 0, "hi", "zed").await;
+    replies(&bus, 7, Duration::from_secs(60)).await;
+    assert_eq!(fake.requests().last().unwrap()["model"], "gpt-4.1-mini");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stop_cancels_the_turn_in_flight() {
     let test = TestEnv::new();
     let fake = FakeOpenAi::start(Reply::Text("too late".into())).await;
