@@ -36,12 +36,12 @@ pub struct Agent {
     pub limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// The bucket of admins' per-user limits, opened on first use.
     pub user_limits_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
-    /// What `user_limits_kv` said per user lately (see `limits::USER_LIMITS_FRESH`).
-    pub user_limits_seen: crate::limits::Seen,
+    /// What `user_limits_kv` said per user lately.
+    pub user_limits_seen: crate::recent::Recent<nexus_proto::v1::UserLimits>,
     /// The bucket of admins' deployment-wide choices, opened on first use.
     pub settings_kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// The model for everyone as read lately from `settings_kv`.
-    pub model_for_everyone: crate::commands::EveryoneModel,
+    pub model_for_everyone: crate::recent::Recent<String>,
 }
 
 /// The provider part of a model name (`openai::x` → `openai`), or the name's family.

@@ -51,9 +51,6 @@ const MODEL_ALL_ADMINS_ONLY: &str = "Sorry, /model all is for admins only. \
      /model <name> changes the model of this conversation.";
 /// The key of the model for everyone in the settings bucket.
 const EVERYONE_MODEL_KEY: &str = "model";
-/// How long the model for everyone, once read, is used without reading it again:
-/// an admin's change holds on every replica within this.
-const EVERYONE_MODEL_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
 const PAIR_USAGE: &str = "Use /pair list, /pair approve <code> [user id], or /pair reject <code>.";
 
 impl Command {
@@ -90,25 +87,6 @@ impl Command {
     }
 }
 
-/// The model an admin chose for everyone, as read lately from the settings bucket:
-/// a copy for [`EVERYONE_MODEL_FRESH`], the value itself lives in KV.
-#[derive(Default)]
-pub struct EveryoneModel(std::sync::Mutex<Option<(std::time::Instant, String)>>);
-
-impl EveryoneModel {
-    fn fresh(&self) -> Option<String> {
-        let seen = self.0.lock().ok()?;
-        let (at, model) = seen.as_ref()?;
-        (at.elapsed() < EVERYONE_MODEL_FRESH).then(|| model.clone())
-    }
-
-    fn remember(&self, model: &str) {
-        if let Ok(mut seen) = self.0.lock() {
-            *seen = Some((std::time::Instant::now(), model.to_owned()));
-        }
-    }
-}
-
 impl Agent {
     async fn settings_kv(&self) -> Result<&async_nats::jetstream::kv::Store, BusError> {
         self.settings_kv
@@ -128,7 +106,7 @@ impl Agent {
     /// The model an admin set for everyone with `/model all`; empty when none. A
     /// bucket that cannot be read means none: the configured models still answer.
     pub(crate) async fn model_for_everyone(&self) -> String {
-        if let Some(model) = self.model_for_everyone.fresh() {
+        if let Some(model) = self.model_for_everyone.fresh(EVERYONE_MODEL_KEY) {
             return model;
         }
         let read = async {
@@ -140,7 +118,8 @@ impl Agent {
                 let model = value
                     .map(|v| String::from_utf8_lossy(&v).into_owned())
                     .unwrap_or_default();
-                self.model_for_everyone.remember(&model);
+                self.model_for_everyone
+                    .remember(EVERYONE_MODEL_KEY, model.clone());
                 model
             }
             Err(error) => {
@@ -162,7 +141,8 @@ impl Agent {
                 .await
                 .map_err(|e| BusError::Nats(e.to_string()))?;
         }
-        self.model_for_everyone.remember(model);
+        self.model_for_everyone
+            .remember(EVERYONE_MODEL_KEY, model.to_owned());
         Ok(())
     }
 

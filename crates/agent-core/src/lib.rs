@@ -18,6 +18,7 @@ pub mod limits;
 pub mod llm;
 pub mod message;
 pub mod progress;
+mod recent;
 pub mod scheduled;
 pub mod tasks;
 pub mod tools;

@@ -37,37 +37,6 @@ const CAS_TRIES: usize = 32;
 /// outlives its month, a rate log its minute by far.
 const LIMITS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(33 * 24 * 3600);
 
-/// How long an admin's per-user limits read from `N_user_limits` are used without
-/// reading them again: a change by `nexus users limit` holds on every replica within
-/// this, and a chatty user costs one KV read per this much time, not one per turn.
-const USER_LIMITS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
-/// Users remembered at most; past that the memory starts over.
-const USER_LIMITS_REMEMBERED: usize = 10_000;
-
-/// Per-user limits read lately from `N_user_limits`: a copy, never a count (the
-/// counts live in KV and the ledger).
-#[derive(Default)]
-pub struct Seen(
-    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, StoredLimits)>>,
-);
-
-impl Seen {
-    fn fresh(&self, user_id: &str) -> Option<StoredLimits> {
-        let seen = self.0.lock().ok()?;
-        let (at, stored) = seen.get(user_id)?;
-        (at.elapsed() < USER_LIMITS_FRESH).then(|| stored.clone())
-    }
-
-    fn remember(&self, user_id: &str, stored: StoredLimits) {
-        if let Ok(mut seen) = self.0.lock() {
-            if seen.len() >= USER_LIMITS_REMEMBERED {
-                seen.clear();
-            }
-            seen.insert(user_id.to_owned(), (std::time::Instant::now(), stored));
-        }
-    }
-}
-
 /// Whether a turn may call the model.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Gate {
