@@ -129,6 +129,18 @@ impl Agent {
         }
     }
 
+    /// The model a /model command names (empty for `default`), or what to answer
+    /// when no configured provider can run it.
+    fn usable_model(&self, name: String) -> Result<String, String> {
+        if name == "default" {
+            return Ok(String::new());
+        }
+        match self.providers.check(&name) {
+            Ok(_) => Ok(name),
+            Err(e) => Err(format!("I cannot use \"{name}\": {}", e.user_message())),
+        }
+    }
+
     /// Stores (or, empty, clears) the model for everyone.
     async fn set_model_for_everyone(&self, model: &str) -> Result<(), BusError> {
         let kv = self.settings_kv().await?;
@@ -303,16 +315,10 @@ impl Agent {
                 )
             }
             Command::SetModel(name) => {
-                let name = if name == "default" {
-                    String::new()
-                } else {
-                    name
+                let name = match self.usable_model(name) {
+                    Ok(name) => name,
+                    Err(refusal) => return Ok(refusal),
                 };
-                if !name.is_empty()
-                    && let Err(e) = self.providers.check(&name)
-                {
-                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
-                }
                 let r = self.session_command(turn, Op::SetModel(name)).await?;
                 // What "configured" means now: an admin's choice for everyone wins.
                 let everyone = self.model_for_everyone().await;
@@ -332,16 +338,10 @@ impl Agent {
                     tracing::info!(user = %turn.user_id, "/model all refused: not an admin");
                     return Ok(MODEL_ALL_ADMINS_ONLY.to_owned());
                 }
-                let name = if name == "default" {
-                    String::new()
-                } else {
-                    name
+                let name = match self.usable_model(name) {
+                    Ok(name) => name,
+                    Err(refusal) => return Ok(refusal),
                 };
-                if !name.is_empty()
-                    && let Err(e) = self.providers.check(&name)
-                {
-                    return Ok(format!("I cannot use \"{name}\": {}", e.user_message()));
-                }
                 self.set_model_for_everyone(&name).await?;
                 tracing::info!(by = %turn.user_id, model = %name, "model for everyone set");
                 if name.is_empty() {

@@ -192,11 +192,7 @@ impl SecureNats {
     }
 
     fn access(&self, user: &str) -> NatsAccess {
-        let env = self.env(user);
-        NatsAccess::from_vars(&env[0].1, |name| {
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
-        .unwrap()
+        self.access_without(user, &[])
     }
 
     /// A client logged in as `user`, and the server errors it is told about.
@@ -224,6 +220,17 @@ impl SecureNats {
             .await
             .unwrap_or_else(|e| panic!("{user} cannot connect: {e}"));
         (client, rx)
+    }
+
+    /// `user`'s connection settings as a service reads them, with `unset` missing.
+    fn access_without(&self, user: &str, unset: &[&str]) -> NatsAccess {
+        let env = self.env(user);
+        NatsAccess::from_vars(&env[0].1, |name| {
+            (!unset.contains(&name))
+                .then(|| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+                .flatten()
+        })
+        .unwrap()
     }
 
     /// The admin's view of the namespace `nexus`.
@@ -368,13 +375,7 @@ async fn a_wrong_password_or_an_untrusted_server_certificate_is_refused() {
     }
 
     // Without NATS_CA the server's certificate (from the test's CA) is not trusted.
-    let env = nats.env("agent-core");
-    let access = NatsAccess::from_vars(&env[0].1, |name| {
-        (name != "NATS_CA")
-            .then(|| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .flatten()
-    })
-    .unwrap();
+    let access = nats.access_without("agent-core", &["NATS_CA"]);
     let err = access
         .options()
         .unwrap()
@@ -718,13 +719,7 @@ async fn each_user_reaches_the_media_buckets_and_consumers_its_job_needs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_mutual_tls_a_client_needs_nats_cert_and_nats_key() {
     let nats = SecureNats::start_with(true).await;
-    let env = nats.env("agent-core");
-    let without_cert = NatsAccess::from_vars(&env[0].1, |name| {
-        (!matches!(name, "NATS_CERT" | "NATS_KEY"))
-            .then(|| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .flatten()
-    })
-    .unwrap();
+    let without_cert = nats.access_without("agent-core", &["NATS_CERT", "NATS_KEY"]);
     let err = without_cert
         .options()
         .unwrap()
