@@ -147,8 +147,9 @@ impl TestEnv {
     }
 }
 
-/// Deletes streams of test namespaces (`t` + 12 hex digits) created over an hour ago:
-/// what killed test runs left behind on the shared server. Once per test process.
+/// Once per test process, on the shared server: makes sure the anchor stream exists,
+/// and deletes streams of test namespaces (`t` + 12 hex digits) created over an hour
+/// ago (what killed test runs left behind).
 fn sweep_abandoned_namespaces() {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     SWEPT.call_once(|| {
@@ -164,6 +165,19 @@ fn sweep_abandoned_namespaces() {
                     return;
                 };
                 let js = async_nats::jetstream::new(client.clone());
+                // A stream that is never deleted. nats-server 2.9 removes the account's
+                // store directory when its last file stream goes, and a stream created
+                // at that moment fails ("could not create storage directory", 10077):
+                // with tests creating and deleting namespaces side by side, the account
+                // must never run out of streams.
+                let _ = js
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: "nexus_testkit_anchor".into(),
+                        subjects: vec!["nexus-testkit.anchor".into()],
+                        max_messages: 1,
+                        ..Default::default()
+                    })
+                    .await;
                 let cutoff = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
                 let mut streams = js.streams();
                 let mut doomed = Vec::new();
