@@ -27,6 +27,15 @@ fn compose() -> Value {
 }
 
 /// Service binaries of the workspace: every crate with a `src/main.rs`, except the CLI and benchmarks.
+/// The strings of a YAML sequence (compose lists, collector pipelines).
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("not a list: {v:?}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn service_binaries() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
@@ -81,12 +90,7 @@ fn every_service_binary_has_a_compose_service_running_it() {
 fn nats_runs_jetstream_on_a_volume_and_postgres_keeps_its_data() {
     let c = compose();
     let nats = &c["services"]["nats"];
-    let cmd: Vec<&str> = nats["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let cmd: Vec<&str> = strs(&nats["command"]);
     // JetStream and its store come from the mounted deploy/nats/nats.conf.
     assert_eq!(
         cmd[..2],
@@ -100,12 +104,7 @@ fn nats_runs_jetstream_on_a_volume_and_postgres_keeps_its_data() {
         .find_map(|l| l.trim().strip_prefix("store_dir:"))
         .expect("a store dir")
         .trim();
-    let vols: Vec<&str> = nats["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let vols: Vec<&str> = strs(&nats["volumes"]);
     assert!(
         vols.iter().any(|v| v.ends_with(&format!(":{store}"))),
         "store {store} not on a volume: {vols:?}"
@@ -113,12 +112,7 @@ fn nats_runs_jetstream_on_a_volume_and_postgres_keeps_its_data() {
     assert!(nats["healthcheck"].is_mapping());
 
     let pg = &c["services"]["postgres"];
-    let vols: Vec<&str> = pg["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let vols: Vec<&str> = strs(&pg["volumes"]);
     assert!(
         vols.iter()
             .any(|v| v.ends_with(":/var/lib/postgresql/data"))
@@ -206,20 +200,12 @@ fn the_observability_profile_sends_every_services_traces_and_metrics_through_a_c
     );
 
     // The collector runs the config file in deploy/.
-    let mount = collector["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
+    let mount = strs(&collector["volumes"])
+        .into_iter()
         .find(|v| v.starts_with("./deploy/otel-collector.yaml:"))
         .expect("deploy/otel-collector.yaml mounted");
     let target = mount.split(':').nth(1).unwrap();
-    let cmd: Vec<&str> = collector["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let cmd: Vec<&str> = strs(&collector["command"]);
     assert!(
         cmd.contains(&format!("--config={target}").as_str()),
         "{cmd:?}"
@@ -249,11 +235,8 @@ fn the_observability_profile_sends_every_services_traces_and_metrics_through_a_c
             );
         }
     }
-    let to_jaeger = config["service"]["pipelines"]["traces"]["exporters"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
+    let to_jaeger = strs(&config["service"]["pipelines"]["traces"]["exporters"])
+        .into_iter()
         .map(|e| config["exporters"][e]["endpoint"].as_str().unwrap_or(""))
         .any(|endpoint| endpoint.starts_with("jaeger:"));
     assert!(to_jaeger, "traces must reach the jaeger service");
@@ -305,11 +288,8 @@ fn every_service_logs_in_to_nats_as_its_own_user_of_the_shipped_configuration() 
     let services = c["services"].as_mapping().unwrap();
     let users = nats_users();
     let nats = &c["services"]["nats"];
-    let mounted = nats["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
+    let mounted = strs(&nats["volumes"])
+        .into_iter()
         .any(|v| v.starts_with("./deploy/nats:/etc/nats"));
     assert!(mounted, "deploy/nats must be mounted at /etc/nats");
     let image = nats["image"].as_str().unwrap();
