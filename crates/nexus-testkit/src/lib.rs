@@ -244,6 +244,48 @@ impl Default for TestEnv {
     }
 }
 
+/// Every message currently in `stream` on subjects matching `filter`, decoded, in
+/// stream order (what a test reads back of what services stored).
+pub async fn stream_messages<T: prost::Message + Default>(
+    bus: &Bus,
+    stream: &str,
+    filter: String,
+) -> Vec<T> {
+    let mut stream = bus
+        .jetstream()
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    let stored = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+    if stored == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("reading the stream: {e}"));
+    let mut messages = consumer
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("reading the stream: {e}"));
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures::StreamExt::next(&mut messages),
+    )
+    .await
+    {
+        out.push(T::decode(m.payload.clone()).unwrap_or_else(|e| panic!("undecodable: {e}")));
+        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    out
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 /// Timeouts here bound a wait; they never assert on speed.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

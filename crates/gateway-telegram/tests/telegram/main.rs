@@ -13,7 +13,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use fake_telegram::FakeTelegram;
-use futures::StreamExt;
 use nexus_bus::{Bus, TraceContext};
 use nexus_common::domain::ChannelName;
 use nexus_proto::v1::{
@@ -22,8 +21,8 @@ use nexus_proto::v1::{
 use nexus_testkit::{
     NatsServer, ServiceProcess, Stack, TcpProxy, TestEnv, eventually,
     fake_openai::{FakeOpenAi, Reply},
+    stream_messages,
 };
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "123456789:TEST-fake_token_abcdefghijklmnopqrstuv";
@@ -124,31 +123,6 @@ impl World {
         })
         .await
     }
-}
-
-/// Every message currently in a stream (filtered by subject), decoded.
-async fn stream_messages<T: Message + Default>(bus: &Bus, stream: &str, filter: String) -> Vec<T> {
-    let mut stream = bus.jetstream().get_stream(stream).await.unwrap();
-    if stream.info().await.unwrap().state.messages == 0 {
-        return Vec::new();
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-    {
-        out.push(T::decode(m.payload.clone()).unwrap());
-        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
-            break;
-        }
-    }
-    out
 }
 
 async fn inbound(bus: &Bus) -> Vec<InboundMessage> {

@@ -13,7 +13,6 @@ use std::{path::PathBuf, time::Duration};
 use async_nats::jetstream;
 use base64::Engine as _;
 use fake_bridge::{FakeBridge, connected, dm};
-use futures::StreamExt;
 use gateway_whatsapp::{
     WhatsAppSettings,
     protocol::{BridgeEvent, GatewayCommand},
@@ -24,8 +23,7 @@ use nexus_proto::v1::{
     ChatRef, Event, GatewayCommandRequest, GatewayCommandResponse, InboundMessage, OutboundKind,
     OutboundMessage, ServiceNotice, event, media_ref,
 };
-use nexus_testkit::{TestEnv, eventually};
-use prost::Message;
+use nexus_testkit::{TestEnv, eventually, stream_messages};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,31 +109,6 @@ async fn wait_ack(bridge: &FakeBridge, id: &str, n: usize) {
         (bridge.acks().iter().filter(|a| *a == id).count() >= n).then_some(())
     })
     .await;
-}
-
-/// Every message currently in a stream (filtered by subject), decoded.
-async fn stream_messages<T: Message + Default>(bus: &Bus, stream: &str, filter: String) -> Vec<T> {
-    let mut stream = bus.jetstream().get_stream(stream).await.unwrap();
-    if stream.info().await.unwrap().state.messages == 0 {
-        return Vec::new();
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-    {
-        out.push(T::decode(m.payload.clone()).unwrap());
-        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
-            break;
-        }
-    }
-    out
 }
 
 async fn inbound(bus: &Bus) -> Vec<InboundMessage> {

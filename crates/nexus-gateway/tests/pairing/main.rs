@@ -4,16 +4,11 @@
 //! gateway, is in gateway-telegram's suite.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use async_nats::jetstream;
-use futures::StreamExt;
 use nexus_bus::{Bus, event_kind};
 use nexus_common::domain::ChannelName;
 use nexus_gateway::pairing::{CodeState, Pairing, PairingCode, PairingError, Requested, Stranger};
 use nexus_proto::v1::{Event, PairingNotice, event};
-use nexus_testkit::TestEnv;
-use prost::Message as _;
+use nexus_testkit::{TestEnv, stream_messages};
 
 const T0: i64 = 1_800_000_000_000;
 const TTL_SECS: u64 = 3600;
@@ -53,29 +48,14 @@ async fn issue(pairing: &Pairing, sender: &str, max_pending: u64, now: i64) -> P
 /// The pairing events in `N_EVENTS`.
 async fn pairing_events(bus: &Bus) -> Vec<PairingNotice> {
     let s = bus.subjects();
-    let mut stream = bus.jetstream().get_stream(s.events_stream()).await.unwrap();
-    if stream.info().await.unwrap().state.messages == 0 {
-        return Vec::new();
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: s.event(event_kind::PAIRING),
-            ..Default::default()
-        })
+    stream_messages::<Event>(bus, &s.events_stream(), s.event(event_kind::PAIRING))
         .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), messages.next()).await
-    {
-        if let Some(event::Kind::Pairing(p)) = Event::decode(m.payload.clone()).unwrap().kind {
-            out.push(p);
-        }
-        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
-            break;
-        }
-    }
-    out
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            Some(event::Kind::Pairing(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
