@@ -1,11 +1,15 @@
 //! `nexus`: the command line of Nexus. `up` runs the stack, `chat` talks to the
 //! agent, `tail` shows the traffic, `status` shows replicas and backlogs, `users`
 //! links senders to users, `pair` approves strangers' pairing codes, `cron`
-//! manages scheduled jobs, `whatsapp` pairs the WhatsApp channel.
+//! manages scheduled jobs, `whatsapp` pairs the WhatsApp channel. `onboard` writes a
+//! first config, `doctor` checks a deployment, `health` is the containers' health check.
 
 mod chat;
 mod cron;
+mod doctor;
+mod health;
 mod limits;
+mod onboard;
 mod pair;
 mod status;
 mod tail;
@@ -50,13 +54,34 @@ enum Command {
     /// Pair the WhatsApp channel (`login` draws the QR code) or show its status.
     #[command(name = "whatsapp")]
     WhatsApp(whatsapp::WhatsAppArgs),
+    /// First run: choose the model provider and channels; writes nexus.toml and .env.
+    Onboard(onboard::OnboardArgs),
+    /// Check NATS, the database, providers, channels and the sandbox; print each fix.
+    Doctor(doctor::DoctorArgs),
+    /// GET a service's /readyz (the container health check); exit 1 unless 2xx.
+    Health(health::HealthArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These run before a config exists (onboard), report a broken one (doctor), or
+    // must not depend on one (health): they load it themselves, if at all.
+    let result = match cli.command {
+        Command::Onboard(a) => onboard::run(a).await,
+        Command::Doctor(a) => {
+            let _telemetry = nexus_common::telemetry::init_with_default("nexus", "warn", None);
+            doctor::run(a).await
+        }
+        Command::Health(a) => health::run(a).await,
+        command => return with_config(command).await,
+    };
+    finish(result)
+}
+
+async fn with_config(command: Command) -> ExitCode {
     // The CLI is quiet unless RUST_LOG asks otherwise; `up` shows its children's logs.
-    let level = if matches!(cli.command, Command::Up(_)) {
+    let level = if matches!(command, Command::Up(_)) {
         "info"
     } else {
         "warn"
@@ -70,10 +95,10 @@ async fn main() -> ExitCode {
     };
     // `up` is the supervisor of a deployment and logs to redacted.log like its
     // services; other commands print to the console only.
-    let up = matches!(cli.command, Command::Up(_));
+    let up = matches!(command, Command::Up(_));
     let _telemetry =
         nexus_common::telemetry::init_with_default("nexus", level, up.then_some(&config));
-    let result = match cli.command {
+    let result = match command {
         Command::Up(a) => up::run(config, a).await,
         Command::Chat(a) => chat::run(config, a).await,
         Command::Tail(a) => tail::run(config, a).await,
@@ -83,7 +108,13 @@ async fn main() -> ExitCode {
         Command::Usage(a) => usage::run(config, a).await,
         Command::Cron(a) => cron::run(config, a).await,
         Command::WhatsApp(a) => whatsapp::run(config, a).await,
+        // Dispatched in main, without a loaded config.
+        Command::Onboard(_) | Command::Doctor(_) | Command::Health(_) => Ok(ExitCode::SUCCESS),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

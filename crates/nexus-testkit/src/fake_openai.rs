@@ -2,7 +2,9 @@
 //! format: JSON responses, and SSE streams with content and tool-call deltas.
 //!
 //! Behaviour is scripted per request; every request body is logged so tests can
-//! check what the model was shown.
+//! check what the model was shown. `GET /v1/models` lists [`FakeOpenAi::set_models`]
+//! (what `nexus onboard` and `nexus doctor` check a key with), and
+//! [`FakeOpenAi::require_key`] makes every route refuse other keys with a 401.
 
 use std::{
     collections::VecDeque,
@@ -16,7 +18,7 @@ use axum::{
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use serde_json::{Value, json};
 
@@ -65,6 +67,12 @@ struct Inner {
     requests: Vec<Value>,
     /// When each request arrived, in the order of `requests`.
     arrivals: Vec<std::time::Instant>,
+    /// What `GET /v1/models` lists.
+    models: Vec<String>,
+    /// `GET /v1/models` calls answered, refused ones included.
+    model_list_calls: usize,
+    /// The only key accepted (`Authorization: Bearer …`); `None` accepts any.
+    required_key: Option<String>,
 }
 
 /// The running fake. Dropping it does not stop the server; tests end with the runtime.
@@ -79,10 +87,12 @@ impl FakeOpenAi {
     pub async fn start(fallback: Reply) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             fallback: Some(fallback),
+            models: vec!["gpt-4.1-mini".to_owned(), "fake-model".to_owned()],
             ..Default::default()
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/models", get(models))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -142,6 +152,25 @@ impl FakeOpenAi {
             .unwrap_or(0)
     }
 
+    /// Sets the models `GET /v1/models` lists (default: `gpt-4.1-mini`, `fake-model`).
+    pub fn set_models(&self, models: &[&str]) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.models = models.iter().map(|m| (*m).to_owned()).collect();
+        }
+    }
+
+    /// Accepts only `key` from now on: any other (or none) gets OpenAI's 401.
+    pub fn require_key(&self, key: &str) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.required_key = Some(key.to_owned());
+        }
+    }
+
+    /// `GET /v1/models` calls so far, refused ones included.
+    pub fn model_list_calls(&self) -> usize {
+        self.inner.lock().map(|i| i.model_list_calls).unwrap_or(0)
+    }
+
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.inner
@@ -159,6 +188,37 @@ impl FakeOpenAi {
     }
 }
 
+/// OpenAI's answer to a missing or wrong key, when [`FakeOpenAi::require_key`] is set.
+fn refused(inner: &Inner, headers: &header::HeaderMap) -> Option<Response> {
+    let required = inner.required_key.as_deref()?;
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if sent == Some(required) {
+        return None;
+    }
+    let err = json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+    Some((StatusCode::UNAUTHORIZED, Json(err)).into_response())
+}
+
+/// `GET /v1/models`: the list OpenAI answers, one object per model.
+async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: header::HeaderMap) -> Response {
+    let Ok(mut i) = inner.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    i.model_list_calls += 1;
+    if let Some(refusal) = refused(&i, &headers) {
+        return refusal;
+    }
+    let data: Vec<Value> = i
+        .models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
 async fn completions(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: header::HeaderMap,
@@ -168,6 +228,9 @@ async fn completions(
         let Ok(mut i) = inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
+        if let Some(refusal) = refused(&i, &headers) {
+            return refusal;
+        }
         i.requests.push(body.clone());
         i.arrivals.push(std::time::Instant::now());
         let requested = body["model"].as_str().unwrap_or_default().to_owned();

@@ -1,0 +1,483 @@
+//! The first run, black-box: the built `nexus` binary's `onboard`, `doctor` and
+//! `health`, against fakes on loopback (OpenAI's model list, Telegram's getMe, a
+//! service's /readyz) and the real NATS and PostgreSQL of the test machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::Path as UrlPath,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use nexus_common::{Config, config::DmPolicy};
+use nexus_testkit::{
+    TestEnv, bin_path,
+    fake_openai::{FakeOpenAi, Reply},
+};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
+
+const GOOD_KEY: &str = "sk-test-good-0123456789";
+const BAD_KEY: &str = "sk-test-wrong-9876543210";
+const GOOD_BOT: &str = "123456:good-telegram-token";
+const BAD_BOT: &str = "123456:revoked-telegram-token";
+
+/// Runs `nexus` in `dir` with only `env` (plus PATH and HOME unless `env` sets
+/// them), feeding `stdin` if given.
+async fn nexus(dir: &Path, env: &[(&str, String)], args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(bin_path("nexus"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(
+            ["PATH", "HOME"]
+                .iter()
+                .filter(|k| !env.iter().any(|(e, _)| e == *k))
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("nexus {args:?}: {e}"));
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await.unwrap();
+        // Dropping the pipe ends the input, as Ctrl-D would.
+    }
+    match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("nexus {args:?}: {e}"),
+        Err(_) => panic!("nexus {args:?} did not finish within 60s"),
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fake OpenAI that accepts only [`GOOD_KEY`].
+async fn openai() -> FakeOpenAi {
+    let fake = FakeOpenAi::start(Reply::Text("hello".into())).await;
+    fake.require_key(GOOD_KEY);
+    fake
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+/// Telegram's `getMe` (`GET /bot<token>/getMe`): the bot for [`GOOD_BOT`], 401 otherwise.
+async fn fake_telegram() -> String {
+    async fn get_me(UrlPath(bot): UrlPath<String>) -> Response {
+        if bot == format!("bot{GOOD_BOT}") {
+            Json(json!({"ok": true, "result": {"id": 123456, "is_bot": true,
+                "first_name": "Nexus", "username": "nexus_doctor_bot"}}))
+            .into_response()
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"ok": false, "error_code": 401, "description": "Unauthorized"})),
+            )
+                .into_response()
+        }
+    }
+    serve(Router::new().route("/{bot}/getMe", get(get_me))).await
+}
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `KEY=value` lines of an env file.
+fn env_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn health_exits_zero_on_a_2xx_and_one_with_the_reason_on_a_503_or_a_closed_port() {
+    let base = serve(
+        Router::new()
+            .route("/readyz", get(|| async { "ready" }))
+            .route(
+                "/notready",
+                get(|| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: NATS disconnected",
+                    )
+                }),
+            ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let ok = nexus(
+        dir.path(),
+        &[],
+        &["health", &format!("{base}/readyz")],
+        None,
+    )
+    .await;
+    assert!(ok.status.success(), "{:?}", text(&ok));
+
+    let down = nexus(
+        dir.path(),
+        &[],
+        &["health", &format!("{base}/notready")],
+        None,
+    )
+    .await;
+    let (_, err) = text(&down);
+    assert_eq!(down.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("503") && err.contains("not ready: NATS disconnected"),
+        "{err}"
+    );
+
+    let url = format!("http://127.0.0.1:{}/readyz", closed_port());
+    let closed = nexus(dir.path(), &[], &["health", &url], None).await;
+    let (_, err) = text(&closed);
+    assert_eq!(closed.status.code(), Some(1), "{err}");
+    assert!(err.contains(&url), "{err}");
+}
+
+#[tokio::test]
+async fn onboarding_with_a_good_key_writes_settings_and_secrets_apart() {
+    let fake = openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OPENAI_API_KEY", GOOD_KEY.to_owned()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+    ];
+    let out = nexus(
+        dir.path(),
+        &env,
+        &[
+            "onboard",
+            "--non-interactive",
+            "--provider",
+            "openai",
+            "--model",
+            "gpt-4.1-mini",
+            "--telegram-token",
+            GOOD_BOT,
+            "--api",
+        ],
+        None,
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(fake.model_list_calls(), 1, "one cheap call checks the key");
+    assert!(
+        stdout.contains("nexus up") && stdout.contains("nexus chat -m \"hello\""),
+        "the next step is printed: {stdout}"
+    );
+
+    let toml_path = dir.path().join("nexus.toml");
+    let settings = read(&toml_path);
+    for secret in [GOOD_KEY, GOOD_BOT, "nx_"] {
+        assert!(
+            !settings.contains(secret),
+            "a secret in nexus.toml: {settings}"
+        );
+    }
+    let env_path = dir.path().join(".env");
+    let mode = std::fs::metadata(&env_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, ".env must be private");
+    let secrets = env_lines(&read(&env_path));
+    let value = |k: &str| secrets.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(value("OPENAI_API_KEY").as_deref(), Some(GOOD_KEY));
+    assert_eq!(value("OPENAI_BASE_URL"), Some(fake.base_url()));
+    assert_eq!(value("TELEGRAM_BOT_TOKEN").as_deref(), Some(GOOD_BOT));
+    let api_keys: Vec<&(String, String)> = secrets
+        .iter()
+        .filter(|(k, _)| k.starts_with("NEXUS__API__KEYS__nx_"))
+        .collect();
+    assert_eq!(api_keys.len(), 1, "{secrets:?}");
+
+    // The files load as every service loads them: nexus.toml, then the .env variables.
+    let config = Config::from_sources(Some((&toml_path, &settings)), secrets.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{settings}"));
+    assert_eq!(config.llm.model, "gpt-4.1-mini");
+    assert_eq!(config.channel("telegram").dm_policy, DmPolicy::Pairing);
+    let key = api_keys[0].0.trim_start_matches("NEXUS__API__KEYS__");
+    assert_eq!(
+        config.api.keys.get(key).map(String::as_str),
+        Some("operator")
+    );
+    assert!(stdout.contains(key), "the API key is shown once: {stdout}");
+}
+
+#[tokio::test]
+async fn onboarding_with_a_refused_key_or_an_unlisted_model_says_why_and_writes_nothing() {
+    let fake = openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OPENAI_BASE_URL", fake.base_url())];
+    let args = |key: &'static str, model: &'static str| {
+        [
+            "onboard",
+            "--non-interactive",
+            "--provider",
+            "openai",
+            "--api-key",
+            key,
+            "--model",
+            model,
+        ]
+    };
+
+    let out = nexus(dir.path(), &env, &args(BAD_KEY, "gpt-4.1-mini"), None).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("refused the key") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("OPENAI_API_KEY") && stderr.contains("Nothing was written"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(BAD_KEY) && !stdout.contains(BAD_KEY));
+
+    let out = nexus(dir.path(), &env, &args(GOOD_KEY, "gpt-9-imaginary"), None).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("\"gpt-9-imaginary\" is not in the provider's list")
+            && stderr.contains("gpt-4.1-mini"),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn onboarding_never_overwrites_a_config_without_force() {
+    let fake = openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml_path = dir.path().join("nexus.toml");
+    std::fs::write(&toml_path, "# mine\n").unwrap();
+    let env = [
+        ("OPENAI_API_KEY", GOOD_KEY.to_owned()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+    ];
+    let args = ["onboard", "--non-interactive", "--provider", "openai"];
+
+    let out = nexus(dir.path(), &env, &args, None).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("exists already") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(read(&toml_path), "# mine\n");
+    assert!(!dir.path().join(".env").exists());
+
+    let forced = [&args[..], &["--force"]].concat();
+    let out = nexus(dir.path(), &env, &forced, None).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(read(&toml_path).contains("model = \"gpt-4.1-mini\""));
+    let mode = std::fs::metadata(dir.path().join(".env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn the_interactive_form_asks_each_question_on_stdin() {
+    let fake = openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OPENAI_BASE_URL", fake.base_url())];
+    // provider, key, model, Telegram, Slack bot token, Slack secret, WhatsApp, API.
+    let answers = format!(
+        "openai-compatible\n\n{GOOD_KEY}\nfake-model\n\nxoxb-slack-token\nslack-secret\ny\nn\n"
+    );
+    let out = nexus(dir.path(), &env, &["onboard"], Some(&answers)).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Model provider") && stdout.contains("Slack signing secret"),
+        "{stdout}"
+    );
+
+    let toml_path = dir.path().join("nexus.toml");
+    let settings = read(&toml_path);
+    let secrets = env_lines(&read(&dir.path().join(".env")));
+    let config = Config::from_sources(Some((&toml_path, &settings)), secrets.clone())
+        .unwrap_or_else(|e| panic!("{e}\n{settings}"));
+    assert_eq!(
+        config.llm.model, "openai::fake-model",
+        "an OpenAI-compatible server's model"
+    );
+    assert_eq!(config.channel("slack").dm_policy, DmPolicy::Pairing);
+    assert_eq!(config.channel("whatsapp").dm_policy, DmPolicy::Pairing);
+    assert!(!config.channels.contains_key("telegram"));
+    assert!(config.api.keys.is_empty());
+    let names: Vec<&str> = secrets.iter().map(|(k, _)| k.as_str()).collect();
+    for name in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "WHATSAPP_BRIDGE_URL",
+        "WHATSAPP_BRIDGE_TOKEN",
+    ] {
+        assert!(names.contains(&name), "{name} missing from .env: {names:?}");
+    }
+    assert!(!settings.contains("xoxb-slack-token") && !settings.contains("slack-secret"));
+}
+
+#[tokio::test]
+async fn doctor_passes_a_working_setup_with_an_ok_line_per_check() {
+    let test = TestEnv::new();
+    let fake = openai().await;
+    let telegram = fake_telegram().await;
+    let config = test.workspace_path().join("doctor.toml");
+    std::fs::write(
+        &config,
+        "[llm]\nmodel = \"gpt-4.1-mini\"\n\n[channels.telegram]\ndm_policy = \"pairing\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("NEXUS_CONFIG", config.display().to_string()),
+        ("NATS_URL", test.nats_url.clone()),
+        ("NEXUS_NAMESPACE", test.namespace.clone()),
+        (
+            "NEXUS_WORKSPACE",
+            test.workspace_path().display().to_string(),
+        ),
+        ("DATABASE_URL", nexus_testkit::postgres_url()),
+        ("OPENAI_API_KEY", GOOD_KEY.to_owned()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+        ("TELEGRAM_BOT_TOKEN", GOOD_BOT.to_owned()),
+        ("TELEGRAM_API_URL", telegram),
+    ];
+    let out = nexus(test.workspace_path(), &env, &["doctor"], None).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "ok    config: ",
+        "ok    nats: connected to",
+        "ok    jetstream: enabled",
+        "ok    nats permissions: ",
+        "ok    database: PostgreSQL",
+        "ok    provider openai (gpt-4.1-mini): the key works",
+        "ok    telegram: the bot token works: @nexus_doctor_bot",
+    ] {
+        assert!(stdout.contains(line), "no \"{line}\" in:\n{stdout}");
+    }
+    assert!(!stdout.lines().any(|l| l.starts_with("FAIL")), "{stdout}");
+    assert!(stdout.contains("\n0 FAIL, "), "{stdout}");
+    assert!(stdout.contains("exec sandbox: "), "{stdout}");
+}
+
+#[tokio::test]
+async fn doctor_fails_a_broken_setup_and_names_each_fix_without_printing_secrets() {
+    let test = TestEnv::new();
+    let fake = openai().await;
+    let telegram = fake_telegram().await;
+    // No nats-server on PATH: an unreachable local NATS is a failure, not something
+    // `nexus up` would start.
+    let empty_path = tempfile::tempdir().unwrap();
+    let env = [
+        ("PATH", empty_path.path().display().to_string()),
+        ("NATS_URL", format!("nats://127.0.0.1:{}", closed_port())),
+        ("NEXUS_NAMESPACE", test.namespace.clone()),
+        (
+            "NEXUS_WORKSPACE",
+            test.workspace_path().display().to_string(),
+        ),
+        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".to_owned()),
+        ("OPENAI_API_KEY", BAD_KEY.to_owned()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+        ("TELEGRAM_BOT_TOKEN", BAD_BOT.to_owned()),
+        ("TELEGRAM_API_URL", telegram),
+    ];
+    let out = nexus(test.workspace_path(), &env, &["doctor"], None).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for (line, fix) in [
+        (
+            "FAIL  nats: no NATS at nats://127.0.0.1:",
+            "start nats-server with JetStream",
+        ),
+        (
+            "FAIL  provider openai (gpt-4.1-mini): openai refused the key",
+            "set OPENAI_API_KEY to a valid key",
+        ),
+        (
+            "FAIL  telegram: Telegram refused TELEGRAM_BOT_TOKEN (HTTP 401",
+            "@BotFather",
+        ),
+    ] {
+        let at = stdout
+            .find(line)
+            .unwrap_or_else(|| panic!("no \"{line}\" in:\n{stdout}"));
+        let next = stdout[at..].lines().nth(1).unwrap_or_default();
+        assert!(
+            next.trim_start().starts_with("fix: ") && next.contains(fix),
+            "the fix under \"{line}\": {next}"
+        );
+    }
+    for secret in [BAD_KEY, BAD_BOT] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} printed"
+        );
+    }
+
+    let out = nexus(test.workspace_path(), &env, &["doctor", "--json"], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let findings: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["level"] == "fail")
+        .filter_map(|f| f["check"].as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        ["nats", "provider openai (gpt-4.1-mini)", "telegram"]
+    );
+}
