@@ -481,3 +481,191 @@ async fn doctor_fails_a_broken_setup_and_names_each_fix_without_printing_secrets
         ["nats", "provider openai (gpt-4.1-mini)", "telegram"]
     );
 }
+
+/// Anthropic's, Gemini's and Ollama's list calls, each refusing keys its own way:
+/// Anthropic 401 (`x-api-key`), Gemini 400 `API_KEY_INVALID` (`?key=`), Ollama no key.
+async fn fake_providers() -> String {
+    use axum::{extract::Query, http::HeaderMap};
+    async fn anthropic(headers: HeaderMap) -> Response {
+        let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        if key != Some(GOOD_KEY) || headers.get("anthropic-version").is_none() {
+            let err = json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}});
+            return (StatusCode::UNAUTHORIZED, Json(err)).into_response();
+        }
+        Json(json!({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5"}],
+            "has_more": false, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"}))
+        .into_response()
+    }
+    async fn gemini(Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+        if q.get("key").map(String::as_str) != Some(GOOD_KEY) {
+            let err = json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT", "details": [{"reason": "API_KEY_INVALID"}]}});
+            return (StatusCode::BAD_REQUEST, Json(err)).into_response();
+        }
+        Json(json!({"models": [{"name": "models/gemini-2.5-flash", "displayName": "Gemini 2.5 Flash"}]}))
+            .into_response()
+    }
+    async fn ollama() -> Json<Value> {
+        Json(
+            json!({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", "size": 2019393189}]}),
+        )
+    }
+    serve(
+        Router::new()
+            .route("/v1/models", get(anthropic))
+            .route("/v1beta/models", get(gemini))
+            .route("/api/tags", get(ollama)),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn anthropic_gemini_and_ollama_keys_are_checked_with_their_own_list_call() {
+    let fake = fake_providers().await;
+    for (provider, base, model, written) in [
+        (
+            "anthropic",
+            format!("{fake}/v1"),
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5",
+        ),
+        (
+            "gemini",
+            format!("{fake}/v1beta"),
+            "gemini-2.5-flash",
+            "gemini-2.5-flash",
+        ),
+    ] {
+        let key_var = format!("{}_API_KEY", provider.to_uppercase());
+        let base_var = format!("{}_BASE_URL", provider.to_uppercase());
+        let dir = tempfile::tempdir().unwrap();
+        let args = |key: &'static str| {
+            let mut a = vec!["onboard", "--non-interactive", "--provider", provider];
+            a.extend([
+                "--base-url",
+                base.as_str(),
+                "--model",
+                model,
+                "--api-key",
+                key,
+            ]);
+            a
+        };
+        let out = nexus(dir.path(), &[], &args(BAD_KEY), None).await;
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{provider}");
+        assert!(
+            stderr.contains(&format!("{provider} refused the key")) && stderr.contains(&key_var),
+            "{provider}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let out = nexus(dir.path(), &[], &args(GOOD_KEY), None).await;
+        assert!(out.status.success(), "{provider}: {:?}", text(&out));
+        let settings = read(&dir.path().join("nexus.toml"));
+        assert!(
+            settings.contains(&format!("model = \"{written}\"")),
+            "{settings}"
+        );
+        let secrets = env_lines(&read(&dir.path().join(".env")));
+        assert!(
+            secrets.contains(&(key_var.clone(), GOOD_KEY.to_owned())),
+            "{secrets:?}"
+        );
+        assert!(secrets.contains(&(base_var, base.clone())), "{secrets:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = nexus(
+        dir.path(),
+        &[],
+        &[
+            "onboard",
+            "--non-interactive",
+            "--provider",
+            "ollama",
+            "--base-url",
+            &fake,
+            "--model",
+            "llama3.2",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let toml_path = dir.path().join("nexus.toml");
+    let settings = read(&toml_path);
+    let config = Config::from_sources(Some((&toml_path, &settings)), Vec::new()).unwrap();
+    assert_eq!(
+        config.llm.model, "ollama::llama3.2",
+        "llama3.2 is listed as llama3.2:latest"
+    );
+    let secrets = env_lines(&read(&dir.path().join(".env")));
+    assert_eq!(
+        secrets,
+        [("OLLAMA_HOST".to_owned(), fake.clone())],
+        "Ollama takes no key"
+    );
+}
+
+#[tokio::test]
+async fn doctor_after_onboarding_says_the_env_file_is_not_loaded_until_it_is() {
+    let test = TestEnv::new();
+    let fake = openai().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = nexus(
+        dir.path(),
+        &[("OPENAI_BASE_URL", fake.base_url())],
+        &[
+            "onboard",
+            "--non-interactive",
+            "--provider",
+            "openai",
+            "--api-key",
+            GOOD_KEY,
+        ],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let base = [
+        ("NATS_URL", test.nats_url.clone()),
+        ("NEXUS_NAMESPACE", test.namespace.clone()),
+        (
+            "NEXUS_WORKSPACE",
+            test.workspace_path().display().to_string(),
+        ),
+    ];
+    let out = nexus(dir.path(), &base, &["doctor"], None).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("warn  .env: ./.env sets OPENAI_API_KEY, OPENAI_BASE_URL that this shell has not exported"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fix: load it first: set -a && . ./.env && set +a"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  provider openai: no OPENAI_API_KEY for gpt-4.1-mini"),
+        "{stdout}"
+    );
+
+    // What `set -a && . ./.env && set +a` gives the shell.
+    let mut loaded: Vec<(&str, String)> = base.to_vec();
+    let secrets = env_lines(&read(&dir.path().join(".env")));
+    loaded.extend(secrets.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let out = nexus(dir.path(), &loaded, &["doctor"], None).await;
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok    .env: ./.env: all 2 variables are in the environment"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    provider openai (gpt-4.1-mini): the key works"),
+        "{stdout}"
+    );
+}
