@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, Write as _},
+    io::{BufRead, IsTerminal as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -561,29 +561,38 @@ fn ask(
     var: &dyn Fn(&str) -> Option<String>,
     input: &mut dyn BufRead,
 ) -> anyhow::Result<Plan> {
-    let mut prompt = |question: &str, default: Option<&str>| -> anyhow::Result<Option<String>> {
-        match default {
-            Some(d) if !d.is_empty() => print!("{question} [{d}]: "),
-            _ => print!("{question}: "),
-        }
-        std::io::stdout().flush()?;
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            bail!("the input ended before onboarding was done");
-        }
-        let answer = line.trim();
-        Ok(if answer.is_empty() {
-            default.map(str::to_owned)
-        } else {
-            Some(answer.to_owned())
-        })
-    };
+    let mut ask_line =
+        |question: &str, default: Option<&str>, secret: bool| -> anyhow::Result<Option<String>> {
+            match default {
+                Some(d) if !d.is_empty() => print!("{question} [{d}]: "),
+                _ => print!("{question}: "),
+            }
+            std::io::stdout().flush()?;
+            // Keys and tokens are not echoed on a terminal (over a pipe there is no echo).
+            let hide = secret && std::io::stdin().is_terminal() && stty("-echo");
+            let mut line = String::new();
+            let read = input.read_line(&mut line);
+            if hide {
+                stty("echo");
+                println!();
+            }
+            if read? == 0 {
+                bail!("the input ended before onboarding was done");
+            }
+            let answer = line.trim();
+            Ok(if answer.is_empty() {
+                default.map(str::to_owned)
+            } else {
+                Some(answer.to_owned())
+            })
+        };
     println!("Nexus first run: answer each question; Enter takes the value in brackets.");
     let provider = loop {
         let default = args.provider.unwrap_or(Provider::OpenAi).name();
-        let answer = prompt(
+        let answer = ask_line(
             "Model provider (openai, anthropic, gemini, ollama, openai-compatible)",
             Some(default),
+            false,
         )?
         .unwrap_or_default();
         match Provider::from_str(&answer, true) {
@@ -594,9 +603,10 @@ fn ask(
     let base = match provider {
         Provider::OpenAiCompatible => loop {
             let default = args.base_url.clone().or_else(|| var("OPENAI_BASE_URL"));
-            match prompt(
+            match ask_line(
                 "Base URL of the server (e.g. http://127.0.0.1:8000/v1)",
                 default.as_deref(),
+                false,
             )? {
                 Some(b) => break Some(b),
                 None => println!("  An OpenAI-compatible server needs its URL."),
@@ -604,7 +614,7 @@ fn ask(
         },
         Provider::Ollama => {
             let default = provider_base(provider, args.base_url.as_deref(), var);
-            prompt("Ollama host", default.as_deref())?
+            ask_line("Ollama host", default.as_deref(), false)?
         }
         _ => args.base_url.clone(),
     };
@@ -620,7 +630,7 @@ fn ask(
                 (None, _) => "API key".to_owned(),
             };
             // The default is not shown: it is a secret.
-            let answer = prompt(&question, None)?;
+            let answer = ask_line(&question, None, true)?;
             answer.or(from_env)
         }
     };
@@ -629,16 +639,16 @@ fn ask(
             .model
             .clone()
             .or_else(|| provider.default_model().map(str::to_owned));
-        match prompt("Model", default.as_deref())? {
+        match ask_line("Model", default.as_deref(), false)? {
             Some(m) => break m,
             None => println!("  Name the model the server offers."),
         }
     };
-    let telegram = prompt("Telegram bot token (Enter to skip)", None)?;
-    let slack = match prompt("Slack bot token xoxb-… (Enter to skip)", None)? {
+    let telegram = ask_line("Telegram bot token (Enter to skip)", None, true)?;
+    let slack = match ask_line("Slack bot token xoxb-… (Enter to skip)", None, true)? {
         None => None,
         Some(token) => loop {
-            match prompt("Slack signing secret", None)? {
+            match ask_line("Slack signing secret", None, true)? {
                 Some(secret) => break Some((token, secret)),
                 None => println!(
                     "  The Events API needs the signing secret (Basic Information of the Slack app)."
@@ -649,8 +659,16 @@ fn ask(
     let yes = |a: Option<String>| {
         a.is_some_and(|a| a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes"))
     };
-    let whatsapp = yes(prompt("Use WhatsApp through bridge/? (y/N)", None)?);
-    let api = yes(prompt("Generate a key for the HTTP/gRPC API? (y/N)", None)?);
+    let whatsapp = yes(ask_line(
+        "Use WhatsApp through bridge/? (y/N)",
+        None,
+        false,
+    )?);
+    let api = yes(ask_line(
+        "Generate a key for the HTTP/gRPC API? (y/N)",
+        None,
+        false,
+    )?);
     Ok(Plan {
         provider: Some(provider),
         model,
@@ -661,6 +679,15 @@ fn ask(
         whatsapp,
         api,
     })
+}
+
+/// Runs `stty <arg>` on the terminal; false where that is not possible.
+fn stty(arg: &str) -> bool {
+    std::process::Command::new("stty")
+        .arg(arg)
+        .stdin(std::process::Stdio::inherit())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The two files: settings for `nexus.toml`, secrets (and endpoints) for `.env`.

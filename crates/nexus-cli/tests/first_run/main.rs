@@ -669,3 +669,67 @@ async fn doctor_after_onboarding_says_the_env_file_is_not_loaded_until_it_is() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_reports_what_the_nats_server_refuses_the_cli_user() {
+    // A 2.10+ server whose user `doctor` may publish but only subscribe to its inbox.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "jetstream {{ store_dir: \"{}\" }}\n\
+             authorization {{ users = [ {{ user: doctor, password: $DOCTOR_PASSWORD,\n\
+               permissions: {{ publish: \">\", subscribe: {{ allow: [\"_INBOX.doctor.>\"] }} }} }} ] }}\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    let password = "pw-doctor-0123456789";
+    let creds = [("NATS_USER", "doctor"), ("NATS_PASSWORD", password)];
+    let probe = nexus_bus::NatsAccess::from_vars("nats://127.0.0.1:4222", |k| {
+        creds
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap();
+    let server = nexus_testkit::NatsServer::start_configured(nexus_testkit::Configured {
+        bin: nexus_testkit::nats_server_2_10(),
+        config,
+        env: vec![("DOCTOR_PASSWORD".into(), password.into())],
+        tls: false,
+        probe,
+    })
+    .await;
+    let namespace = "tdoctor";
+    let env = [
+        ("NATS_URL", server.url()),
+        ("NATS_USER", "doctor".to_owned()),
+        ("NATS_PASSWORD", password.to_owned()),
+        ("NEXUS_NAMESPACE", namespace.to_owned()),
+        ("NEXUS_WORKSPACE", dir.path().display().to_string()),
+    ];
+    let out = nexus(dir.path(), &env, &["doctor"], None).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok    nats: connected to") && stdout.contains("as user doctor"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok    nats version: "), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  nats permissions: the server refused: "))
+        .unwrap_or_else(|| panic!("no permissions failure in:\n{stdout}"));
+    assert!(
+        line.to_lowercase().contains("subscription")
+            && line.contains(&format!("{namespace}.events.*")),
+        "{line}"
+    );
+    assert!(
+        stdout.contains("fix: give the CLI's NATS user (as user doctor)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(password), "the NATS password is printed");
+}
