@@ -274,9 +274,10 @@ async fn nats(r: &mut Report, config: &Config) -> Option<Bus> {
         Some(v) if v < (2, 10) => r.warn(
             "nats version",
             format!("nats-server {} is older than 2.10", info.version),
-            "use 2.10 or later in production: deploy/nats's permissions scope each service's consumers \
-             by the filter subject that 2.10 puts in the consumer-create API subject, and per-stream \
-             replicas and metadata need it; 2.9 is fine for development",
+            "use 2.10 or later in production: deploy/nats/authorization.conf scopes each service's \
+             consumers by their filter subject, which only 2.10+ puts in the consumer-create API \
+             subject, so on 2.9 those permissions refuse the services; 2.9 does for development \
+             without users",
         ),
         Some(_) => r.ok("nats version", format!("{} (2.10 or later)", info.version)),
         None => r.warn(

@@ -408,9 +408,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Everything onboarding decided, before it is written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Plan {
-    provider: Option<Provider>,
+    provider: Provider,
     model: String,
     key: Option<String>,
     base: Option<String>,
@@ -441,9 +441,7 @@ pub async fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
         let mut input = stdin.lock();
         ask(&args, &var, &mut input)?
     };
-    let Some(provider) = plan.provider else {
-        bail!("no provider chosen");
-    };
+    let provider = plan.provider;
 
     let base = provider_base(provider, plan.base.as_deref(), &var);
     if args.skip_check {
@@ -544,7 +542,7 @@ fn from_flags(args: &OnboardArgs, var: &dyn Fn(&str) -> Option<String>) -> anyho
         _ => bail!("Slack needs both --slack-bot-token and --slack-signing-secret"),
     };
     Ok(Plan {
-        provider: Some(provider),
+        provider,
         model,
         key,
         base: args.base_url.clone(),
@@ -670,7 +668,7 @@ fn ask(
         false,
     )?);
     Ok(Plan {
-        provider: Some(provider),
+        provider,
         model,
         key,
         base,
