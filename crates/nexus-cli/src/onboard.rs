@@ -29,7 +29,8 @@ pub struct OnboardArgs {
     /// The model, as the provider names it (`gpt-4.1-mini`, `claude-sonnet-4-5`, `llama3.2`, …).
     #[arg(long)]
     model: Option<String>,
-    /// The provider's API key; default: its variable (`OPENAI_API_KEY`, …) if set.
+    /// The provider's API key; default: its variable (`OPENAI_API_KEY`, …), which is
+    /// better: a flag shows in `ps` and the shell's history.
     #[arg(long)]
     api_key: Option<String>,
     /// The provider's endpoint (required for `openai-compatible`); default: its
