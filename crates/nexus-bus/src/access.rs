@@ -135,6 +135,26 @@ impl NatsAccess {
         Ok(Self { auth, tls })
     }
 
+    /// The servers of `NATS_URL`: one URL, or several separated by commas (the seeds
+    /// of a cluster; the client fails over between them and learns the others').
+    pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+        url.split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse()
+                    .map_err(|e| settings(format!("NATS_URL: {u} is not a server address: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|servers| {
+                if servers.is_empty() {
+                    Err(settings("NATS_URL is empty".into()))
+                } else {
+                    Ok(servers)
+                }
+            })
+    }
+
     /// Connect options carrying these credentials and TLS settings; the caller adds
     /// its name, timeouts and callbacks.
     pub fn options(&self) -> Result<ConnectOptions, BusError> {
@@ -260,6 +280,16 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         NatsAccess::from_vars(url, |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_cluster_is_listed_comma_separated() {
+        let servers = NatsAccess::servers("nats://a:4222, nats://b:4222,nats://c:4222").unwrap();
+        assert_eq!(servers.len(), 3);
+        for bad in ["", " , ", "nats://a:notaport"] {
+            let e = NatsAccess::servers(bad).unwrap_err().to_string();
+            assert!(e.contains("NATS_URL"), "{bad:?}: {e}");
+        }
     }
 
     fn error(url: &str, vars: &[(&str, &str)]) -> String {

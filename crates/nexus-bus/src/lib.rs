@@ -6,6 +6,7 @@
 
 mod access;
 mod depth;
+mod health;
 pub mod limits;
 mod link;
 pub mod subjects;
@@ -97,6 +98,10 @@ pub struct Bus {
     source: String,
     request_timeout: Duration,
     link: Link,
+    /// `[nats] replicas`: copies of each stream and bucket this bus creates.
+    replicas: usize,
+    /// What `/readyz` reports: set by [`Bus::register_service`], cleared by [`Bus::drain`].
+    readiness: health::Readiness,
 }
 
 impl Bus {
@@ -130,7 +135,7 @@ impl Bus {
                     feed.event(&event);
                 }
             })
-            .connect(config.nats.url.as_str());
+            .connect(NatsAccess::servers(&config.nats.url)?);
         let client = tokio::time::timeout(Duration::from_secs(10), client)
             .await
             .map_err(|_| BusError::Connect {
@@ -158,6 +163,10 @@ impl Bus {
             Duration::from_secs(config.nats.request_timeout_secs.max(1)),
         );
         bus.link = link;
+        bus.replicas = config.nats.replicas.max(1);
+        if let Some(addr) = config.health.listen_of(service) {
+            health::serve(addr, bus.readiness.clone(), bus.link.clone()).await?;
+        }
         Ok(bus)
     }
 
@@ -177,7 +186,16 @@ impl Bus {
             source: service.to_owned(),
             request_timeout,
             link: Link::fixed(),
+            replicas: 1,
+            readiness: health::Readiness::default(),
         }
+    }
+
+    /// Creates streams and buckets with `replicas` copies (a bus from [`Bus::connect`]
+    /// takes `[nats] replicas`; one from [`Bus::from_client`] starts with 1).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     /// The state of the connection to NATS.
@@ -206,6 +224,7 @@ impl Bus {
                 name: s.inbound_stream(),
                 subjects: vec![s.inbound_all()],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 ..Default::default()
@@ -214,6 +233,7 @@ impl Bus {
                 name: s.outbound_stream(),
                 subjects: vec![s.outbound_all()],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 ..Default::default()
@@ -222,6 +242,7 @@ impl Bus {
                 name: s.events_stream(),
                 subjects: vec![s.events_all()],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 // Bounded: events are for operators, not a ledger.
                 max_age: Duration::from_secs(3 * 24 * 3600),
                 // Bounded by count and age, not bytes: a byte limit is reserved up front
@@ -236,6 +257,7 @@ impl Bus {
                 name: s.tasks_stream(),
                 subjects: vec![s.tasks_all()],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 retention: stream::RetentionPolicy::WorkQueue,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: Duration::from_secs(7 * 24 * 3600),
@@ -245,6 +267,7 @@ impl Bus {
                 name: s.deadletter_stream(),
                 subjects: vec![s.deadletter()],
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 max_age: Duration::from_secs(30 * 24 * 3600),
                 max_messages: 100_000,
                 discard: stream::DiscardPolicy::Old,
@@ -622,14 +645,17 @@ impl Bus {
             "namespace".to_owned(),
             self.subjects.namespace().to_string(),
         );
-        self.client
+        let service = self
+            .client
             .service_builder()
             .description(description)
             .metadata(metadata)
             .queue_group(self.subjects.queue_group(name))
             .start(name, env!("CARGO_PKG_VERSION"))
             .await
-            .map_err(|e| BusError::Nats(format!("service registration of {name}: {e}")))
+            .map_err(|e| BusError::Nats(format!("service registration of {name}: {e}")))?;
+        self.readiness.set(true);
+        Ok(service)
     }
 
     /// Live service instances of this namespace, gathered from `$SRV.PING` replies within `wait`.
@@ -720,7 +746,7 @@ impl Bus {
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: history.max(1),
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             allow_rollup: true,
             deny_delete: true,
             allow_direct: true,
@@ -753,6 +779,7 @@ impl Bus {
                 description: Some("media carried by messages".into()),
                 max_age: Duration::from_secs(30 * 24 * 3600),
                 storage: stream::StorageType::File,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -864,6 +891,7 @@ impl Bus {
 
     /// Drains the connection: pending publishes are flushed, subscriptions closed.
     pub async fn drain(&self) {
+        self.readiness.set(false);
         if let Err(error) = self.client.drain().await {
             tracing::debug!(%error, "drain");
         }

@@ -244,7 +244,7 @@ async fn reachable(url: &str, access: &nexus_bus::NatsAccess) -> anyhow::Result<
     let connect = access
         .options()?
         .connection_timeout(Duration::from_secs(2))
-        .connect(url);
+        .connect(nexus_bus::NatsAccess::servers(url)?);
     match tokio::time::timeout(Duration::from_secs(3), connect).await {
         Ok(Ok(_)) => Ok(true),
         Ok(Err(e))

@@ -24,6 +24,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `[metrics]`: the optional Prometheus text endpoint of each service.
     pub metrics: MetricsConfig,
+    /// `[health]`: the optional liveness and readiness endpoint of each service.
+    pub health: HealthConfig,
     pub database: DatabaseConfig,
     pub llm: LlmConfig,
     pub agent: AgentConfig,
@@ -46,6 +48,10 @@ pub struct NatsConfig {
     pub url: String,
     /// Seconds a request/reply call waits before giving up.
     pub request_timeout_secs: u64,
+    /// Copies of every stream and KV bucket the services create: 1 on a single
+    /// server, 3 on a production cluster (`NEXUS__NATS__REPLICAS`). Applied to
+    /// existing streams too, so raising it after a move to a cluster just works.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,12 +180,33 @@ pub struct MetricsConfig {
 impl MetricsConfig {
     /// The address `service` serves metrics on (`agent-core` or `agent_core`).
     pub fn listen_of(&self, service: &str) -> Option<&str> {
-        let key = |s: &str| s.replace('-', "_").to_ascii_lowercase();
-        self.listen
-            .iter()
-            .find(|(name, addr)| key(name) == key(service) && !addr.trim().is_empty())
-            .map(|(_, addr)| addr.trim())
+        listen_of(&self.listen, service)
     }
+}
+
+/// `[health]`: probes for supervisors (compose health checks, Kubernetes probes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `GET /healthz` (alive) and `GET /readyz` (registered and connected to NATS)
+    /// address per service, keyed like `[metrics.listen]`
+    /// (`NEXUS__HEALTH__LISTEN__AGENT_CORE=0.0.0.0:9090`); absent: none.
+    pub listen: BTreeMap<String, String>,
+}
+
+impl HealthConfig {
+    /// The address `service` serves its probes on.
+    pub fn listen_of(&self, service: &str) -> Option<&str> {
+        listen_of(&self.listen, service)
+    }
+}
+
+/// The address of `service` in a per-service map (`agent-core` or `agent_core`).
+fn listen_of<'a>(map: &'a BTreeMap<String, String>, service: &str) -> Option<&'a str> {
+    let key = |s: &str| s.replace('-', "_").to_ascii_lowercase();
+    map.iter()
+        .find(|(name, addr)| key(name) == key(service) && !addr.trim().is_empty())
+        .map(|(_, addr)| addr.trim())
 }
 
 /// `[log]`: the `redacted.log` every service appends to.
@@ -459,6 +486,7 @@ impl Default for Config {
             workspace: PathBuf::from("./workspace"),
             nats: NatsConfig::default(),
             metrics: MetricsConfig::default(),
+            health: HealthConfig::default(),
             database: DatabaseConfig::default(),
             llm: LlmConfig::default(),
             agent: AgentConfig::default(),
@@ -479,6 +507,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             request_timeout_secs: 30,
+            replicas: 1,
         }
     }
 }
@@ -667,6 +696,13 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::domain::Namespace::parse(&self.namespace)
             .map_err(|e| ConfigError::Invalid(format!("namespace: {e}")))?;
+        // JetStream keeps at most five copies; an even count loses quorum as easily as one fewer.
+        if !(1..=5).contains(&self.nats.replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "[nats] replicas = {}: must be 1 to 5 (1 on one server, 3 on a cluster)",
+                self.nats.replicas
+            )));
+        }
         if self.llm.model.trim().is_empty() {
             return Err(ConfigError::Invalid("[llm] model must not be empty".into()));
         }
@@ -933,6 +969,28 @@ mod tests {
         assert_eq!(c.channel("telegram").allow_from, vec!["1", "2", "3"]);
         assert_eq!(c.channel("slack").allow_from, vec!["U1", "U2"]);
         assert_eq!(c.database_url(), "postgres://localhost/test");
+    }
+
+    #[test]
+    fn replicas_and_health_addresses_come_from_the_environment() {
+        let c = Config::from_sources(
+            None,
+            env(&[
+                ("NEXUS__NATS__REPLICAS", "3"),
+                ("NEXUS__HEALTH__LISTEN__AGENT_CORE", "0.0.0.0:9090"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.replicas, 3);
+        assert_eq!(c.health.listen_of("agent-core"), Some("0.0.0.0:9090"));
+        assert_eq!(c.health.listen_of("tool-runner"), None);
+        assert_eq!(Config::default().nats.replicas, 1);
+        for bad in ["0", "6"] {
+            let e = Config::from_sources(None, env(&[("NEXUS__NATS__REPLICAS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("[nats] replicas"), "{e}");
+        }
     }
 
     #[test]

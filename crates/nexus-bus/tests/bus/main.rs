@@ -90,3 +90,63 @@ async fn kv_buckets_are_created_once_and_shared() {
     let b = bus.ensure_kv_bucket(&name, 1, None, "probe").await.unwrap();
     assert_eq!(b.get("k").await.unwrap().unwrap().as_ref(), b"v");
 }
+
+/// `GET <path>` on `addr`: the status, or `None` if nothing answers.
+async fn probe(addr: &str, path: &str) -> Option<u16> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    Some(r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_answers_only_while_registered_and_connected() {
+    let mut nats = nexus_testkit::NatsServer::start().await;
+    let test = TestEnv::with_nats(nats.url());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut config = test.config.clone();
+    config
+        .health
+        .listen
+        .insert("memory_svc".into(), addr.clone());
+    let bus = nexus_bus::Bus::connect(&config, "memory-svc")
+        .await
+        .unwrap();
+
+    // Alive from the start; ready once registered on the service API.
+    assert_eq!(probe(&addr, "/healthz").await, Some(200));
+    assert_eq!(probe(&addr, "/readyz").await, Some(503));
+    let _service = bus.register_service("memory-svc", "test").await.unwrap();
+    assert_eq!(probe(&addr, "/readyz").await, Some(200));
+
+    // Not ready while NATS is gone; ready again once the client reconnected.
+    let before = bus.link().state();
+    nats.kill();
+    tokio::time::timeout(Duration::from_secs(30), bus.link().changed_from(before))
+        .await
+        .unwrap();
+    assert_eq!(probe(&addr, "/readyz").await, Some(503));
+    assert_eq!(probe(&addr, "/healthz").await, Some(200));
+    nats.restart().await;
+    assert!(bus.link().connected(Duration::from_secs(30)).await);
+    assert_eq!(probe(&addr, "/readyz").await, Some(200));
+
+    // Draining for shutdown: supervisors stop sending work here.
+    bus.drain().await;
+    assert_eq!(probe(&addr, "/readyz").await, Some(503));
+
+    // A second process on a taken port does not start half-alive.
+    let err = nexus_bus::Bus::connect(&config, "memory-svc")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("[health.listen]"), "{err}");
+}
