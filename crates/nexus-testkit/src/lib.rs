@@ -19,7 +19,7 @@ use std::{path::Path, time::Duration};
 use nexus_bus::Bus;
 use nexus_common::{Config, domain::Namespace};
 
-pub use nats::{Configured, NatsServer, nats_server_2_10};
+pub use nats::{Configured, NatsCluster, NatsServer, nats_server_2_10};
 pub use process::{ServiceProcess, bin_path};
 pub use proxy::TcpProxy;
 pub use stack::{Stack, nexus, wait_registered};
@@ -104,10 +104,13 @@ impl TestEnv {
     /// A bus connection in this namespace, with streams created.
     pub async fn bus(&self, service: &str) -> Bus {
         let ns = Namespace::parse(&self.namespace).unwrap_or_else(|e| panic!("{e}"));
-        let client = async_nats::connect(&self.nats_url)
+        let servers =
+            nexus_bus::NatsAccess::servers(&self.nats_url).unwrap_or_else(|e| panic!("{e}"));
+        let client = async_nats::connect(servers)
             .await
             .unwrap_or_else(|e| panic!("NATS at {} must be running for tests: {e}", self.nats_url));
-        let bus = Bus::from_client(client, ns, service, Duration::from_secs(10));
+        let bus = Bus::from_client(client, ns, service, Duration::from_secs(10))
+            .with_replicas(self.config.nats.replicas);
         bus.ensure_streams()
             .await
             .unwrap_or_else(|e| panic!("streams: {e}"));

@@ -207,3 +207,90 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Three nats-servers (2.10+) on loopback, clustered with JetStream from the shipped
+/// `deploy/nats/cluster/nats.conf`, each with a store of its own. Users are left
+/// out (the NATS security tests cover them): anyone may connect.
+pub struct NatsCluster {
+    /// `nats-1`, `nats-2`, `nats-3`, in that order.
+    nodes: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes together (one alone waits for the others to elect a
+    /// JetStream leader) and returns once each answers.
+    pub async fn start(shipped: &std::path::Path) -> Self {
+        let template = std::fs::read_to_string(shipped)
+            .unwrap_or_else(|e| panic!("read {}: {e}", shipped.display()));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut starts = Vec::new();
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let mut conf = template.clone();
+            let mut replace = |from: &str, to: &str| {
+                assert!(
+                    conf.contains(from),
+                    "{} no longer has `{from}`: update NatsCluster",
+                    shipped.display()
+                );
+                conf = conf.replace(from, to);
+            };
+            let store = dir.path().join(format!("store-{}", i + 1));
+            replace(
+                "store_dir: /data",
+                &format!("store_dir: \"{}\"", store.display()),
+            );
+            replace(
+                "listen: 0.0.0.0:6222",
+                &format!("listen: 127.0.0.1:{route_port}"),
+            );
+            replace("http: 0.0.0.0:8222", "");
+            replace("include ../authorization.conf", "");
+            for (j, port) in route_ports.iter().enumerate() {
+                replace(
+                    &format!("nats-route://nats-{}:6222", j + 1),
+                    &format!("nats-route://127.0.0.1:{port}"),
+                );
+            }
+            let path = dir.path().join(format!("nats-{}.conf", i + 1));
+            std::fs::write(&path, conf).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            starts.push(NatsServer::start_configured(Configured {
+                bin: nats_server_2_10(),
+                config: path,
+                env: vec![("NATS_SERVER_NAME".into(), format!("nats-{}", i + 1))],
+                tls: false,
+                probe: nexus_bus::NatsAccess::from_vars("nats://127.0.0.1:4222", |_| None)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            }));
+        }
+        let nodes = futures::future::join_all(starts).await;
+        Self { nodes, _dir: dir }
+    }
+
+    /// Every node's client URL, comma-separated, as NATS_URL lists a cluster.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node whose `server_name` is `name` (`nats-2`).
+    pub fn node(&mut self, name: &str) -> &mut NatsServer {
+        let i: usize = name
+            .strip_prefix("nats-")
+            .and_then(|n| n.parse().ok())
+            .filter(|n| (1..=3).contains(n))
+            .unwrap_or_else(|| panic!("no node named {name}"));
+        &mut self.nodes[i - 1]
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}

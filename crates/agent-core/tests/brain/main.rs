@@ -33,6 +33,7 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+mod cluster;
 mod journal;
 mod limits;
 mod message;
@@ -47,8 +48,17 @@ async fn send(bus: &Bus, chat: &str, n: usize, text: &str) -> String {
 
 /// [`send`] from another sender of the test channel.
 async fn send_as(bus: &Bus, chat: &str, n: usize, text: &str, sender: &str) -> String {
+    let msg = inbound(chat, n, text, sender);
+    bus.publish_inbound(&msg, &TraceContext::new_root())
+        .await
+        .unwrap();
+    msg.id
+}
+
+/// The `n`th message of `chat` on the test channel, as a gateway would store it.
+fn inbound(chat: &str, n: usize, text: &str, sender: &str) -> InboundMessage {
     let upstream = format!("{chat}-{n}");
-    let msg = InboundMessage {
+    InboundMessage {
         id: format!("test:{upstream}"),
         channel: "test".into(),
         chat: Some(ChatRef {
@@ -63,11 +73,7 @@ async fn send_as(bus: &Bus, chat: &str, n: usize, text: &str, sender: &str) -> S
         upstream_id: upstream,
         kind: InboundKind::User as i32,
         ..Default::default()
-    };
-    bus.publish_inbound(&msg, &TraceContext::new_root())
-        .await
-        .unwrap();
-    msg.id
+    }
 }
 
 /// Every reply stored in N_OUTBOUND so far, in stream order (waits for at least `n`).
@@ -103,6 +109,29 @@ async fn replies(bus: &Bus, n: usize, within: Duration) -> Vec<OutboundMessage> 
             }
             Some(out)
         }
+    })
+    .await
+}
+
+/// Waits until no inbound message is waiting or being worked on: every turn has
+/// published its reply, so no further reply can come (not even a redelivery's).
+async fn settled(bus: &Bus, within: Duration) {
+    eventually("every inbound message settled", within, || async {
+        let stream = bus
+            .jetstream()
+            .get_stream(bus.subjects().inbound_stream())
+            .await
+            .ok()?;
+        let mut consumers = stream.consumers();
+        let mut any = false;
+        while let Some(info) = consumers.next().await {
+            let info = info.ok()?;
+            any = true;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return None;
+            }
+        }
+        any.then_some(())
     })
     .await
 }
@@ -213,8 +242,8 @@ async fn a_replica_killed_mid_turn_loses_nothing_and_doubles_nothing() {
     let _restarted = ServiceProcess::spawn("agent-core", &[], &others);
 
     let all = replies(&bus, 250, Duration::from_secs(180)).await;
-    // Let any straggling redelivery land before counting.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A redelivery of a turn the killed replica finished could still be running.
+    settled(&bus, Duration::from_secs(60)).await;
     let all_after = replies(&bus, all.len(), Duration::from_secs(30)).await;
     assert_eq!(all_after.len(), 250, "a reply was doubled or lost");
     assert_once_and_in_order(&all_after, 50, 5);
