@@ -1250,3 +1250,51 @@ fn kubernetes_gives_each_service_the_variables_compose_does() {
         );
     }
 }
+
+#[test]
+fn the_build_context_holds_what_the_image_copies_and_no_secrets() {
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let rules: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        rules.first(),
+        Some(&"*"),
+        "everything is left out unless let in"
+    );
+    let let_in: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| r.strip_prefix('!'))
+        .map(|r| r.trim_end_matches('/'))
+        .collect();
+    let d = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    let sources: Vec<&str> = d
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    assert!(!sources.is_empty());
+    for source in sources {
+        let source = source.trim_end_matches('/');
+        assert!(
+            let_in
+                .iter()
+                .any(|l| source == *l || source.starts_with(&format!("{l}/"))),
+            "deploy/Dockerfile copies {source}, which .dockerignore leaves out"
+        );
+    }
+    for secret in [".env", "target", ".git", "workspace/.nexus"] {
+        assert!(
+            !let_in
+                .iter()
+                .any(|l| secret == *l || secret.starts_with(&format!("{l}/"))),
+            ".dockerignore lets {secret} into the build context"
+        );
+    }
+}
