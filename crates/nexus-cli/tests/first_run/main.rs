@@ -733,3 +733,35 @@ async fn doctor_reports_what_the_nats_server_refuses_the_cli_user() {
     );
     assert!(!stdout.contains(password), "the NATS password is printed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_follows_a_real_service_from_ready_to_gone() {
+    let test = TestEnv::new();
+    let port = closed_port();
+    let mut env = test.process_env();
+    env.push((
+        "NEXUS__HEALTH__LISTEN__MEMORY_SVC".into(),
+        format!("127.0.0.1:{port}"),
+    ));
+    let service = nexus_testkit::ServiceProcess::spawn("memory-svc", &[], &env);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let dir = tempfile::tempdir().unwrap();
+    nexus_testkit::eventually(
+        "memory-svc's /readyz to pass",
+        Duration::from_secs(60),
+        || async {
+            nexus(dir.path(), &[], &["health", &url], None)
+                .await
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+
+    service.kill().await;
+    let out = nexus(dir.path(), &[], &["health", &url], None).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+}
