@@ -74,16 +74,16 @@ pub fn print(cost: &ExecCost) {
     let p = |t: &[Duration], q: f64| ms(super::percentile(t, q));
     let runs = cost.plain.len();
     match &cost.sandboxed {
-        Some(s) => println!(
+        Some(s) => out!(
             "| `exec` start-up: `true` in the sandbox (nexus-sandbox), p50 / p99 of {runs} | {:.2} / {:.2} ms |",
             p(s, 50.0),
             p(s, 99.0)
         ),
-        None => println!(
-            "| `exec` start-up in the sandbox | skipped: the sandbox cannot be set up here |"
-        ),
+        None => {
+            out!("| `exec` start-up in the sandbox | skipped: the sandbox cannot be set up here |")
+        }
     }
-    println!(
+    out!(
         "| the same `true` without a sandbox (`/bin/sh -c`), p50 / p99 | {:.2} / {:.2} ms |",
         p(&cost.plain, 50.0),
         p(&cost.plain, 99.0)

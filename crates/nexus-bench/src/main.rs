@@ -10,8 +10,20 @@
 //! `BENCH_LOG=<file>` writes every line of the services' output there, with the
 //! bench's own steps, in ms since the start (`RUST_LOG` sets their level).
 
+/// Prints a line of the report; table rows are also kept for the JSON (`report`).
+macro_rules! out {
+    () => {
+        crate::report::line("")
+    };
+    ($($t:tt)*) => {
+        crate::report::line(&format!($($t)*))
+    };
+}
+
 mod exec;
+mod front;
 mod recovery;
+mod report;
 mod retrieval;
 mod tools;
 
@@ -55,7 +67,9 @@ struct Up {
     driver: Driver,
     namespace: String,
     nats_url: String,
-    _workspace: tempfile::TempDir,
+    /// gateway-api, when started with [`Up::start_with_api`].
+    api: Option<front::Api>,
+    workspace: tempfile::TempDir,
 }
 
 impl Up {
@@ -75,11 +89,48 @@ impl Up {
         agents: usize,
         extra_env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::launch(nats_url, fake, agents, extra_env, false).await
+    }
+
+    /// [`Up::start`] with gateway-api on a free loopback port and one API key.
+    async fn start_with_api(fake: &FakeOpenAi) -> anyhow::Result<Self> {
+        let nats_url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        Self::launch(&nats_url, fake, 1, &[], true).await
+    }
+
+    async fn launch(
+        nats_url: &str,
+        fake: &FakeOpenAi,
+        agents: usize,
+        extra_env: &[(&str, &str)],
+        with_api: bool,
+    ) -> anyhow::Result<Self> {
         let workspace = tempfile::tempdir()?;
         let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let nats_url = nats_url.to_owned();
         let config_file = workspace.path().join("bench.toml");
-        std::fs::write(&config_file, "")?;
+        let api = with_api.then(|| front::Api {
+            url: format!("http://127.0.0.1:{}", free_port()),
+            key: "bench-key-0123456789".to_owned(),
+        });
+        let mut api_env = Vec::new();
+        match &api {
+            Some(api) => {
+                std::fs::write(
+                    &config_file,
+                    format!("[api.keys]\n\"{}\" = \"bench\"\n", api.key),
+                )?;
+                api_env.push((
+                    "NEXUS__API__LISTEN",
+                    api.url.trim_start_matches("http://").to_owned(),
+                ));
+                api_env.push((
+                    "NEXUS__API__GRPC_LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                ));
+            }
+            None => std::fs::write(&config_file, "")?,
+        }
         let started = Instant::now();
         let mut child = Command::new(sibling("nexus")?)
             .args(["up", "--agents", &agents.to_string()])
@@ -96,6 +147,7 @@ impl Up {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .envs(extra_env.iter().copied())
+            .envs(api_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -152,8 +204,47 @@ impl Up {
             driver,
             namespace,
             nats_url,
-            _workspace: workspace,
+            api,
+            workspace,
         })
+    }
+
+    /// What `nexus chat` needs to reach this stack.
+    fn cli_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("NATS_URL".to_owned(), self.nats_url.clone()),
+            ("NEXUS_NAMESPACE".to_owned(), self.namespace.clone()),
+            (
+                "NEXUS_WORKSPACE".to_owned(),
+                self.workspace.path().display().to_string(),
+            ),
+            (
+                "NEXUS_CONFIG".to_owned(),
+                self.workspace
+                    .path()
+                    .join("bench.toml")
+                    .display()
+                    .to_string(),
+            ),
+        ];
+        env.extend(
+            ["PATH", "HOME"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))),
+        );
+        env
+    }
+
+    /// Resident memory (KiB) of each service now, after a short quiet spell in
+    /// which nothing is asked of them (background work of the last load ends).
+    async fn settle_and_measure_rss(&self) -> Vec<(String, u64)> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut out: Vec<_> = children(self.pid)
+            .into_iter()
+            .map(|c| (c.name, c.rss_kib))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Turns per second with `sessions` concurrent sessions sending `per_session` messages each, in order.
@@ -240,23 +331,49 @@ async fn main() -> anyhow::Result<()> {
     // `nexus-bench retrieval`: only the memory figure, no NATS needed.
     if std::env::args().nth(1).as_deref() == Some("retrieval") {
         let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
-        println!("| figure | value |");
-        println!("|---|---|");
+        out!("| figure | value |");
+        out!("|---|---|");
         print_retrieval(&retrieval, corpus_mb);
         return Ok(());
     }
 
     let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    let slow_llm_ms: u64 = env_or("BENCH_SLOW_LLM_MS", 800) as u64;
+    let soak_turns: usize = env_or("BENCH_SOAK_TURNS", 100_000);
+    let api_turns: usize = env_or("BENCH_API_TURNS", 300);
+    let chat_runs: usize = env_or("BENCH_CHAT_RUNS", 20);
 
     // The turn path alone first: journaling off, so no summary runs beside it.
     let quiet = Up::start(&fake, 1, &[("NEXUS__MEMORY__JOURNAL", "false")]).await?;
     let overhead = sequential_overhead(&quiet.driver, warm_turns, seq_turns).await?;
     quiet.stop().await?;
 
-    // The default: a summary of every 10 turns is written beside them (same CPUs).
-    let up = Up::start(&fake, 1, &[]).await?;
+    // The default (a summary of every 10 turns is written beside them, same CPUs),
+    // with gateway-api: the front doors, throughput, memory idle and after a soak.
+    let up = Up::start_with_api(&fake).await?;
+    let idle_rss = up.settle_and_measure_rss().await;
     let journaled = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
-    let throughput = up.throughput(sessions, per_session).await?;
+    let api = match &up.api {
+        Some(api) => front::api_turns(api, warm_turns, api_turns).await?,
+        None => bail!("gateway-api was not started"),
+    };
+    let chat = front::chat_runs(&sibling("nexus")?, &up.cli_env(), chat_runs).await?;
+    let mut sweep = Vec::new();
+    let mut counts = vec![10, 100, 1000, sessions];
+    counts.sort_unstable();
+    counts.dedup();
+    for n in counts {
+        sweep.push((n, up.throughput(n, per_session).await?));
+    }
+    fake.set_delay(Duration::from_millis(slow_llm_ms));
+    let slow = up.throughput(sessions, per_session).await?;
+    fake.set_delay(Duration::ZERO);
+    let before_soak = up.settle_and_measure_rss().await;
+    let soak_started = Instant::now();
+    up.throughput(sessions, soak_turns.div_ceil(sessions))
+        .await?;
+    let soak_secs = soak_started.elapsed().as_secs();
+    let after_soak = up.settle_and_measure_rss().await;
     let rss = peak_rss_of_children(up.pid);
     let (startup, namespace, nats_url) = (up.startup, up.namespace.clone(), up.nats_url.clone());
     up.stop().await?;
@@ -280,49 +397,84 @@ async fn main() -> anyhow::Result<()> {
     let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
     let tool_calls = tools::run(&nats_url, env_or("BENCH_TOOL_CALLS", 300)).await?;
 
-    println!(
+    out!(
         "Nexus benchmark (namespace {namespace}, NATS {nats_url}, {} CPUs)",
         cpus()
     );
-    println!();
-    println!("| figure | value |");
-    println!("|---|---|");
-    println!(
+    out!();
+    out!("| figure | value |");
+    out!("|---|---|");
+    let p = |sorted: &[Duration], q: f64| ms(percentile(sorted, q));
+    out!(
         "| per-turn overhead p50 (publish → reply, LLM time excluded, {seq_turns} sequential turns, journaling off) | {:.2} ms |",
-        ms(percentile(&overhead, 50.0))
+        p(&overhead, 50.0)
     );
-    println!(
-        "| per-turn overhead p99 | {:.2} ms |",
-        ms(percentile(&overhead, 99.0))
-    );
-    println!(
+    out!("| per-turn overhead p99 | {:.2} ms |", p(&overhead, 99.0));
+    out!("| per-turn overhead p99.9 | {:.2} ms |", p(&overhead, 99.9));
+    out!(
         "| per-turn overhead p50 / p99 with journaling on (a summary per 10 turns, beside them) | {:.2} / {:.2} ms |",
-        ms(percentile(&journaled, 50.0)),
-        ms(percentile(&journaled, 99.0))
+        p(&journaled, 50.0),
+        p(&journaled, 99.0)
     );
-    println!(
-        "| throughput, {sessions} concurrent sessions × {per_session} turns, 1 agent-core | {throughput:.0} turns/s |"
+    out!(
+        "| warm turn through gateway-api's `POST /v1/chat/completions`, client side, p50 of {api_turns} | {:.2} ms |",
+        p(&api, 50.0)
     );
-    for (name, kb) in &rss {
-        println!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
+    out!(
+        "| the same, p99 / p99.9 | {:.2} / {:.2} ms |",
+        p(&api, 99.0),
+        p(&api, 99.9)
+    );
+    out!(
+        "| `nexus chat -m` against the running stack, whole process, p50 of {chat_runs} | {:.1} ms |",
+        p(&chat, 50.0)
+    );
+    for (n, tps) in &sweep {
+        out!(
+            "| throughput, {n} concurrent sessions × {per_session} turns, 1 agent-core | {tps:.0} turns/s |"
+        );
     }
-    println!(
+    out!(
+        "| throughput, {sessions} sessions × {per_session} turns, model takes {slow_llm_ms} ms (concurrency, not a queue) | {slow:.0} turns/s |"
+    );
+    let total = |rows: &[(String, u64)]| rows.iter().map(|(_, kb)| kb).sum::<u64>() as f64 / 1024.0;
+    out!(
+        "| memory of all services idle (RSS, sum of {}) | {:.1} MiB |",
+        idle_rss.len(),
+        total(&idle_rss)
+    );
+    for (name, kb) in &after_soak {
+        let before = before_soak
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, kb)| *kb);
+        out!(
+            "| RSS growth of {name} over {soak_turns} turns ({soak_secs} s) | {:+.1} MiB |",
+            (*kb as f64 - before as f64) / 1024.0
+        );
+    }
+    for (name, kb) in &rss {
+        out!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
+    }
+    out!(
         "| `nexus up` to ready (NATS already running) | {} ms |",
         startup.as_millis()
     );
     print_retrieval(&retrieval, corpus_mb);
     tools::print(&tool_calls);
     exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
-    println!();
-    println!(
+    out!();
+    out!(
         "| agent-core replicas | model latency | throughput ({sessions} sessions × {per_session}) |"
     );
-    println!("|---|---|---|");
+    out!("|---|---|---|");
     for (delay, agents, tps) in replicas {
-        println!("| {agents} | {delay} ms | {tps:.0} turns/s |");
+        out!("| {agents} | {delay} ms | {tps:.0} turns/s |");
     }
-    println!();
+    out!();
     recovery.print(&recovered);
+    let json = report::write(cpus())?;
+    eprintln!("figures written to {}", json.display());
     Ok(())
 }
 
@@ -355,14 +507,14 @@ impl Recovery {
     fn print(&self, r: &Recovered) {
         let (sessions, rounds) = (self.sessions, self.rounds);
         let outage = self.outage.as_secs();
-        println!("| recovery | value |");
-        println!("|---|---|");
+        out!("| recovery | value |");
+        out!("|---|---|");
         match &r.restart {
-            None => println!("| NATS restart | skipped: nats-server is not on PATH |"),
+            None => out!("| NATS restart | skipped: nats-server is not on PATH |"),
             Some(restart) => {
                 let row = |what: &str, each: Vec<Option<Duration>>| {
                     let list: Vec<_> = each.iter().map(|d| fmt_ms(*d)).collect();
-                    println!(
+                    out!(
                         "| NATS restart after a {outage} s outage, 1 agent-core, {sessions} sessions: restarted server ready → {what}, median of {rounds} rounds (each round) | {} ({}) |",
                         fmt_ms(median(each)),
                         list.join(", ")
@@ -400,7 +552,7 @@ impl Recovery {
                 )
             )
         };
-        println!(
+        out!(
             "| agent-core replica SIGKILLed mid-turn, 2 replicas, {} sessions, model takes {} ms: kill → reply of the {} turns unanswered at the kill, median / max ({} model calls redone) | {value} |",
             self.kill_sessions,
             self.kill_llm.as_millis(),
@@ -450,15 +602,15 @@ fn print_retrieval(retrieval: &retrieval::Retrieval, corpus_mb: usize) {
         retrieval.corpus_bytes as f64 / (1024.0 * 1024.0),
         retrieval.files
     );
-    println!(
+    out!(
         "| memory retrieval over a {corpus_mb} MB corpus (SQLite FTS5), p50 of {searches} searches ({corpus}) | {:.2} ms |",
         ms(percentile(&retrieval.searches, 50.0))
     );
-    println!(
+    out!(
         "| memory retrieval over a {corpus_mb} MB corpus (SQLite FTS5), p99 | {:.2} ms |",
         ms(percentile(&retrieval.searches, 99.0))
     );
-    println!(
+    out!(
         "| memory index build over the {corpus_mb} MB corpus (SQLite FTS5) | {} ms |",
         retrieval.index_build.as_millis()
     );
@@ -725,6 +877,7 @@ struct ChildProcess {
     pid: u32,
     name: String,
     peak_rss_kib: u64,
+    rss_kib: u64,
 }
 
 /// The direct children of `parent`, in pid order.
@@ -755,8 +908,18 @@ fn children(parent: u32) -> Vec<ChildProcess> {
             peak_rss_kib: field("VmHWM:")
                 .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
                 .unwrap_or(0),
+            rss_kib: field("VmRSS:")
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+                .unwrap_or(0),
         });
     }
     out.sort_by_key(|c| c.pid);
     out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }

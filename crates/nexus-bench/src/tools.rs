@@ -128,18 +128,18 @@ pub fn print(cost: &ToolCost) {
         crate::percentile(&cost.builtin, 50.0),
         crate::percentile(&cost.builtin, 99.0),
     );
-    println!(
+    out!(
         "| one tool call through tool-runner (`read_file` of a small file, request → result), p50 / p99 | {:.2} / {:.2} ms |",
         crate::ms(p50),
         crate::ms(p99)
     );
     match &cost.mcp {
-        Some(mcp) => println!(
+        Some(mcp) => out!(
             "| one MCP tool call over stdio (`mcp-server-time` via tool-runner), p50 / p99 | {:.2} / {:.2} ms |",
             crate::ms(crate::percentile(mcp, 50.0)),
             crate::ms(crate::percentile(mcp, 99.0))
         ),
-        None => println!(
+        None => out!(
             "| one MCP tool call over stdio | skipped: `python3 -m pip install mcp-server-time` |"
         ),
     }
