@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
     str::FromStr as _,
     time::Duration,
@@ -100,7 +100,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    dotenv(&mut r, &config_path, &var);
+    dotenv(&mut r);
     if let Some(config) = &config {
         let client = http_client(CHECK_TIMEOUT)?;
         let bus = nats(&mut r, config).await;
@@ -139,28 +139,20 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `.env` beside the config: its variables reach the services only when the shell
-/// exported them (nothing reads the file by itself).
-fn dotenv(r: &mut Report, config_path: &Path, var: &dyn Fn(&str) -> Option<String>) {
-    let dir = config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let path = dir.join(".env");
+/// `.env` beside the config: `nexus` loads it before any command (`dotenv.rs`), so
+/// every variable should be in this process's environment by now.
+fn dotenv(r: &mut Report) {
+    let path = crate::dotenv::path();
     let Ok(text) = std::fs::read_to_string(&path) else {
         return;
     };
-    let names: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            l.trim_start_matches("export ")
-                .split_once('=')
-                .map(|(k, _)| k.trim())
-        })
+    let vars = crate::dotenv::parse(&text);
+    let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|k| std::env::var_os(k).is_none())
         .collect();
-    let missing: Vec<&str> = names.iter().copied().filter(|k| var(k).is_none()).collect();
     if missing.is_empty() {
         r.ok(
             ".env",
@@ -174,11 +166,14 @@ fn dotenv(r: &mut Report, config_path: &Path, var: &dyn Fn(&str) -> Option<Strin
         r.warn(
             ".env",
             format!(
-                "{} sets {} that this shell has not exported, so no service sees them",
+                "{} sets {} that did not reach this process",
                 path.display(),
                 missing.join(", ")
             ),
-            format!("load it first: set -a && . {} && set +a", path.display()),
+            format!(
+                "run nexus from a shell without NEXUS_DOTENV set, or load it: set -a && . {} && set +a",
+                path.display()
+            ),
         );
     }
     use std::os::unix::fs::PermissionsExt as _;

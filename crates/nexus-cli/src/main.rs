@@ -7,6 +7,7 @@
 mod chat;
 mod cron;
 mod doctor;
+mod dotenv;
 mod health;
 mod limits;
 mod onboard;
@@ -70,11 +71,15 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Onboard(a) => onboard::run(a).await,
         Command::Doctor(a) => {
+            dotenv::reexec_with_dotenv();
             let _telemetry = nexus_common::telemetry::init_with_default("nexus", "warn", None);
             doctor::run(a).await
         }
         Command::Health(a) => health::run(a).await,
-        command => return with_config(command).await,
+        command => {
+            dotenv::reexec_with_dotenv();
+            return with_config(command).await;
+        }
     };
     finish(result)
 }

@@ -487,9 +487,9 @@ pub async fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = args.dir.display();
     println!(
-        "Next: nexus up reads variables, not .env, so load it into the shell first:\n  \
-         cd {dir} && set -a && . ./.env && set +a && nexus doctor && nexus up\n\
-         then, in another terminal (same directory and .env): nexus chat -m \"hello\""
+        "Next (nexus reads .env beside nexus.toml by itself):\n  \
+         cd {dir} && nexus doctor && nexus up\n\
+         then, in another terminal in the same directory: nexus chat -m \"hello\""
     );
     if plan.telegram.is_some() || plan.slack.is_some() || plan.whatsapp {
         println!(
@@ -741,7 +741,7 @@ fn render(plan: &Plan, provider: Provider, base: Option<&str>) -> (String, Strin
     }
     let mut text = String::from(
         "# Written by `nexus onboard`: secrets. Keep this file private (mode 0600).\n\
-         # Load it before `nexus up`: set -a && . ./.env && set +a\n",
+         # nexus reads it by itself; other programs: set -a && . ./.env && set +a\n",
     );
     for (k, v) in &env {
         text.push_str(&format!("{k}={}\n", env_value(v)));

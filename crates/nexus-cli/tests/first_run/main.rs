@@ -609,7 +609,7 @@ async fn anthropic_gemini_and_ollama_keys_are_checked_with_their_own_list_call()
 }
 
 #[tokio::test]
-async fn doctor_after_onboarding_says_the_env_file_is_not_loaded_until_it_is() {
+async fn after_onboarding_nexus_reads_the_env_file_by_itself_and_the_shell_wins() {
     let test = TestEnv::new();
     let fake = openai().await;
     let dir = tempfile::tempdir().unwrap();
@@ -637,27 +637,8 @@ async fn doctor_after_onboarding_says_the_env_file_is_not_loaded_until_it_is() {
             test.workspace_path().display().to_string(),
         ),
     ];
+    // No `set -a && . ./.env`: nexus loads the file beside nexus.toml itself.
     let out = nexus(dir.path(), &base, &["doctor"], None).await;
-    let (stdout, _) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("warn  .env: ./.env sets OPENAI_API_KEY, OPENAI_BASE_URL that this shell has not exported"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("fix: load it first: set -a && . ./.env && set +a"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("FAIL  provider openai: no OPENAI_API_KEY for gpt-4.1-mini"),
-        "{stdout}"
-    );
-
-    // What `set -a && . ./.env && set +a` gives the shell.
-    let mut loaded: Vec<(&str, String)> = base.to_vec();
-    let secrets = env_lines(&read(&dir.path().join(".env")));
-    loaded.extend(secrets.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    let out = nexus(dir.path(), &loaded, &["doctor"], None).await;
     let (stdout, _) = text(&out);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -668,6 +649,14 @@ async fn doctor_after_onboarding_says_the_env_file_is_not_loaded_until_it_is() {
         stdout.contains("ok    provider openai (gpt-4.1-mini): the key works"),
         "{stdout}"
     );
+
+    // A variable the shell already set wins over the file.
+    let mut overridden: Vec<(&str, String)> = base.to_vec();
+    overridden.push(("OPENAI_API_KEY", "sk-wrong-0000000000".into()));
+    let out = nexus(dir.path(), &overridden, &["doctor"], None).await;
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  provider openai"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
