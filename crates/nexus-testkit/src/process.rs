@@ -27,7 +27,35 @@ pub fn bin_path(name: &str) -> PathBuf {
         "binary {} not found; build it first with `cargo build --workspace --bins` (just test does)",
         path.display()
     );
+    if let Some(newer) = newer_source(&path) {
+        panic!(
+            "{} is older than {}: the test would run a stale binary. Build first with \
+             `cargo build --workspace --bins` (just test does)",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A source of `binary` changed after it was built, going by the dep-info file cargo
+/// writes beside it (`<binary>.d`: every file the build read). `None` when none did,
+/// or when there is no dep-info to tell.
+fn newer_source(binary: &std::path::Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).ok()?;
+    let (_, sources) = dep_info.lines().next()?.split_once(": ")?;
+    // Paths are separated by spaces; a space inside a path is written `\ `.
+    let sources = sources.replace("\\ ", "\0");
+    sources
+        .split_whitespace()
+        .map(|s| PathBuf::from(s.replace('\0', " ")))
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                // A source that is gone means the build would change too.
+                .map_or(true, |changed| changed > built)
+        })
 }
 
 /// A running service binary.
