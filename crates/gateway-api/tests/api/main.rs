@@ -948,9 +948,12 @@ async fn a_retried_request_with_the_same_idempotency_key_starts_no_second_turn()
             .json(&json!({"text": "pay the invoice"}))
             .send()
     };
-    // A retry while the first is still running, and one after it answered.
+    // A retry while the first is still at the model, and one after it answered.
     let (first, second) = tokio::join!(send(ALICE), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually("the first request at the model", WAIT, || async {
+            (w.fake.in_flight("gpt-4.1-mini") > 0).then_some(())
+        })
+        .await;
         send(ALICE).await
     });
     let first: Value = first.unwrap().json().await.unwrap();
