@@ -2,8 +2,20 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
+/// The reasoning loop of Nexus: consumes N.inbound, calls the model and tools,
+/// publishes replies. Run as many replicas as you like.
+///
+/// Configured by nexus.toml (NEXUS_CONFIG) and the environment: NATS_URL,
+/// NEXUS_NAMESPACE, provider keys (OPENAI_API_KEY, ANTHROPIC_API_KEY, …), NEXUS__LLM__*.
+#[derive(Parser)]
+#[command(name = "agent-core", version, about)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let _cli = Cli::parse();
     let config = match nexus_common::Config::load() {
         Ok(c) => c,
         Err(e) => {

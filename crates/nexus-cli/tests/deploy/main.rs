@@ -1298,3 +1298,23 @@ fn the_build_context_holds_what_the_image_copies_and_no_secrets() {
         );
     }
 }
+
+#[test]
+fn every_service_binary_answers_version_and_help_without_nats() {
+    for bin in service_binaries() {
+        for flag in ["--version", "--help"] {
+            let out = std::process::Command::new(nexus_testkit::bin_path(&bin))
+                .arg(flag)
+                .env("NATS_URL", "nats://127.0.0.1:1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success()
+                    && stdout.contains(if flag == "--version" { &bin } else { "Usage" }),
+                "{bin} {flag}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
