@@ -36,6 +36,13 @@ bench:
     cargo build --release --workspace --bins
     "$CARGO_TARGET_DIR/release/nexus-bench"
 
+# The chaos suite at full size (minutes): kills of every service and of NATS under a
+# larger load, a failing provider, hostile input, a session of 10,000 turns. Its short
+# form runs in `just test`. Needs what `just test` needs.
+chaos:
+    cargo build --workspace --bins
+    NEXUS_CHAOS_SCALE=10 NEXUS_CHAOS_TURNS=10000 cargo test -p agent-core --test chaos -- --test-threads 1
+
 # Format the code.
 fmt:
     cargo fmt --all

@@ -50,6 +50,20 @@ pub enum Reply {
     /// Never answers: the request stays open (counted in flight) until the client
     /// gives up — a provider that hangs, or a turn caught in the middle.
     Hang,
+    /// Calls `tool` with `args` while the request ends with the user's message; once
+    /// the tool's result is in, answers like [`Reply::EchoLastUser`] with `prefix`
+    /// (every turn goes through a tool, whatever it answered).
+    ToolThenEchoLastUser {
+        tool: String,
+        args: Value,
+        prefix: String,
+    },
+    /// Each request takes the next of these, round robin over all requests (a
+    /// provider failing a share of its calls).
+    Cycle(Vec<Reply>),
+    /// A 200 whose body breaks off: the first pieces of an answer with this text
+    /// (SSE, or JSON when not streamed), then the connection is cut.
+    CutStream(String),
 }
 
 #[derive(Default)]
@@ -73,6 +87,8 @@ struct Inner {
     model_list_calls: usize,
     /// The only key accepted (`Authorization: Bearer …`); `None` accepts any.
     required_key: Option<String>,
+    /// Requests [`Reply::Cycle`] has answered so far.
+    cycled: usize,
 }
 
 /// The running fake. Dropping it does not stop the server; tests end with the runtime.
@@ -242,6 +258,14 @@ async fn completions(
                 .or_else(|| i.fallback.clone())
                 .unwrap_or(Reply::Text("ok".into())),
         };
+        let reply = match reply {
+            Reply::Cycle(replies) if !replies.is_empty() => {
+                let n = i.cycled;
+                i.cycled += 1;
+                replies[n % replies.len()].clone()
+            }
+            other => other,
+        };
         *i.in_flight.entry(requested.clone()).or_default() += 1;
         let delay = i.model_delay.get(&requested).copied().unwrap_or(i.delay);
         (reply, delay, requested)
@@ -284,6 +308,22 @@ async fn completions(
         }
         Reply::Text(t) => (t, vec![]),
         Reply::Hang => return std::future::pending().await,
+        Reply::ToolThenEchoLastUser { tool, args, prefix } => {
+            let after_tool = body["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .is_some_and(|m| m["role"] == "tool");
+            if after_tool {
+                (format!("{prefix}{}", last_user(&body)), vec![])
+            } else {
+                (String::new(), vec![(tool, args)])
+            }
+        }
+        Reply::Cycle(_) => ("ok".to_owned(), vec![]),
+        Reply::CutStream(text) => {
+            let seq = inner.lock().map(|i| i.requests.len()).unwrap_or(0);
+            return cut(&model, &text, seq, stream);
+        }
         Reply::ToolCalls(c) => (String::new(), c),
         Reply::EchoLastTool(prefix) => {
             let last = body["messages"]
@@ -327,6 +367,35 @@ fn failure(code: u16, retry_after: Option<&str>) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
+}
+
+/// The first half of an answer, then a broken connection (the body stream fails).
+fn cut(model: &str, text: &str, seq: usize, stream: bool) -> Response {
+    let half: String = text.chars().take(text.chars().count() / 2).collect();
+    let (content_type, sent) = if stream {
+        let chunk = json!({
+            "id": format!("chatcmpl-{seq}"), "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": {"role": "assistant", "content": half}, "finish_reason": null}]
+        });
+        ("text/event-stream", format!("data: {chunk}\n\n"))
+    } else {
+        let whole = full(model, text, &[], seq).to_string();
+        (
+            "application/json",
+            whole.chars().take(whole.len() / 2).collect(),
+        )
+    };
+    let pieces: Vec<Result<String, std::io::Error>> = vec![
+        Ok(sent),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "cut off by the fake",
+        )),
+    ];
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from_stream(futures::stream::iter(pieces)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn tool_call_json(i: usize, seq: usize, name: &str, args: &Value) -> Value {

@@ -1,0 +1,308 @@
+//! SIGKILL of each service in turn (agent-core, tool-runner, memory-svc, the
+//! scheduler, gateway-api) while 20 sessions carry a steady load, each killed
+//! service started again at once. Every turn reads a file through tool-runner and
+//! gets its context from memory-svc, so each of those deaths hits turns in flight.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use nexus_testkit::{Stack, fake_openai::Reply};
+use serde_json::{Value, json};
+
+use super::*;
+
+const ALICE: &str = "key-alice-0123456789";
+/// Of the 20 sessions, these go through gateway-api over HTTP; the rest are stored
+/// on the test channel the way any gateway stores them.
+const API_SESSIONS: usize = 4;
+
+/// gateway-api on a port it keeps across restarts, so its clients just retry.
+struct Api {
+    port: u16,
+    env: Vec<(String, String)>,
+}
+
+impl Api {
+    fn new(stack: &Stack) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let mut env = stack.env().to_vec();
+        env.push(("NEXUS__API__LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.push((
+            "NEXUS__API__GRPC_LISTEN".into(),
+            format!("127.0.0.1:{grpc}"),
+        ));
+        // A client whose reply is late asks again with the same key.
+        env.push((
+            "NEXUS__CHANNELS__API__REPLY_TIMEOUT_SECS".into(),
+            "15".into(),
+        ));
+        Self { port, env }
+    }
+
+    /// Starts the gateway and waits until it answers /healthz.
+    async fn spawn(&self) -> ServiceProcess {
+        let process = ServiceProcess::spawn("gateway-api", &[], &self.env);
+        let url = format!("http://127.0.0.1:{}/healthz", self.port);
+        let client = reqwest::Client::new();
+        eventually("gateway-api to listen", Duration::from_secs(60), || async {
+            let r = client.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        process
+    }
+}
+
+/// A client of gateway-api: its session's messages one after the other, each sent
+/// again under the same Idempotency-Key until a reply comes back (the gateway may be
+/// dead, or restarted). Returns the reply texts in order.
+async fn api_client(port: u16, session: String, n: usize, done: Arc<AtomicUsize>) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/messages");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let text = load_text(&session, i);
+        let key = format!("{session}-{i}");
+        let body: Value = eventually("gateway-api to answer", within(240), || async {
+            let r = client
+                .post(&url)
+                .bearer_auth(ALICE)
+                .header("Idempotency-Key", &key)
+                .json(&json!({"text": text, "session": session}))
+                .send()
+                .await
+                .ok()?;
+            match r.status().as_u16() {
+                200 => r.json().await.ok(),
+                // Not stored (NATS or the gateway going), or the reply is late: again.
+                502..=504 => None,
+                other => panic!("gateway-api answered {other}: {:?}", r.text().await),
+            }
+        })
+        .await;
+        out.push(body["reply"].as_str().unwrap_or_default().to_owned());
+        done.fetch_add(1, Ordering::SeqCst);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_none() {
+    let test = TestEnv::new();
+    test.write("notes/drill.txt", "The chaos marker is 7f3a.\n");
+    test.write(
+        "MEMORY.md",
+        "# Memory\n## Facts\n- The chaos drill is on Tuesdays.\n",
+    );
+    test.write(
+        ".test-nexus.toml",
+        &format!("[api.keys]\n\"{ALICE}\" = \"alice\"\n"),
+    );
+    let fake = FakeOpenAi::start(Reply::ToolThenEchoLastUser {
+        tool: "read_file".into(),
+        args: json!({"path": "notes/drill.txt"}),
+        prefix: "re: ".into(),
+    })
+    .await;
+    // Turns take long enough to be caught in the middle.
+    fake.set_delay(Duration::from_millis(40));
+    let mut env = llm_env(&fake);
+    env.push(("NEXUS__SCHEDULER__MIN_INTERVAL_SECS".into(), "1".into()));
+    let mut stack = Stack::start(&test, &refs(&env)).await;
+    let mut scheduler = stack.spawn("scheduler");
+    wait_registered(&test, &mut [&mut scheduler], &["scheduler"]).await;
+    let api = Api::new(&stack);
+    let mut gateway = api.spawn().await;
+    let bus = test.bus("test").await;
+
+    // A job firing every second into its own chat: the scheduler has work when it dies.
+    let added = nexus_testkit::nexus(
+        stack.env(),
+        &[
+            "cron",
+            "add",
+            "--user",
+            "ada",
+            "--channel",
+            "test",
+            "--chat",
+            "cron",
+            "--every",
+            "1",
+            "-m",
+            "tick",
+        ],
+    )
+    .await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    let per_session = 6 * scale();
+    let bus_sessions = SESSIONS - API_SESSIONS;
+    let mut senders = load(&bus, bus_sessions, per_session, Duration::from_millis(150));
+    let api_done = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for s in 0..API_SESSIONS {
+        let done = api_done.clone();
+        let port = api.port;
+        clients.spawn(async move {
+            let session = format!("a{s}");
+            let replies = api_client(port, session.clone(), per_session, done).await;
+            (session, replies)
+        });
+    }
+
+    // Each kill comes once a further share of the load is answered, so every one
+    // lands while messages are still coming and going.
+    let total = SESSIONS * per_session;
+    let step = total / 7;
+    let mut killed = Vec::new();
+    for (k, name) in [
+        "agent-core",
+        "tool-runner",
+        "memory-svc",
+        "scheduler",
+        "gateway-api",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        wait_outbound(&bus, step * (k + 1), within(120)).await;
+        match name {
+            "agent-core" => {
+                // In the middle of a model call.
+                eventually("a turn in flight", within(60), || async {
+                    (fake.in_flight("gpt-4.1-mini") > 0).then_some(())
+                })
+                .await;
+                stack.agent.take().unwrap().kill().await;
+                stack.agent = Some(stack.spawn("agent-core"));
+            }
+            "tool-runner" => {
+                stack.tools.take().unwrap().kill().await;
+                stack.tools = Some(stack.spawn("tool-runner"));
+            }
+            "memory-svc" => {
+                stack.memory.take().unwrap().kill().await;
+                stack.memory = Some(stack.spawn("memory-svc"));
+            }
+            "scheduler" => {
+                std::mem::replace(&mut scheduler, stack.spawn("scheduler"))
+                    .kill()
+                    .await;
+            }
+            _ => {
+                // While its clients wait for replies.
+                let answered = api_done.load(Ordering::SeqCst);
+                assert!(
+                    answered < API_SESSIONS * per_session,
+                    "the API clients finished before their gateway died"
+                );
+                gateway.kill().await;
+                gateway = api.spawn().await;
+            }
+        }
+        killed.push((name, outbound_count(&bus).await));
+        stack.wait_ready(&test, &[name]).await;
+    }
+    wait_registered(&test, &mut [&mut scheduler], &["scheduler"]).await;
+    let fires_before_restart = count_fires(&replies(&bus, within(30)).await);
+
+    while let Some(sent) = senders.join_next().await {
+        sent.unwrap();
+    }
+    let mut api_replies = BTreeMap::new();
+    while let Some(done) = clients.join_next().await {
+        let (session, replies) = done.unwrap();
+        api_replies.insert(session, replies);
+    }
+    // The restarted scheduler fires again before it stops for the count.
+    eventually(
+        "a fire after the scheduler's restart",
+        within(60),
+        || async {
+            let now = count_fires(&replies(&bus, within(30)).await);
+            (now > fires_before_restart).then_some(())
+        },
+    )
+    .await;
+    let status = scheduler.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "the restarted scheduler: {status}");
+
+    settled(&bus, within(120)).await;
+    let all = replies(&bus, within(60)).await;
+    let sent: BTreeMap<String, usize> = (0..bus_sessions)
+        .map(|s| (format!("s{s}"), per_session))
+        .collect();
+    let by_chat = assert_once_and_in_order(&all, &sent);
+    assert_load_answers(&by_chat);
+
+    // The HTTP clients got their own answers, in order, and each request was one turn.
+    for (session, replies) in &api_replies {
+        let expected: Vec<String> = (0..per_session)
+            .map(|i| format!("re: {}", load_text(session, i)))
+            .collect();
+        assert_eq!(replies, &expected, "API session {session}");
+    }
+    let api_turns: Vec<&OutboundMessage> = all.iter().filter(|r| r.channel == "api").collect();
+    assert_eq!(
+        api_turns.len(),
+        API_SESSIONS * per_session,
+        "an API request started a second turn, or lost one"
+    );
+    let stored: Vec<InboundMessage> = nexus_testkit::stream_messages(
+        &bus,
+        &bus.subjects().inbound_stream(),
+        bus.subjects().inbound_all(),
+    )
+    .await;
+    let inbound_api: Vec<InboundMessage> =
+        stored.into_iter().filter(|m| m.channel == "api").collect();
+    assert_eq!(inbound_api.len(), API_SESSIONS * per_session);
+
+    // The premise: turns went through the tool and the memory, before and after.
+    let requests = fake.requests();
+    let with_file = requests
+        .iter()
+        .filter(|r| {
+            r["messages"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["role"] == "tool" && m["content"].to_string().contains("7f3a"))
+            })
+        })
+        .count();
+    assert!(
+        with_file >= total / 2,
+        "only {with_file} of {total} turns read the file"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["messages"][0]["content"].to_string().contains("Tuesdays")),
+        "a turn went without its memory"
+    );
+    tracing::info!(?killed, "kills (service, replies stored at the time)");
+}
+
+/// Replies to the scheduler's fires.
+fn count_fires(replies: &[OutboundMessage]) -> usize {
+    replies
+        .iter()
+        .filter(|r| r.chat.as_ref().is_some_and(|c| c.chat_id == "cron"))
+        .count()
+}
