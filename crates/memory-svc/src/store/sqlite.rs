@@ -5,7 +5,7 @@
 use sqlx::{
     ConnectOptions as _, Connection as _, Row, SqliteConnection, SqlitePool,
     migrate::Migrator,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
@@ -37,6 +37,12 @@ impl SqliteStore {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL syncs at checkpoints, not at every commit: a killed
+            // process loses nothing, a power cut may lose the last commits but never
+            // corrupts the file. That matches JetStream, which syncs its file store
+            // every two minutes; FULL cost an fsync per commit, several per turn,
+            // serialised across all sessions (ARCHITECTURE.md, Decisions).
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(LOCK_TIMEOUT)
             .foreign_keys(true);
         let connect_error = |error| StoreError::Connect {
