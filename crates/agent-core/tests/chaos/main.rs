@@ -8,6 +8,7 @@
 //! `NEXUS_CHAOS_TURNS` (default 200); `just chaos` raises both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod disk;
 mod hostile;
 mod kills;
 mod nats_restart;
