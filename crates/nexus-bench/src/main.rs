@@ -278,11 +278,7 @@ impl Up {
         let mut names = js.stream_names();
         let mut doomed = Vec::new();
         while let Some(Ok(name)) = names.next().await {
-            if name
-                .trim_start_matches("KV_")
-                .trim_start_matches("OBJ_")
-                .starts_with(&format!("{}_", self.namespace))
-            {
+            if self.driver.bus.subjects().owns_stream(&name) {
                 doomed.push(name);
             }
         }

@@ -239,6 +239,12 @@ impl Subjects {
     pub fn media_bucket(&self) -> String {
         format!("{}_media", self.ns)
     }
+    /// Whether JetStream stream `name` belongs to this namespace: its own streams
+    /// (`N_INBOUND`, …) and those behind its KV buckets (`KV_N_…`) and object stores
+    /// (`OBJ_N_…`). What deleting a namespace deletes.
+    pub fn owns_stream(&self, name: &str) -> bool {
+        stream_namespace_part(name).starts_with(&format!("{}_", self.ns))
+    }
     /// Queue group of a service's request endpoints.
     pub fn queue_group(&self, service: &str) -> String {
         format!("{}_{service}", self.ns)
@@ -295,6 +301,26 @@ impl Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_owns_its_streams_buckets_and_object_stores_only() {
+        let s = Subjects::new(Namespace::parse("t1").unwrap());
+        for own in [
+            s.inbound_stream(),
+            format!("KV_{}", s.pairing_bucket()),
+            format!("OBJ_{}", s.media_bucket()),
+        ] {
+            assert!(s.owns_stream(&own), "{own}");
+        }
+        for other in [
+            "t10_INBOUND",
+            "KV_t10_pairing",
+            "nexus_testkit_anchor",
+            "t1",
+        ] {
+            assert!(!s.owns_stream(other), "{other}");
+        }
+    }
 
     #[test]
     fn partitions_are_stable_and_spread() {
@@ -382,4 +408,12 @@ mod tests {
         );
         assert_eq!(s.payload_type("t1.gateway.whatsapp"), None);
     }
+}
+
+/// A stream name without the prefix JetStream gives the streams behind KV buckets and
+/// object stores: it starts with the namespace and `_` when the namespace owns it.
+pub fn stream_namespace_part(name: &str) -> &str {
+    name.strip_prefix("KV_")
+        .or_else(|| name.strip_prefix("OBJ_"))
+        .unwrap_or(name)
 }

@@ -186,7 +186,7 @@ fn sweep_abandoned_namespaces() {
                 let mut doomed = Vec::new();
                 while let Some(Ok(info)) = futures::StreamExt::next(&mut streams).await {
                     let name = &info.config.name;
-                    let bare = name.trim_start_matches("KV_").trim_start_matches("OBJ_");
+                    let bare = nexus_bus::subjects::stream_namespace_part(name);
                     let test_ns = bare.len() > 14
                         && bare.starts_with('t')
                         && bare.as_bytes()[13] == b'_'
@@ -209,7 +209,10 @@ impl Drop for TestEnv {
     /// Deletes the namespace's streams, buckets and object stores, so test runs do not
     /// pile up JetStream state on the shared server.
     fn drop(&mut self) {
-        let ns = self.namespace.clone();
+        let Ok(ns) = Namespace::parse(&self.namespace) else {
+            return;
+        };
+        let subjects = nexus_bus::Subjects::new(ns);
         let url = self.nats_url.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -226,8 +229,7 @@ impl Drop for TestEnv {
                 let mut names = js.stream_names();
                 let mut doomed = Vec::new();
                 while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
-                    let bare = name.trim_start_matches("KV_").trim_start_matches("OBJ_");
-                    if bare.starts_with(&format!("{ns}_")) {
+                    if subjects.owns_stream(&name) {
                         doomed.push(name);
                     }
                 }
