@@ -1,7 +1,8 @@
 //! SIGKILL of each service in turn (agent-core, tool-runner, memory-svc, the
 //! scheduler, gateway-api) while 20 sessions carry a steady load, each killed
-//! service started again at once. Every turn reads a file through tool-runner and
-//! gets its context from memory-svc, so each of those deaths hits turns in flight.
+//! service started again at once. Every turn fetches a slow page through
+//! tool-runner (`fetch_url`) and gets its context from memory-svc, so the deaths hit
+//! turns in the middle of a tool call, a model call, a memory call.
 
 use std::sync::{
     Arc,
@@ -17,6 +18,58 @@ const ALICE: &str = "key-alice-0123456789";
 /// Of the 20 sessions, these go through gateway-api over HTTP; the rest are stored
 /// on the test channel the way any gateway stores them.
 const API_SESSIONS: usize = 4;
+
+/// A web page on loopback that takes a while to answer, counting the requests it
+/// is answering, so tool-runner can be killed in the middle of a `fetch_url`.
+struct SlowPage {
+    url: String,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl SlowPage {
+    const BODY: &str = "The chaos marker is 7f3a.";
+
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/drill",
+            listener.local_addr().unwrap().port()
+        );
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = in_flight.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    // The page is slow: the time a kill has to land in.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                        Self::BODY.len(),
+                        Self::BODY
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { url, in_flight }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
 
 /// gateway-api on a port it keeps across restarts, so its clients just retry.
 struct Api {
@@ -101,7 +154,7 @@ async fn api_client(port: u16, session: String, n: usize, done: Arc<AtomicUsize>
 #[tokio::test(flavor = "multi_thread")]
 async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_none() {
     let test = TestEnv::new();
-    test.write("notes/drill.txt", "The chaos marker is 7f3a.\n");
+    let page = SlowPage::start().await;
     test.write(
         "MEMORY.md",
         "# Memory\n## Facts\n- The chaos drill is on Tuesdays.\n",
@@ -111,8 +164,8 @@ async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_non
         &format!("[api.keys]\n\"{ALICE}\" = \"alice\"\n"),
     );
     let fake = FakeOpenAi::start(Reply::ToolThenEchoLastUser {
-        tool: "read_file".into(),
-        args: json!({"path": "notes/drill.txt"}),
+        tool: "fetch_url".into(),
+        args: json!({"url": page.url}),
         prefix: "re: ".into(),
     })
     .await;
@@ -120,6 +173,9 @@ async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_non
     fake.set_delay(Duration::from_millis(40));
     let mut env = llm_env(&fake);
     env.push(("NEXUS__SCHEDULER__MIN_INTERVAL_SECS".into(), "1".into()));
+    env.push(("NEXUS__TOOLS__WEB__ALLOW_HOSTS".into(), "127.0.0.1".into()));
+    // A fetch whose tool-runner died is given up after this (plus 2 s).
+    env.push(("NEXUS__TOOLS__WEB__TIMEOUT_SECS".into(), "3".into()));
     let mut stack = Stack::start(&test, &refs(&env)).await;
     let mut scheduler = stack.spawn("scheduler");
     wait_registered(&test, &mut [&mut scheduler], &["scheduler"]).await;
@@ -194,6 +250,11 @@ async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_non
                 stack.agent = Some(stack.spawn("agent-core"));
             }
             "tool-runner" => {
+                // In the middle of a fetch.
+                eventually("a fetch in flight", within(60), || async {
+                    (page.in_flight() > 0).then_some(())
+                })
+                .await;
                 stack.tools.take().unwrap().kill().await;
                 stack.tools = Some(stack.spawn("tool-runner"));
             }
@@ -275,21 +336,24 @@ async fn each_service_killed_in_turn_under_load_loses_no_message_and_doubles_non
         stored.into_iter().filter(|m| m.channel == "api").collect();
     assert_eq!(inbound_api.len(), API_SESSIONS * per_session);
 
-    // The premise: turns went through the tool and the memory, before and after.
+    // The premise: turns went through the tool and the memory, and tool-runner's
+    // death cut a fetch short (the turn answered after the tool failed).
     let requests = fake.requests();
-    let with_file = requests
+    let tool_results: Vec<String> = requests
         .iter()
-        .filter(|r| {
-            r["messages"].as_array().is_some_and(|m| {
-                m.iter()
-                    .any(|m| m["role"] == "tool" && m["content"].to_string().contains("7f3a"))
-            })
+        .filter_map(|r| {
+            let last = r["messages"].as_array()?.last()?;
+            (last["role"] == "tool").then(|| last["content"].to_string())
         })
-        .count();
+        .collect();
+    let fetched = tool_results.iter().filter(|t| t.contains("7f3a")).count();
+    let cut_short = tool_results.len() - fetched;
+    tracing::info!(fetched, cut_short, "fetches");
     assert!(
-        with_file >= total / 2,
-        "only {with_file} of {total} turns read the file"
+        fetched >= total / 2,
+        "only {fetched} of {total} turns fetched the page"
     );
+    assert!(cut_short > 0, "the kill of tool-runner hit no fetch");
     assert!(
         requests
             .iter()
