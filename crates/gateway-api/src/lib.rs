@@ -2,8 +2,9 @@
 //! the agent's reply over HTTP (axum, `[api] listen`) or gRPC (tonic, `[api]
 //! grpc_listen`), streamed or whole, or talk to it as an OpenAI-compatible server.
 //!
-//! Layout: [`auth`] (API keys), [`settings`], [`turns`] (start a turn, route its
-//! progress and reply back), [`http`] and [`openai`] (HTTP routes), [`grpc`]
+//! Layout: [`auth`] (API keys), [`admin`] (the admin console under `/admin`),
+//! [`settings`], [`turns`] (start a turn, route its progress and reply back),
+//! [`http`] and [`openai`] (HTTP routes), [`grpc`]
 //! (the `AgentApi` service generated into [`proto`]), [`error`] (the one mapping
 //! of failures to HTTP statuses and gRPC codes).
 //!
@@ -13,6 +14,8 @@
 //! so one user cannot read another's session. No keys configured: every request is
 //! refused (401 / UNAUTHENTICATED with a message saying so). The keys are the
 //! channel's allow-list; `[channels.api] allow_from` is not consulted.
+//! The admin console ([`admin`]) has keys of its own, `[api] admin_keys`; without
+//! them `/admin` is not served at all.
 //!
 //! # Replies with several replicas
 //! A request waits in the replica that received it, but agent-core publishes the
@@ -36,6 +39,7 @@
 //!
 //! This crate must never log an API key or let a user reach another user's session.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod grpc;
@@ -120,7 +124,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         turns: turns.clone(),
         keys: keys.clone(),
     });
-    let app = http::router(state, settings.max_body_bytes);
+    let mut app = http::router(state, settings.max_body_bytes);
+    match admin::router(gateway.bus().clone(), &config) {
+        Some(console) => app = app.merge(console),
+        None => tracing::info!("no [api] admin_keys configured: the admin console is off"),
+    }
     let grace = settings.shutdown_grace;
     let http_server = async {
         let serve = axum::serve(http_listener, app)

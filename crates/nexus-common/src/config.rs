@@ -467,6 +467,10 @@ pub struct ApiConfig {
     /// API key → user id. Never logged.
     #[serde(skip_serializing)]
     pub keys: BTreeMap<String, String>,
+    /// Keys that open the admin console at `/admin` (`NEXUS__API__ADMIN_KEYS`,
+    /// comma-separated). Empty: the console is off. Never logged or serialized.
+    #[serde(skip_serializing, deserialize_with = "list")]
+    pub admin_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -592,6 +596,10 @@ impl std::fmt::Debug for ApiConfig {
             .field("listen", &self.listen)
             .field("grpc_listen", &self.grpc_listen)
             .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field(
+                "admin_keys",
+                &format_args!("<{} redacted>", self.admin_keys.len()),
+            )
             .finish()
     }
 }
@@ -602,6 +610,7 @@ impl Default for ApiConfig {
             listen: "0.0.0.0:8080".to_owned(),
             grpc_listen: "0.0.0.0:50051".to_owned(),
             keys: BTreeMap::new(),
+            admin_keys: Vec::new(),
         }
     }
 }
@@ -702,6 +711,16 @@ impl Config {
                 "[nats] replicas = {}: must be 1 to 5 (1 on one server, 3 on a cluster)",
                 self.nats.replicas
             )));
+        }
+        // The console's key guards every admin action; the message never shows it.
+        for (i, key) in self.api.admin_keys.iter().enumerate() {
+            if key.chars().count() < 16 || key.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "[api] admin_keys: key number {} is shorter than 16 characters or holds whitespace",
+                    i + 1
+                )));
+            }
         }
         if self.llm.model.trim().is_empty() {
             return Err(ConfigError::Invalid("[llm] model must not be empty".into()));
@@ -1101,6 +1120,31 @@ mod tests {
         let err = Config::from_sources(None, env(&[("NEXUS__TOOLS__EXEC__TIMEOUT_SECS", "0")]))
             .unwrap_err();
         assert!(err.to_string().contains("[tools.exec]"), "{err}");
+    }
+
+    #[test]
+    fn admin_keys_come_from_the_file_or_the_environment_and_are_never_shown() {
+        let toml = "[api]\nadmin_keys = [\"adm-File-0123456789\"]\n";
+        let c = Config::from_sources(Some((Path::new("n.toml"), toml)), env(&[])).unwrap();
+        assert_eq!(c.api.admin_keys, ["adm-File-0123456789"]);
+        let c = Config::from_sources(
+            None,
+            env(&[(
+                "NEXUS__API__ADMIN_KEYS",
+                "adm-Env-0123456789a, adm-Env-0123456789b",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.admin_keys,
+            ["adm-Env-0123456789a", "adm-Env-0123456789b"]
+        );
+        assert!(!toml::to_string(&c).unwrap().contains("adm-Env"));
+        assert!(!format!("{c:?}").contains("adm-Env"));
+        let err =
+            Config::from_sources(None, env(&[("NEXUS__API__ADMIN_KEYS", "tiny-key")])).unwrap_err();
+        assert!(err.to_string().contains("admin_keys"), "{err}");
+        assert!(!err.to_string().contains("tiny-key"), "{err}");
     }
 
     #[test]

@@ -163,6 +163,7 @@ pub fn configured_secrets(
         })
         .collect();
     out.extend(config.api.keys.keys().cloned());
+    out.extend(config.api.admin_keys.iter().cloned());
     for server in &config.tools.mcp {
         out.extend(server.env.values().cloned());
         out.extend(server.headers.values().cloned());

@@ -1,0 +1,500 @@
+//! The admin console over HTTP, against the real stack on real NATS: off without an
+//! admin key, refusing wrong keys, forged or expired cookies and forms without the
+//! session's token; and each page reading and acting through the same NATS requests
+//! the CLI uses (services, the usage ledger, pairing, the scheduler).
+
+use std::time::Duration;
+
+use gateway_api::admin::session::{AdminKeys, COOKIE, SESSION_SECS};
+use nexus_bus::{Bus, TraceContext, scheduler_op};
+use nexus_common::{config::DmPolicy, limits::windows, now_ms};
+use nexus_gateway::{Admission, Gateway, pairing::Stranger};
+use nexus_proto::v1::{
+    AddJobRequest, AddJobResponse, ChatRef, InboundKind, InboundMessage, Job, JobOrigin,
+    ListJobsRequest, ListJobsResponse, OutboundMessage, Sender, job::When,
+};
+use nexus_testkit::{eventually, fake_openai::Reply, stream_messages, wait_registered};
+
+use super::{ALICE, Api, WAIT, spawn_world};
+
+const ADMIN: &str = "admin-key-0123456789abcdef";
+
+fn admin_env() -> [(&'static str, &'static str); 1] {
+    [("NEXUS__API__ADMIN_KEYS", ADMIN)]
+}
+
+/// A browser without cookie jar or redirects: each step is asserted by hand.
+struct Browser<'a> {
+    api: &'a Api,
+    client: reqwest::Client,
+    cookie: Option<String>,
+}
+
+/// `application/x-www-form-urlencoded` of `fields`.
+fn form(fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_in(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in the page: {page}"))
+        .to_owned()
+}
+
+impl<'a> Browser<'a> {
+    fn new(api: &'a Api) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            api,
+            client,
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut req = self.client.get(self.api.url(path));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.api.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(fields));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// A page that must answer 200, as text.
+    async fn page(&self, path: &str) -> String {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.text().await.unwrap()
+    }
+
+    /// Logs in with the admin key and keeps the session cookie.
+    async fn login(&mut self) {
+        let r = self.post("/admin/login", &[("key", ADMIN)]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/admin/services");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let pair = set.split(';').next().unwrap().to_owned();
+        assert!(pair.starts_with(&format!("{COOKIE}=v1.")), "{set}");
+        self.cookie = Some(pair);
+    }
+
+    /// POSTs a form of the page at `page` with that page's CSRF token.
+    async fn submit(&self, page: &str, action: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let token = csrf_in(&self.page(page).await);
+        let mut fields = fields.to_vec();
+        fields.push(("csrf", &token));
+        let r = self.post(action, &fields).await;
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+fn redirected_to_login(r: &reqwest::Response) -> bool {
+    r.status() == 303 && r.headers()["location"] == "/admin/login"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_is_off_without_an_admin_key_and_refuses_wrong_keys_forged_cookies_and_forms_without_the_token()
+ {
+    let w = spawn_world(Reply::Text("unused".into()), false).await;
+
+    let off = w.api(&[]).await;
+    let browser = Browser::new(&off);
+    for path in ["/admin", "/admin/login", "/admin/services"] {
+        assert_eq!(browser.get(path).await.status(), 404, "{path}");
+    }
+    assert_eq!(
+        browser
+            .post("/admin/login", &[("key", ADMIN)])
+            .await
+            .status(),
+        404
+    );
+
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    for path in [
+        "/admin",
+        "/admin/services",
+        "/admin/usage",
+        "/admin/pairings",
+        "/admin/jobs",
+        "/admin/deadletters",
+    ] {
+        let r = browser.get(path).await;
+        assert!(
+            redirected_to_login(&r) || r.headers()["location"] == "/admin/services",
+            "{path} without a session: {:?}",
+            r.status()
+        );
+    }
+    assert!(redirected_to_login(&browser.get("/admin/services").await));
+    let login = browser.page("/admin/login").await;
+    assert!(login.contains("<label for=\"key\">") && login.contains("id=\"login\""));
+
+    // A wrong key: refused, no cookie.
+    let r = browser
+        .post("/admin/login", &[("key", "admin-key-0123456789abcdeF")])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    // An API key is not an admin key.
+    let r = browser.post("/admin/login", &[("key", ALICE)]).await;
+    assert_eq!(r.status(), 401);
+
+    // Forged and expired cookies send the browser to the login form.
+    let future = now_ms() / 1000 + 3600;
+    let forged = format!("{COOKIE}=v1.{future}.{}.{}", "a".repeat(32), "b".repeat(64));
+    let (_, expired) = AdminKeys::new(&[ADMIN.to_owned()])
+        .login(ADMIN, now_ms() / 1000 - SESSION_SECS - 60)
+        .unwrap();
+    let (_, other_deployment) = AdminKeys::new(&["someone-elses-key-0123".to_owned()])
+        .login("someone-elses-key-0123", now_ms() / 1000)
+        .unwrap();
+    for cookie in [
+        forged,
+        format!("{COOKIE}={expired}"),
+        format!("{COOKIE}={other_deployment}"),
+    ] {
+        browser.cookie = Some(cookie.clone());
+        assert!(
+            redirected_to_login(&browser.get("/admin/services").await),
+            "{cookie}"
+        );
+    }
+    // A genuine cookie made for this key is accepted (the expired one failed by its age only).
+    let (_, fresh) = AdminKeys::new(&[ADMIN.to_owned()])
+        .login(ADMIN, now_ms() / 1000)
+        .unwrap();
+    browser.cookie = Some(format!("{COOKIE}={fresh}"));
+    assert_eq!(browser.get("/admin/services").await.status(), 200);
+
+    // The login cookie: HttpOnly, SameSite=Strict, scoped and expiring; Secure behind TLS.
+    let r = browser.post("/admin/login", &[("key", ADMIN)]).await;
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for part in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        &format!("Max-Age={SESSION_SECS}"),
+    ] {
+        assert!(set.contains(part), "{part} missing in {set}");
+    }
+    assert!(!set.contains("Secure") && !set.contains(ADMIN), "{set}");
+    let r = browser
+        .client
+        .post(api.url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-proto", "https")
+        .body(form(&[("key", ADMIN)]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+
+    browser.login().await;
+    let services = browser.page("/admin/services").await;
+    for name in ["agent-core", "memory-svc", "tool-runner", "gateway-api"] {
+        assert!(
+            services.contains(&format!("id=\"service-{name}\"")),
+            "{name} not listed: {services}"
+        );
+    }
+    assert!(!services.contains(ADMIN));
+
+    // State changes without the session's token are refused, and change nothing.
+    for fields in [vec![], vec![("csrf", "0".repeat(64))]] {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for action in [
+            "/admin/logout",
+            "/admin/pairings/reject",
+            "/admin/jobs/pause",
+        ] {
+            let r = browser.post(action, &fields).await;
+            assert_eq!(r.status(), 403, "{action} {fields:?}");
+        }
+    }
+    assert_eq!(browser.get("/admin/services").await.status(), 200);
+
+    // Dead letters show the reason, never the bytes.
+    let bus = w.bus().await;
+    bus.dead_letter(
+        "x.inbound.api.1",
+        b"secret body of a poisoned message",
+        None,
+        "undecodable: test poison",
+        7,
+        5,
+    )
+    .await
+    .unwrap();
+    let page = browser.page("/admin/deadletters").await;
+    assert!(page.contains("undecodable: test poison"), "{page}");
+    assert!(!page.contains("secret body"), "{page}");
+
+    // Logout clears the cookie and needs the token.
+    let token = csrf_in(&browser.page("/admin/services").await);
+    let r = browser.post("/admin/logout", &[("csrf", &token)]).await;
+    assert!(redirected_to_login(&r));
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with(&format!("{COOKIE}=;")) && set.contains("Max-Age=0"),
+        "{set}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_chats_appear_as_the_days_bar_with_their_tokens_on_the_usage_page() {
+    let w = spawn_world(Reply::EchoLastUser("echo: ".into()), false).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+
+    api.ask(ALICE, "first", "s").await;
+    api.ask(ALICE, "second", "s").await;
+    // The fake model reports 42 input and 7 output tokens per call.
+    let today = windows(now_ms()).day;
+    let bar = format!("data-key=\"{today}\" data-value=\"98\"");
+    let page = eventually("the ledger to count both chats", WAIT, || async {
+        let page = browser.page("/admin/usage").await;
+        page.contains(&bar).then_some(page)
+    })
+    .await;
+    let by_day = page
+        .split("id=\"usage-by-day\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .unwrap();
+    assert!(by_day.contains(&bar), "{by_day}");
+    assert!(
+        page.contains("data-key=\"alice\" data-value=\"98\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-key=\"api\" data-value=\"98\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-key=\"gpt-4.1-mini\" data-value=\"98\""),
+        "{page}"
+    );
+    assert!(page.contains("id=\"budget-alice\""), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approving_a_pairing_in_the_console_lets_the_strangers_next_message_through() {
+    let w = spawn_world(Reply::EchoLastUser("echo: ".into()), false).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+
+    // A Telegram stranger writes to a channel under `dm_policy = "pairing"`, through the
+    // admission every gateway runs.
+    let mut config = w.test.config.clone();
+    config
+        .channels
+        .entry("telegram".into())
+        .or_default()
+        .dm_policy = DmPolicy::Pairing;
+    let gateway = Gateway::connect(&config, "telegram").await.unwrap();
+    let eve = Stranger {
+        sender_id: "99",
+        display_name: "Eve",
+        chat_id: "99",
+        thread_id: "",
+    };
+    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
+    assert!(
+        matches!(admitted, Admission::Pairing { notice: Some(_) }),
+        "{admitted:?}"
+    );
+    let page = browser.page("/admin/pairings").await;
+    let code = page
+        .split("id=\"code-")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no pending code listed: {page}"))
+        .to_owned();
+    assert!(page.contains(&format!("id=\"approve-{code}\"")), "{page}");
+
+    let (status, page) = browser
+        .submit(
+            "/admin/pairings",
+            "/admin/pairings/approve",
+            &[("code", &code), ("user", "")],
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("approved {code}")), "{page}");
+    assert!(!page.contains(&format!("id=\"code-{code}\"")), "{page}");
+    // Used once: a second approval is refused with the reason.
+    let (status, page) = browser
+        .submit(
+            "/admin/pairings",
+            "/admin/pairings/approve",
+            &[("code", &code)],
+        )
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("already approved"), "{page}");
+
+    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
+    let Admission::Allowed { .. } = admitted else {
+        panic!("the approved stranger is still refused: {admitted:?}");
+    };
+    let user_id = gateway.admitted_user_id(&admitted, "99");
+    let msg = InboundMessage {
+        id: "telegram:99:2".into(),
+        channel: "telegram".into(),
+        chat: Some(ChatRef {
+            chat_id: "99".into(),
+            thread_id: String::new(),
+            is_group: false,
+        }),
+        sender: Some(Sender {
+            id: "99".into(),
+            display_name: "Eve".into(),
+            user_id,
+        }),
+        text: "hello again".into(),
+        upstream_id: "2".into(),
+        sent_at_ms: now_ms(),
+        received_at_ms: now_ms(),
+        kind: InboundKind::User as i32,
+        ..Default::default()
+    };
+    gateway.intake(&msg).await.unwrap();
+    let bus = w.bus().await;
+    let s = bus.subjects();
+    let reply: OutboundMessage = eventually("the agent's answer to Eve", WAIT, || async {
+        let subject = s.outbound(&nexus_common::domain::ChannelName::parse("telegram").ok()?);
+        stream_messages::<OutboundMessage>(&bus, &s.outbound_stream(), subject)
+            .await
+            .into_iter()
+            .find(|m| m.in_reply_to == msg.id)
+    })
+    .await;
+    assert_eq!(reply.text, "echo: hello again");
+    gateway.close().await;
+}
+
+async fn list_jobs(bus: &Bus) -> ListJobsResponse {
+    bus.request(
+        bus.subjects().scheduler(scheduler_op::LIST),
+        &ListJobsRequest {
+            owner_user_id: String::new(),
+            limit: 0,
+        },
+        &TraceContext::new_root(),
+        Some(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pausing_and_resuming_a_job_in_the_console_is_what_the_scheduler_reports() {
+    let w = spawn_world(Reply::Text("unused".into()), false).await;
+    let mut scheduler = w.stack.spawn("scheduler");
+    let bus = w.bus().await;
+    wait_registered(
+        &bus,
+        &mut [&mut scheduler],
+        &["scheduler"],
+        Duration::from_secs(60),
+    )
+    .await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+
+    let added: AddJobResponse = bus
+        .request(
+            bus.subjects().scheduler(scheduler_op::ADD),
+            &AddJobRequest {
+                job: Some(Job {
+                    when: Some(When::EverySeconds(3600)),
+                    owner_user_id: "alice".into(),
+                    message: "stretch".into(),
+                    origin: Some(JobOrigin {
+                        channel: "api".into(),
+                        chat_id: "alice:default".into(),
+                        thread_id: String::new(),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            &TraceContext::new_root(),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let id = added.job.unwrap().id;
+    let page = browser.page("/admin/jobs").await;
+    assert!(page.contains(&format!("id=\"pause-{id}\"")), "{page}");
+
+    // Without the token nothing changes.
+    let r = browser.post("/admin/jobs/pause", &[("id", &id)]).await;
+    assert_eq!(r.status(), 403);
+    assert!(!list_jobs(&bus).await.jobs[0].paused);
+
+    let (status, page) = browser
+        .submit("/admin/jobs", "/admin/jobs/pause", &[("id", &id)])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("id=\"job-state-{id}\">paused")),
+        "{page}"
+    );
+    let jobs = list_jobs(&bus).await;
+    assert_eq!(jobs.paused, 1);
+    assert!(jobs.jobs[0].paused);
+
+    let (status, page) = browser
+        .submit("/admin/jobs", "/admin/jobs/resume", &[("id", &id)])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(!list_jobs(&bus).await.jobs[0].paused);
+
+    let (status, page) = browser
+        .submit("/admin/jobs", "/admin/jobs/remove", &[("id", &id)])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"no-jobs\""), "{page}");
+    assert_eq!(list_jobs(&bus).await.total, 0);
+}
