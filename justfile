@@ -31,6 +31,11 @@ test:
     cargo build --workspace --bins
     cargo test --workspace
 
+# The property tests (fuzz_*) of every decoder of outside input, with many more cases
+# than `just test` runs (PROPTEST_CASES=256 by default there). No NATS needed.
+fuzz CASES="20000":
+    PROPTEST_CASES={{CASES}} cargo test --workspace --lib fuzz_
+
 # Measure per-turn overhead, throughput, memory and start-up time (release build).
 bench:
     cargo build --release --workspace --bins

@@ -448,7 +448,8 @@ pub fn ts_to_ms(ts: &str) -> i64 {
         .get(..3)
         .and_then(|m| m.parse().ok())
         .unwrap_or_default();
-    secs * 1000 + millis
+    // Saturating: `ts` comes from the request body, and a huge one must not overflow.
+    secs.saturating_mul(1000).saturating_add(millis)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 //! acknowledge Slack before the event is stored.
 
 pub mod api;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod intake;
 pub mod mrkdwn;

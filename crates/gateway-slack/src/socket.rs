@@ -171,3 +171,6 @@ async fn handle_events_api(frame: &Frame, intake: &Intake) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;

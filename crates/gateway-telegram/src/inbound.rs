@@ -433,6 +433,9 @@ fn media_of(msg: &Message) -> Option<MediaFile<'_>> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

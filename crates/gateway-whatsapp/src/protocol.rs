@@ -213,6 +213,9 @@ impl GatewayCommand {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

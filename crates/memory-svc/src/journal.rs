@@ -430,6 +430,9 @@ async fn read_head(path: &std::path::Path, limit: u64) -> io::Result<String> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 

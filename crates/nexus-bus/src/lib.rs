@@ -1217,6 +1217,9 @@ fn service_of(subject: &str) -> String {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -198,6 +198,9 @@ pub fn default_user_id(channel: &ChannelName, sender_id: &str) -> String {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -211,6 +211,9 @@ impl ToolDirectory {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

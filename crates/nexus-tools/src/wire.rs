@@ -309,6 +309,9 @@ fn json_bytes<T: Serialize>(value: &T) -> Bytes {
 }
 
 #[cfg(test)]
+pub(crate) mod fuzz;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

@@ -189,10 +189,9 @@ fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
             // "5/15" means from 5 to the end, every 15.
             (a, if item.contains('/') { field.max } else { a })
         };
-        let mut v = lo;
-        while v <= hi {
+        // `step_by`, not `v += step`: a step near u32::MAX would overflow.
+        for v in (lo..=hi).step_by(step as usize) {
             bits |= 1 << v;
-            v += step;
         }
     }
     Ok(bits)
@@ -320,6 +319,9 @@ pub fn resolve(civil: DateTime, tz: &TimeZone) -> Option<Timestamp> {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -29,10 +29,11 @@ impl Schedule {
                 .map(|t| t.as_millisecond()),
             Self::Every { every, anchor_ms } => {
                 let step = i64::try_from(every.as_millis()).ok()?.max(1);
+                // Checked: times near the ends of i64 must give `None`, not overflow.
                 if after_ms < *anchor_ms {
-                    return Some(*anchor_ms + step);
+                    return anchor_ms.checked_add(step);
                 }
-                let steps = (after_ms - anchor_ms) / step + 1;
+                let steps = after_ms.checked_sub(*anchor_ms)? / step + 1;
                 anchor_ms.checked_add(steps.checked_mul(step)?)
             }
             Self::At { at_ms } => (*at_ms > after_ms).then_some(*at_ms),

@@ -651,6 +651,10 @@ fn io_error(shown: &str, action: &str, e: io::Error) -> SandboxError {
         io::ErrorKind::IsADirectory => {
             SandboxError::Invalid(format!("'{shown}' is a directory, not a file"))
         }
+        // ENAMETOOLONG: the model's path, not a fault of tool-runner.
+        io::ErrorKind::InvalidFilename => SandboxError::Invalid(format!(
+            "'{shown}' has a name longer than the file system allows (255 bytes per name)"
+        )),
         _ => SandboxError::Io(format!("cannot {action} '{shown}': {e}")),
     }
 }

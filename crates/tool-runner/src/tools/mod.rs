@@ -212,6 +212,9 @@ fn binary_refusal(shown: &str) -> ToolFailure {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod testing {
     use nexus_tools::Caller;

@@ -1,0 +1,189 @@
+//! Property tests of what the bridge sends: any text frame parses into a
+//! [`BridgeEvent`] or fails with a serde error, never a panic, and a parsed message
+//! goes through what intake does before NATS (sender ids, attachment base64) without
+//! one. The examples of `bridge/protocol/examples/` are the seeds that get mutated.
+//! `PROPTEST_CASES` sets the count.
+
+use base64::Engine as _;
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+use crate::inbound::Who;
+
+fn config() -> ProptestConfig {
+    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
+    ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+const EXAMPLES: &[&str] = &[
+    include_str!("../../../../bridge/protocol/examples/to-gateway.error.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.message.group-reply.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.message.image.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.message.text.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.qr.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.ready.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.send_result.error.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.send_result.ok.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.status.banned.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.status.connected.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.status.logged_out.json"),
+    include_str!("../../../../bridge/protocol/examples/to-gateway.status.reconnecting.json"),
+];
+
+/// Any JSON value, nested a few levels.
+fn json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        "[a-z_@.:0-9+/=]{0,24}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Edits of a JSON document: where (a path picked by the number) and what goes there
+/// (`None` removes it).
+fn edits() -> impl Strategy<Value = Vec<(usize, Option<Value>)>> {
+    prop::collection::vec((any::<usize>(), prop::option::of(json())), 1..4)
+}
+
+/// Replaces (or removes) one member, somewhere down the document `pick` leads to.
+fn edit(v: &mut Value, pick: usize, new: Option<Value>) {
+    let here = pick.is_multiple_of(3);
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            let Some(key) = map.keys().nth(pick % map.len()).cloned() else {
+                return;
+            };
+            match (here, new) {
+                (true, Some(n)) => drop(map.insert(key, n)),
+                (true, None) => drop(map.remove(&key)),
+                (false, new) => {
+                    if let Some(child) = map.get_mut(&key) {
+                        edit(child, pick / 3, new);
+                    }
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let i = pick % items.len();
+            match (here, new) {
+                (true, Some(n)) => items[i] = n,
+                (true, None) => drop(items.remove(i)),
+                (false, new) => edit(&mut items[i], pick / 3, new),
+            }
+        }
+        _ => {
+            if let Some(n) = new {
+                *v = n;
+            }
+        }
+    }
+}
+
+/// What the gateway does with an event before anything reaches NATS.
+fn take(event: &BridgeEvent) {
+    match event {
+        BridgeEvent::Message(msg) => {
+            if let Some(who) = Who::of(&msg.sender) {
+                assert!(who.phone.is_some() || who.lid.is_some());
+                if let Some(p) = &who.phone {
+                    assert!(!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                }
+                assert!(!who.sender_id().is_empty());
+                assert!(!who.user_key().is_empty());
+                assert!(!who.aliases().is_empty());
+                assert!(!who.direct_chat().is_empty());
+            }
+            if let Some(media) = &msg.media {
+                let _ = base64::engine::general_purpose::STANDARD.decode(&media.data_base64);
+                let _ = format!("{media:?}");
+            }
+        }
+        BridgeEvent::Status(status) => {
+            let _ = (status.state.as_str(), status.state.needs_login());
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_example_is_a_seed() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bridge/protocol/examples"
+    );
+    let to_gateway = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("to-gateway.")
+        })
+        .count();
+    assert_eq!(to_gateway, EXAMPLES.len(), "add new examples to EXAMPLES");
+    for example in EXAMPLES {
+        serde_json::from_str::<BridgeEvent>(example).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn fuzz_any_text_frame_parses_or_is_refused(frame in prop_oneof![
+        any::<String>(),
+        "\\{\"type\":\"(message|status|qr|ready|send_result|error)\"[ -~]{0,60}\\}",
+    ]) {
+        if let Ok(event) = serde_json::from_str::<BridgeEvent>(&frame) {
+            take(&event);
+        }
+    }
+
+    #[test]
+    fn fuzz_mutated_examples_parse_or_are_refused(
+        example in prop::sample::select(EXAMPLES),
+        edits in edits(),
+    ) {
+        let mut doc: Value = serde_json::from_str(example).unwrap();
+        for (pick, new) in edits {
+            edit(&mut doc, pick, new);
+        }
+        let frame = doc.to_string();
+        if let Ok(event) = serde_json::from_str::<BridgeEvent>(&frame) {
+            take(&event);
+            // What parsed serializes back into something that parses the same.
+            let again: BridgeEvent = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+            prop_assert_eq!(again, event);
+        }
+    }
+
+    #[test]
+    fn fuzz_sender_ids_are_read_without_panics(
+        phone in prop::option::of(prop_oneof![any::<String>(), "[0-9:]{0,16}@s\\.whatsapp\\.net", "[0-9]{0,4}"]),
+        lid in prop::option::of(prop_oneof![any::<String>(), "[0-9:]{0,16}@lid"]),
+    ) {
+        let sender = Identity { phone_jid: phone, lid_jid: lid, name: None };
+        if let Some(who) = Who::of(&sender) {
+            if let Some(l) = &who.lid {
+                prop_assert!(l.ends_with("@lid") && l.len() > "@lid".len());
+            }
+            prop_assert!(who.aliases().contains(&who.sender_id()));
+        }
+    }
+}
