@@ -1,13 +1,14 @@
 //! The admin console under `/admin`: server-rendered pages over the same NATS
 //! requests and stores the `nexus` CLI uses (service discovery, memory-svc's
-//! `usage`, `nexus_gateway::pairing`, `N.scheduler.<op>`, `N_DEADLETTER`), so there
-//! is no second source of truth.
+//! `usage`, `nexus_gateway::pairing`, `N.scheduler.<op>`, `N_DEADLETTER`, `N.events.>`
+//! for the live view), so there is no second source of truth.
 //!
 //! Never open: without `[api] admin_keys` nothing is mounted (404). Every page but
 //! the login form needs a valid session cookie ([`session`]); every change is a
 //! POST that carries the session's CSRF token, and the cookie is `SameSite=Strict`.
 //! It must never show message bodies or a key.
 
+mod live;
 mod page;
 pub mod session;
 mod views;
@@ -62,6 +63,9 @@ pub fn router(bus: Bus, config: &Config) -> Option<Router> {
             .route("/admin/jobs", get(views::jobs))
             .route("/admin/jobs/{action}", post(views::job_action))
             .route("/admin/deadletters", get(views::dead_letters))
+            .route("/admin/live", get(live::live))
+            .route("/admin/live.js", get(live::script))
+            .route("/admin/live/events", get(live::events))
             .with_state(state),
     )
 }

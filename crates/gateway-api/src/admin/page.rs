@@ -1,6 +1,7 @@
 //! HTML of the console: the page frame, escaping, and bar charts drawn as inline
-//! SVG on the server. No script, no external resource: the pages work offline and
-//! under a Content-Security-Policy that allows nothing but inline styles.
+//! SVG on the server. No external resource: the pages work offline under a
+//! Content-Security-Policy that allows inline styles and the console's one script
+//! (the live view's, served from `/admin/live.js`).
 
 use std::fmt::Write as _;
 
@@ -18,6 +19,7 @@ pub const NAV: &[(&str, &str, &str)] = &[
     ("/admin/pairings", "nav-pairings", "Pairings"),
     ("/admin/jobs", "nav-jobs", "Jobs"),
     ("/admin/deadletters", "nav-deadletters", "Dead letters"),
+    ("/admin/live", "nav-live", "Live turns"),
 ];
 
 /// Escapes text for HTML content and quoted attribute values.
@@ -111,7 +113,8 @@ pub fn page(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; \
+             connect-src 'self'; form-action 'self'; \
              frame-ancestors 'none'; base-uri 'none'",
         ),
     ] {

@@ -1,7 +1,8 @@
 //! The admin console over HTTP, against the real stack on real NATS: off without an
 //! admin key, refusing wrong keys, forged or expired cookies and forms without the
 //! session's token; and each page reading and acting through the same NATS requests
-//! the CLI uses (services, the usage ledger, pairing, the scheduler).
+//! the CLI uses (services, the usage ledger, pairing, the scheduler) and the live
+//! view of turns from their events.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use nexus_proto::v1::{
 };
 use nexus_testkit::{eventually, fake_openai::Reply, stream_messages, wait_registered};
 
-use super::{ALICE, Api, WAIT, spawn_world};
+use super::{ALICE, Api, SseReader, WAIT, spawn_world};
 
 const ADMIN: &str = "admin-key-0123456789abcdef";
 
@@ -497,4 +498,69 @@ async fn pausing_and_resuming_a_job_in_the_console_is_what_the_scheduler_reports
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("id=\"no-jobs\""), "{page}");
     assert_eq!(list_jobs(&bus).await.total, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_view_streams_a_turns_events_without_what_was_said() {
+    // Every turn reads a file through a tool: its name shows, its path and contents do not.
+    let w = spawn_world(
+        Reply::ToolThenEchoLastUser {
+            tool: "read_file".into(),
+            args: serde_json::json!({"path": "secret-notes.txt"}),
+            prefix: "echo: ".into(),
+        },
+        false,
+    )
+    .await;
+    w.test.write("secret-notes.txt", "classified launch codes");
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    assert!(redirected_to_login(
+        &browser.get("/admin/live/events").await
+    ));
+    browser.login().await;
+    let page = browser.page("/admin/live").await;
+    assert!(page.contains("id=\"live-turns\"") && page.contains("src=\"/admin/live.js\""));
+    assert_eq!(browser.get("/admin/live.js").await.status(), 200);
+
+    let r = browser.get("/admin/live/events").await;
+    assert_eq!(r.status(), 200);
+    let mut events = SseReader::new(r);
+    let body = api.ask(ALICE, "the secret plan", "live").await;
+    let turn_id = body["turn_id"].as_str().unwrap().to_owned();
+    // Bounded: keep-alive comments would otherwise keep the reader waiting for ever.
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            let done = name == "turn_finished" && data.contains(&turn_id);
+            seen.push((name, data));
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    for (_, data) in &seen {
+        for said in ["secret plan", "secret-notes", "classified"] {
+            assert!(!data.contains(said), "{said:?} in the live view: {data}");
+        }
+    }
+    let names: Vec<&str> = seen
+        .iter()
+        .filter(|(_, d)| d.contains(&turn_id))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names.first(), Some(&"turn_started"), "{seen:?}");
+    assert!(names.contains(&"llm_call"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(n, d)| n == "tool_called" && d.contains("\"tool\":\"read_file\"")),
+        "{seen:?}"
+    );
+    assert_eq!(names.last(), Some(&"turn_finished"), "{seen:?}");
+    let started = &seen.iter().find(|(n, _)| n == "turn_started").unwrap().1;
+    assert!(
+        started.contains("\"user\":\"alice\"") && started.contains("\"channel\":\"api\""),
+        "{started}"
+    );
 }
