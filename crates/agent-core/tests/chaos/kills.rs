@@ -370,3 +370,95 @@ fn count_fires(replies: &[OutboundMessage]) -> usize {
         .filter(|r| r.chat.as_ref().is_some_and(|c| c.chat_id == "cron"))
         .count()
 }
+
+/// The state of gateway-api's durable consumer of `N_OUTBOUND`: (waiting, unacked).
+async fn api_consumer(bus: &Bus) -> Option<(u64, usize)> {
+    let s = bus.subjects();
+    let stream = bus.jetstream().get_stream(s.outbound_stream()).await.ok()?;
+    let name = s.gateway_consumer(&nexus_common::domain::ChannelName::parse("api").ok()?);
+    let mut consumer = stream.get_consumer::<pull::Config>(&name).await.ok()?;
+    let info = consumer.info().await.ok()?;
+    Some((info.num_pending, info.num_ack_pending))
+}
+
+/// Guarantee 5 (replies wait) for a whole burst, on gateway-api: its clients lose
+/// their connections when it dies, the turns finish while it is down, and once it
+/// is back its consumer takes every waiting reply once and each client fetches its
+/// own. (gateway-telegram's and gateway-whatsapp's suites show one reply waiting.)
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_to_a_burst_wait_while_the_gateway_is_down_and_are_there_when_it_returns() {
+    let test = TestEnv::new();
+    test.write(
+        ".test-nexus.toml",
+        &format!("[api.keys]\n\"{ALICE}\" = \"alice\"\n"),
+    );
+    let fake = FakeOpenAi::start(Reply::EchoLastUser("re: ".into())).await;
+    // The turns outlast the gateway.
+    fake.set_delay(Duration::from_secs(1));
+    let env = llm_env(&fake);
+    let stack = Stack::start(&test, &refs(&env)).await;
+    let api = Api::new(&stack);
+    let gateway = api.spawn().await;
+    let bus = test.bus("test").await;
+    let burst = SESSIONS * scale();
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/v1/messages", api.port);
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..burst {
+        let (client, url) = (client.clone(), url.clone());
+        requests.spawn(async move {
+            // Cut off when the gateway dies.
+            let _ = client
+                .post(&url)
+                .bearer_auth(ALICE)
+                .header("Idempotency-Key", format!("burst-{i}"))
+                .json(&json!({"text": format!("burst {i}"), "session": format!("b{i}")}))
+                .send()
+                .await;
+        });
+    }
+    eventually("the burst stored", within(60), || async {
+        let stored: Vec<InboundMessage> = nexus_testkit::stream_messages(
+            &bus,
+            &bus.subjects().inbound_stream(),
+            bus.subjects().inbound_all(),
+        )
+        .await;
+        (stored.len() == burst).then_some(())
+    })
+    .await;
+    gateway.kill().await;
+    while requests.join_next().await.is_some() {}
+
+    wait_outbound(&bus, burst, within(120)).await;
+    settled(&bus, within(60)).await;
+    let waiting = api_consumer(&bus).await;
+    assert!(
+        waiting.is_some_and(|(pending, _)| pending > 0),
+        "no reply waited for the gateway: {waiting:?}"
+    );
+
+    let _gateway = api.spawn().await;
+    eventually("every waiting reply taken once", within(60), || async {
+        (api_consumer(&bus).await == Some((0, 0))).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for i in 0..burst {
+        let turn = format!(
+            "http://127.0.0.1:{}/v1/messages/api:alice:burst-{i}",
+            api.port
+        );
+        let body: Value = eventually("the stored reply", within(30), || async {
+            let r = client.get(&turn).bearer_auth(ALICE).send().await.ok()?;
+            (r.status() == 200).then_some(r.json().await.ok()?)
+        })
+        .await;
+        assert_eq!(body["reply"], format!("re: burst {i}"));
+    }
+    let all = replies(&bus, within(30)).await;
+    assert_eq!(all.len(), burst, "a reply doubled");
+    assert_once_and_in_order(&all, &BTreeMap::new());
+    assert_eq!(fake.requests().len(), burst, "a turn ran twice");
+}
