@@ -20,6 +20,8 @@ use axum::{
 use futures::StreamExt as _;
 use nexus_bus::{
     BusError, TraceContext,
+    async_nats::jetstream::consumer::{DeliverPolicy, pull},
+    event_kind,
     limits::{overrides, user_limits_bucket},
     memory_op, scheduler_op,
 };
@@ -31,8 +33,8 @@ use nexus_gateway::pairing::Pairing;
 use nexus_proto::{
     Message as _,
     v1::{
-        DeadLetter, JobActionRequest, JobActionResponse, ListJobsRequest, ListJobsResponse,
-        UsageRequest, UsageResponse, UsageRow, UserLimits,
+        DeadLetter, Event, JobActionRequest, JobActionResponse, ListJobsRequest, ListJobsResponse,
+        ServiceNotice, UsageRequest, UsageResponse, UsageRow, UserLimits, event,
     },
 };
 use serde::Deserialize;
@@ -96,6 +98,40 @@ async fn services_page(state: &AdminState, admin: &Admin) -> Response {
         &["Service", "Replicas", "Version", "Health", "Instances"],
         &rows,
     ));
+    match reported(state).await {
+        Ok(reports) => {
+            let rows: Vec<Vec<String>> = reports
+                .iter()
+                .map(|(service, (at, n))| {
+                    // A QR code is long and lets anyone pair: say one waits, never show it.
+                    let detail = if n.status == "qr" {
+                        "a QR code waits: scan it with <code>nexus whatsapp login</code>".to_owned()
+                    } else {
+                        esc(&n.detail)
+                    };
+                    vec![
+                        format!("<span id=\"reported-{0}\">{0}</span>", esc(service)),
+                        esc(&n.status),
+                        utc(*at),
+                        detail,
+                    ]
+                })
+                .collect();
+            body.push_str(&table(
+                "reported",
+                "What services last reported about themselves (last 24 h)",
+                &["Service", "Status", "At", "Detail"],
+                &rows,
+            ));
+        }
+        Err(e) => {
+            let _ = write!(
+                body,
+                "<p class=\"failed\" role=\"alert\">Reports of the services could not be read: {}</p>",
+                esc(&e)
+            );
+        }
+    }
     let s = bus.subjects();
     let mut streams = Vec::new();
     for name in [
@@ -128,6 +164,52 @@ async fn services_page(state: &AdminState, admin: &Admin) -> Response {
         &Notice::None,
         &body,
     )
+}
+
+/// The last `service` event of each service in the past 24 h (watchdogs, pairing,
+/// outages), as `nexus status` shows them.
+async fn reported(state: &AdminState) -> Result<BTreeMap<String, (i64, ServiceNotice)>, String> {
+    let bus = &state.bus;
+    let s = bus.subjects();
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
+    let consumer = bus
+        .jetstream()
+        .get_stream(s.events_stream())
+        .await
+        .map_err(|e| format!("events stream: {e}"))?
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: s.event(event_kind::SERVICE),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("reading service events: {e}"))?;
+    let mut out = BTreeMap::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading service events: {e}"))?;
+    loop {
+        let msg = tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| "reading service events timed out".to_owned())?
+            .ok_or("the events stream closed")?
+            .map_err(|e| format!("reading service events: {e}"))?;
+        if let Ok(Event {
+            at_ms,
+            kind: Some(event::Kind::Service(n)),
+            ..
+        }) = Event::decode(msg.payload.clone())
+        {
+            out.insert(n.service.clone(), (at_ms, n));
+        }
+        if msg.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            return Ok(out);
+        }
+    }
 }
 
 /// `GET /admin/usage`: the ledger (last 30 UTC days) as charts, costs by model, and

@@ -12,7 +12,7 @@ use nexus_common::{config::DmPolicy, limits::windows, now_ms};
 use nexus_gateway::{Admission, Gateway, pairing::Stranger};
 use nexus_proto::v1::{
     AddJobRequest, AddJobResponse, ChatRef, InboundKind, InboundMessage, Job, JobOrigin,
-    ListJobsRequest, ListJobsResponse, OutboundMessage, Sender, job::When,
+    ListJobsRequest, ListJobsResponse, OutboundMessage, Sender, ServiceNotice, event, job::When,
 };
 use nexus_testkit::{eventually, fake_openai::Reply, stream_messages, wait_registered};
 
@@ -238,6 +238,32 @@ async fn the_console_is_off_without_an_admin_key_and_refuses_wrong_keys_forged_c
     }
     assert!(!services.contains(ADMIN));
 
+    // What services report about themselves shows; a QR code to pair with never does.
+    let bus = w.bus().await;
+    for (service, status, detail) in [
+        ("gateway-telegram", "degraded", "getUpdates failed 3 times"),
+        ("gateway-whatsapp", "qr", "2@QRDATA-THAT-PAIRS-A-PHONE"),
+    ] {
+        bus.emit(event::Kind::Service(ServiceNotice {
+            service: service.into(),
+            instance: "i1".into(),
+            status: status.into(),
+            detail: detail.into(),
+        }))
+        .await;
+    }
+    let services = browser.page("/admin/services").await;
+    assert!(
+        services.contains("id=\"reported-gateway-telegram\"")
+            && services.contains("getUpdates failed 3 times"),
+        "{services}"
+    );
+    assert!(
+        services.contains("id=\"reported-gateway-whatsapp\""),
+        "{services}"
+    );
+    assert!(!services.contains("QRDATA"), "{services}");
+
     // State changes without the session's token are refused, and change nothing.
     for fields in [vec![], vec![("csrf", "0".repeat(64))]] {
         let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -253,7 +279,6 @@ async fn the_console_is_off_without_an_admin_key_and_refuses_wrong_keys_forged_c
     assert_eq!(browser.get("/admin/services").await.status(), 200);
 
     // Dead letters show the reason, never the bytes.
-    let bus = w.bus().await;
     bus.dead_letter(
         "x.inbound.api.1",
         b"secret body of a poisoned message",
