@@ -90,9 +90,11 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
     for (name, creds) in OPTIONAL {
         let mut unset =
             missing_credentials(creds, |k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-        // The API refuses every request without keys; starting it would only hold a port.
-        if *name == "gateway-api" && config.api.keys.is_empty() {
-            unset.push("[api.keys]".to_owned());
+        // Without API keys or admin keys it refuses every request; starting it would
+        // only hold a port.
+        if *name == "gateway-api" && config.api.keys.is_empty() && config.api.admin_keys.is_empty()
+        {
+            unset.push("[api.keys] or [api] admin_keys".to_owned());
         }
         match find_binary(name) {
             None => println!("[nexus] skipping {name}: not part of this build yet"),
