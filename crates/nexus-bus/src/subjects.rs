@@ -298,6 +298,14 @@ impl Subjects {
     }
 }
 
+/// A stream name without the prefix JetStream gives the streams behind KV buckets and
+/// object stores: it starts with the namespace and `_` when the namespace owns it.
+pub fn stream_namespace_part(name: &str) -> &str {
+    name.strip_prefix("KV_")
+        .or_else(|| name.strip_prefix("OBJ_"))
+        .unwrap_or(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,12 +416,4 @@ mod tests {
         );
         assert_eq!(s.payload_type("t1.gateway.whatsapp"), None);
     }
-}
-
-/// A stream name without the prefix JetStream gives the streams behind KV buckets and
-/// object stores: it starts with the namespace and `_` when the namespace owns it.
-pub fn stream_namespace_part(name: &str) -> &str {
-    name.strip_prefix("KV_")
-        .or_else(|| name.strip_prefix("OBJ_"))
-        .unwrap_or(name)
 }

@@ -7,11 +7,7 @@
 //! that a service would act on. It never prints a secret. Exit 1 on any FAIL.
 
 use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::ExitCode,
-    str::FromStr as _,
-    time::Duration,
+    collections::BTreeMap, path::PathBuf, process::ExitCode, str::FromStr as _, time::Duration,
 };
 
 use clap::Args;
