@@ -346,7 +346,10 @@ async fn main() -> anyhow::Result<()> {
 
     // The default (a summary of every 10 turns is written beside them, same CPUs),
     // with gateway-api: the front doors, throughput, memory idle and after a soak.
-    let up = Up::start_with_api(&fake).await?;
+    // A fake of its own that keeps no prompts: the soak sends 100,000 of them.
+    let soak_fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+    soak_fake.forget_requests();
+    let up = Up::start_with_api(&soak_fake).await?;
     let idle_rss = up.settle_and_measure_rss().await;
     let journaled = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
     let api = match &up.api {
@@ -361,9 +364,9 @@ async fn main() -> anyhow::Result<()> {
     for n in counts {
         sweep.push((n, up.throughput(n, per_session).await?));
     }
-    fake.set_delay(Duration::from_millis(slow_llm_ms));
+    soak_fake.set_delay(Duration::from_millis(slow_llm_ms));
     let slow = up.throughput(sessions, per_session).await?;
-    fake.set_delay(Duration::ZERO);
+    soak_fake.set_delay(Duration::ZERO);
     let before_soak = up.settle_and_measure_rss().await;
     let soak_started = Instant::now();
     up.throughput(sessions, soak_turns.div_ceil(sessions))

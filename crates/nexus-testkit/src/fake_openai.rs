@@ -89,6 +89,8 @@ struct Inner {
     required_key: Option<String>,
     /// Requests [`Reply::Cycle`] has answered so far.
     cycled: usize,
+    /// Keep no request bodies (see [`FakeOpenAi::forget_requests`]).
+    forget: bool,
 }
 
 /// The running fake. Dropping it does not stop the server; tests end with the runtime.
@@ -187,6 +189,16 @@ impl FakeOpenAi {
         self.inner.lock().map(|i| i.model_list_calls).unwrap_or(0)
     }
 
+    /// Stops keeping request bodies and arrival times, for long loads: the bench's
+    /// 100,000-turn soak kept every prompt and grew past 20 GiB.
+    pub fn forget_requests(&self) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.forget = true;
+            i.requests = Vec::new();
+            i.arrivals = Vec::new();
+        }
+    }
+
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         self.inner
@@ -247,8 +259,10 @@ async fn completions(
         if let Some(refusal) = refused(&i, &headers) {
             return refusal;
         }
-        i.requests.push(body.clone());
-        i.arrivals.push(std::time::Instant::now());
+        if !i.forget {
+            i.requests.push(body.clone());
+            i.arrivals.push(std::time::Instant::now());
+        }
         let requested = body["model"].as_str().unwrap_or_default().to_owned();
         let reply = match i.per_model.get(&requested) {
             Some(r) => r.clone(),
