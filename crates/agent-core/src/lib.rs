@@ -187,7 +187,10 @@ pub async fn run_with_model(
     let service = bus
         .register_service(
             "agent-core",
-            "Nexus reasoning loop (JetStream consumer of N.inbound)",
+            &format!(
+                "Nexus reasoning loop (JetStream consumer of {})",
+                bus.subjects().inbound_all()
+            ),
         )
         .await?;
     tracing::info!(namespace = %config.namespace, model = %config.llm.model, "agent-core ready");

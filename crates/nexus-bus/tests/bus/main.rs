@@ -6,6 +6,8 @@ use nexus_bus::TraceContext;
 use nexus_proto::v1::{InboundMessage, media_ref};
 use nexus_testkit::TestEnv;
 
+mod names;
+
 #[tokio::test]
 async fn publishing_the_same_id_twice_stores_one_message() {
     let test = TestEnv::new();
