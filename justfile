@@ -22,8 +22,9 @@ chat *ARGS:
 # Formatting, lints and every test (Rust and the WhatsApp bridge). Needs NATS (JetStream)
 # on 127.0.0.1:4222, PostgreSQL on 127.0.0.1:5432, nats-server and Node.js 20+ on PATH, a
 # nats-server 2.10+ in ~/.cache/nexus/nats-server-2.15 (or NEXUS_NATS_SERVER_2_10) for the NATS security tests,
-# python3 with nats-py (examples/python-plugin/requirements.txt) and mcp-server-time, and
-# `npm ci` done in crates/tool-runner/tests/mcp-servers (.ci/run installs all of these).
+# python3 with nats-py (examples/python-plugin/requirements.txt) and mcp-server-time,
+# `npm ci` done in crates/tool-runner/tests/mcp-servers, and Debian's chromium and
+# chromium-driver for the admin console's browser tests (.ci/run installs all of these).
 test:
     cd bridge && npm ci --no-audit --no-fund && npm test
     cargo fmt --all --check
@@ -47,6 +48,14 @@ bench:
 chaos:
     cargo build --workspace --bins
     NEXUS_CHAOS_SCALE=10 NEXUS_CHAOS_TURNS=10000 cargo test -p agent-core --test chaos -- --test-threads 1
+
+# Needs what `just test` needs, and pngquant (Debian's), which makes the PNGs small.
+# Screenshots of the admin console's pages, desktop and phone width, for the README (docs/screenshots/).
+screenshots:
+    command -v pngquant >/dev/null || { echo "pngquant is needed: apt-get install -y pngquant" >&2; exit 1; }
+    cargo build --workspace --bins
+    NEXUS_SCREENSHOTS="{{justfile_directory()}}/docs/screenshots" cargo test -p gateway-api --test api browser::
+    pngquant --force --ext .png --strip --quality 65-90 --speed 1 docs/screenshots/*.png
 
 # Format the code.
 fmt:

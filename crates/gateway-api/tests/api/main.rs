@@ -33,6 +33,7 @@ use nexus_testkit::{
 use serde_json::{Value, json};
 
 mod admin;
+mod browser;
 mod telemetry;
 
 const ALICE: &str = "key-alice-0123456789";
