@@ -20,6 +20,7 @@ macro_rules! out {
     };
 }
 
+mod cpu;
 mod exec;
 mod front;
 mod recovery;
@@ -266,6 +267,18 @@ impl Up {
         Ok((sessions * per_session) as f64 / t0.elapsed().as_secs_f64())
     }
 
+    /// [`Up::throughput`], and the CPU each process spent per turn meanwhile.
+    async fn throughput_with_cpu(
+        &self,
+        sessions: usize,
+        per_session: usize,
+    ) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
+        let before = cpu::sample(self.pid);
+        let tps = self.throughput(sessions, per_session).await?;
+        let used = cpu::per_turn(&before, &cpu::sample(self.pid), sessions * per_session);
+        Ok((tps, used))
+    }
+
     /// Stops the stack and deletes its streams.
     async fn stop(mut self) -> anyhow::Result<()> {
         self.driver.stop.cancel();
@@ -333,6 +346,31 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // `nexus-bench turns`: only the turn path, quickly: latency, throughput and
+    // where its CPU goes (for profiling between commits).
+    if std::env::args().nth(1).as_deref() == Some("turns") {
+        let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+        fake.forget_requests();
+        let up = Up::start(&fake, 1, &[("NEXUS__MEMORY__JOURNAL", "false")]).await?;
+        let overhead = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
+        let (tps, cpu) = up.throughput_with_cpu(sessions, per_session).await?;
+        up.stop().await?;
+        let p = |q: f64| ms(percentile(&overhead, q));
+        out!("| figure | value |");
+        out!("|---|---|");
+        out!(
+            "| per-turn overhead p50 / p99 / p99.9, {seq_turns} sequential turns, journaling off | {:.2} / {:.2} / {:.2} ms |",
+            p(50.0),
+            p(99.0),
+            p(99.9)
+        );
+        out!(
+            "| throughput, {sessions} sessions × {per_session} turns, journaling off | {tps:.0} turns/s |"
+        );
+        print_cpu(&cpu);
+        return Ok(());
+    }
+
     let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
     let slow_llm_ms: u64 = env_or("BENCH_SLOW_LLM_MS", 800) as u64;
     let soak_turns: usize = env_or("BENCH_SOAK_TURNS", 100_000);
@@ -361,8 +399,15 @@ async fn main() -> anyhow::Result<()> {
     let mut counts = vec![10, 100, 1000, sessions];
     counts.sort_unstable();
     counts.dedup();
+    let mut cpu = Vec::new();
     for n in counts {
-        sweep.push((n, up.throughput(n, per_session).await?));
+        if n == sessions {
+            let (tps, used) = up.throughput_with_cpu(n, per_session).await?;
+            cpu = used;
+            sweep.push((n, tps));
+        } else {
+            sweep.push((n, up.throughput(n, per_session).await?));
+        }
     }
     soak_fake.set_delay(Duration::from_millis(slow_llm_ms));
     let slow = up.throughput(sessions, per_session).await?;
@@ -452,6 +497,7 @@ async fn main() -> anyhow::Result<()> {
             (*kb as f64 - before as f64) / 1024.0
         );
     }
+    print_cpu(&cpu);
     for (name, kb) in &rss {
         out!("| peak RSS {name} | {:.1} MiB |", *kb as f64 / 1024.0);
     }
@@ -591,6 +637,18 @@ async fn sequential_overhead(
     }
     overhead.sort();
     Ok(overhead)
+}
+
+/// The table rows of where the CPU of a turn goes.
+fn print_cpu(cpu: &[(String, f64)]) {
+    let total: f64 = cpu.iter().map(|(_, ms)| ms).sum();
+    out!(
+        "| CPU per turn under load, all processes (the turns/s ceiling on 1 core: {:.0}) | {total:.2} ms |",
+        1000.0 / total.max(f64::EPSILON)
+    );
+    for (name, ms) in cpu {
+        out!("| CPU per turn, {name} | {ms:.2} ms |");
+    }
 }
 
 /// The table rows of the memory retrieval figure.
