@@ -177,7 +177,29 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(turn = %turn.msg.id, session = %turn.session))]
     pub async fn run_turn(&self, turn: &Turn, stop: &CancellationToken) -> Outcome {
         let started = Instant::now();
-        match self.answered(turn).await {
+        // A job's fire is not the person's answer: a question waiting for them stays.
+        let fire = scheduled::job_of(turn).is_some();
+        let command = Command::parse(&turn.msg.text).filter(|_| !fire);
+        // Asked at once, not one after another: each is a round trip in front of the
+        // reply. The context is wasted on a redelivery or an approval answer, both rare.
+        let (answered, pending, ctx) = tokio::join!(
+            self.answered(turn),
+            async {
+                if fire {
+                    Ok(None)
+                } else {
+                    self.pending_approval(turn).await
+                }
+            },
+            async {
+                if command.is_some() {
+                    None
+                } else {
+                    Some(self.context(turn).await)
+                }
+            },
+        );
+        match answered {
             Ok(Some(reply)) => {
                 tracing::info!("turn already answered; publishing the stored reply again");
                 return self.publish_reply(turn, &reply).await;
@@ -187,7 +209,7 @@ impl Agent {
         }
 
         self.bus
-            .emit(event::Kind::TurnStarted(TurnStarted {
+            .emit_soon(event::Kind::TurnStarted(TurnStarted {
                 turn_id: turn.msg.id.clone(),
                 session_id: turn.session.id(),
                 channel: turn.session.channel().to_string(),
@@ -195,10 +217,8 @@ impl Agent {
             }))
             .await;
 
-        // A job's fire is not the person's answer: a question waiting for them stays.
-        let fire = scheduled::job_of(turn).is_some();
-        let pending = match self.pending_approval(turn).await {
-            Ok(p) => p.filter(|_| !fire),
+        let pending = match pending {
+            Ok(p) => p,
             Err(e) => return retry(format!("approvals: {e}")),
         };
         let answer = pending
@@ -230,7 +250,7 @@ impl Agent {
                 entry(turn, Role::Assistant, &text),
             ];
             Answer::stored(reply, entries, 0, 1)
-        } else if let Some(cmd) = Command::parse(&turn.msg.text).filter(|_| !fire) {
+        } else if let Some(cmd) = command {
             // Commands are answered without the model; stored with their reply only,
             // so a redelivery is answered from the store and history stays clean.
             let text = match self.command(turn, cmd).await {
@@ -240,7 +260,11 @@ impl Agent {
             let reply = self.outbound(turn, text, OutboundKind::Reply, "");
             Answer::stored(reply, Vec::new(), 0, 0)
         } else {
-            let ctx = match self.context(turn).await {
+            let ctx = match ctx {
+                Some(ctx) => ctx,
+                None => self.context(turn).await,
+            };
+            let ctx = match ctx {
                 Ok(c) => c,
                 Err(e) => return retry(format!("memory-svc: {e}")),
             };
@@ -332,7 +356,7 @@ impl Agent {
 
         let outcome = self.publish_reply(turn, &reply).await;
         self.bus
-            .emit(event::Kind::TurnFinished(TurnFinished {
+            .emit_soon(event::Kind::TurnFinished(TurnFinished {
                 turn_id: turn.msg.id.clone(),
                 session_id: turn.session.id(),
                 ok: error.is_empty(),
@@ -348,7 +372,7 @@ impl Agent {
     /// Emits `turn_finished` for a turn that ended without a reply.
     async fn finished(&self, turn: &Turn, started: Instant, error: &str) {
         self.bus
-            .emit(event::Kind::TurnFinished(TurnFinished {
+            .emit_soon(event::Kind::TurnFinished(TurnFinished {
                 turn_id: turn.msg.id.clone(),
                 session_id: turn.session.id(),
                 ok: false,
@@ -823,7 +847,7 @@ impl Agent {
             output_preview: text.chars().take(500).collect(),
         };
         progress.tool(called.clone());
-        self.bus.emit(event::Kind::ToolCalled(called)).await;
+        self.bus.emit_soon(event::Kind::ToolCalled(called)).await;
         (ok, text)
     }
 }
