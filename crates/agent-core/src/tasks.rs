@@ -25,7 +25,7 @@ use nexus_proto::v1::{
 };
 use nexus_tools::{ToolFailure, parse_args, schema_of};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -68,63 +68,8 @@ pub fn spec() -> ToolSpec {
     }
 }
 
-/// Where a task came from and where its result goes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Origin {
-    pub channel: String,
-    pub chat_id: String,
-    pub thread_id: String,
-    pub sender_id: String,
-    pub user_id: String,
-    pub session_id: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Queued,
-    Running,
-    Done,
-    Failed,
-    Cancelled,
-}
-
-impl State {
-    fn is_active(self) -> bool {
-        matches!(self, Self::Queued | Self::Running)
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Done => "done",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// A task: the work item's payload and, with its state, the KV record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Task {
-    pub id: String,
-    pub label: String,
-    pub task: String,
-    pub depth: u32,
-    pub origin: Origin,
-    pub state: State,
-    pub created_ms: i64,
-    #[serde(default)]
-    pub started_ms: i64,
-    #[serde(default)]
-    pub finished_ms: i64,
-    /// Deliveries that started it; more than one means it restarted.
-    #[serde(default)]
-    pub attempts: u32,
-    /// The message sent to the origin chat (set once the outcome is decided).
-    #[serde(default)]
-    pub result: String,
-}
+// The record lives in nexus-common, so the admin console shares it.
+pub use nexus_common::tasks::{Origin, State, Task};
 
 /// `(task id, depth)` of a sub-agent's turn; `None` for a chat's turn.
 pub fn task_of(turn: &Turn) -> Option<(&str, u32)> {
@@ -440,11 +385,9 @@ impl Agent {
                     "There is no task {id} in this chat. /tasks lists them."
                 ));
             };
-            if !task.state.is_active() {
-                return Ok(format!("Task {id} is already {}.", task.state.name()));
+            if let Err(ended) = task.cancel(now_ms()) {
+                return Ok(format!("Task {id} is already {}.", ended.name()));
             }
-            task.state = State::Cancelled;
-            task.finished_ms = now_ms();
             // A conflict means the task moved on meanwhile: look again.
             if self.save_task(&task, revision).await.is_ok() {
                 tracing::info!(task = %id, "task cancelled");

@@ -10,6 +10,7 @@ pub mod logfile;
 pub mod process;
 pub mod redact;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 
 pub use config::Config;
