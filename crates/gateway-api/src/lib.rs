@@ -125,7 +125,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: keys.clone(),
     });
     let mut app = http::router(state, settings.max_body_bytes);
-    match admin::router(gateway.bus().clone(), &config) {
+    match admin::router(gateway.bus(), &config)
+        .await
+        .context("starting the admin console")?
+    {
         Some(console) => app = app.merge(console),
         None => tracing::info!("no [api] admin_keys configured: the admin console is off"),
     }

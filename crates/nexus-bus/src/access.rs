@@ -7,6 +7,10 @@
 //!   `tls://` URLs, so a CA never stands in for encryption that is not asked for);
 //!   `NATS_CERT` + `NATS_KEY` present a client certificate (mutual TLS).
 //!
+//! A process with a second identity (gateway-api's admin console) reads that one's
+//! credentials from the same variables with a prefix (`CONSOLE_NATS_USER`, …) and
+//! shares the process's TLS settings: [`NatsAccess::from_env_prefixed`].
+//!
 //! The variables are read here, never into `Config`, so printing a config never
 //! shows them; `Debug` of [`NatsAccess`] hides the secrets too.
 //!
@@ -58,30 +62,72 @@ impl NatsAccess {
     /// Like [`NatsAccess::from_env`], with the variables looked up by `var`. An empty
     /// value counts as unset.
     pub fn from_vars(url: &str, var: impl Fn(&str) -> Option<String>) -> Result<Self, BusError> {
+        Self::read(url, "", var)
+    }
+
+    /// A second identity of this process: credentials from `<prefix>NATS_CREDS`,
+    /// `<prefix>NATS_USER` + `<prefix>NATS_PASSWORD` or `<prefix>NATS_TOKEN`, TLS from
+    /// the process's own `NATS_CA`, `NATS_CERT` and `NATS_KEY` (the same server).
+    /// `None` when none of the prefixed credentials is set.
+    pub fn from_env_prefixed(prefix: &str, url: &str) -> Result<Option<Self>, BusError> {
+        Self::from_vars_prefixed(prefix, url, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`NatsAccess::from_env_prefixed`], with the variables looked up by `var`.
+    pub fn from_vars_prefixed(
+        prefix: &str,
+        url: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, BusError> {
+        let set = ["NATS_CREDS", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN"]
+            .iter()
+            .any(|name| var(&format!("{prefix}{name}")).is_some_and(|v| !v.trim().is_empty()));
+        if !set {
+            return Ok(None);
+        }
+        Self::read(url, prefix, var).map(Some)
+    }
+
+    /// Credentials from `<prefix>NATS_…`, TLS from the unprefixed variables.
+    fn read(
+        url: &str,
+        prefix: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, BusError> {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-        let auth = if let Some(path) = var("NATS_CREDS") {
+        let (creds_var, user_var, password_var, token_var) = (
+            format!("{prefix}NATS_CREDS"),
+            format!("{prefix}NATS_USER"),
+            format!("{prefix}NATS_PASSWORD"),
+            format!("{prefix}NATS_TOKEN"),
+        );
+        let auth = if let Some(path) = var(&creds_var) {
             let path = PathBuf::from(path);
             let contents = std::fs::read_to_string(&path).map_err(|e| {
-                settings(format!("NATS_CREDS: cannot read {}: {e}", path.display()))
+                settings(format!("{creds_var}: cannot read {}: {e}", path.display()))
             })?;
             // Parsed now, so a wrong file is named at start, not at the first connect.
             ConnectOptions::new().credentials(&contents).map_err(|e| {
                 settings(format!(
-                    "NATS_CREDS: {} is not a NATS credentials file (JWT and NKey seed): {e}",
+                    "{creds_var}: {} is not a NATS credentials file (JWT and NKey seed): {e}",
                     path.display()
                 ))
             })?;
             Auth::Creds { path, contents }
         } else {
-            match (var("NATS_USER"), var("NATS_PASSWORD")) {
+            match (var(&user_var), var(&password_var)) {
                 (Some(user), Some(password)) => Auth::UserPassword { user, password },
                 (Some(_), None) => {
-                    return Err(settings("NATS_USER is set but NATS_PASSWORD is not".into()));
+                    return Err(settings(format!(
+                        "{user_var} is set but {password_var} is not"
+                    )));
                 }
                 (None, Some(_)) => {
-                    return Err(settings("NATS_PASSWORD is set but NATS_USER is not".into()));
+                    return Err(settings(format!(
+                        "{password_var} is set but {user_var} is not"
+                    )));
                 }
-                (None, None) => match var("NATS_TOKEN") {
+                (None, None) => match var(&token_var) {
                     Some(token) => Auth::Token(token),
                     None => Auth::Anonymous,
                 },
@@ -426,6 +472,44 @@ AQH/MAoGCCqGSM49BAMCA0YAMEMCIGkP2JujZ4WmbU+sMhnzWypN0Cz/6df4hfhi
                 .unwrap()
                 .describe(),
             "without credentials over TLS"
+        );
+    }
+
+    #[test]
+    fn a_second_identity_has_credentials_of_its_own_and_the_processs_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, CERT).unwrap();
+        let ca = ca.display().to_string();
+        let vars: HashMap<&str, &str> = [
+            ("NATS_USER", "gateway-api"),
+            ("NATS_PASSWORD", "pw-gateway"),
+            ("NATS_CA", ca.as_str()),
+            ("CONSOLE_NATS_USER", "console"),
+            ("CONSOLE_NATS_PASSWORD", "pw-console"),
+        ]
+        .into();
+        let lookup = |name: &str| vars.get(name).map(|v| (*v).to_owned());
+        let a = NatsAccess::from_vars_prefixed("CONSOLE_", "tls://h:4222", lookup)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.describe(), format!("as user console over TLS (CA {ca})"));
+        // The process's own credentials never stand in for the second identity's.
+        let none = NatsAccess::from_vars_prefixed("CONSOLE_", "nats://h:4222", |name| {
+            (!name.starts_with("CONSOLE_"))
+                .then(|| lookup(name))
+                .flatten()
+        })
+        .unwrap();
+        assert!(none.is_none());
+        let e = NatsAccess::from_vars_prefixed("CONSOLE_", "nats://h:4222", |name| {
+            (name == "CONSOLE_NATS_USER").then(|| "console".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "NATS settings: CONSOLE_NATS_USER is set but CONSOLE_NATS_PASSWORD is not"
         );
     }
 

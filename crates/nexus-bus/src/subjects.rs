@@ -136,6 +136,10 @@ impl Subjects {
     pub fn progress(&self, channel: &ChannelName) -> String {
         format!("{}.progress.{channel}", self.ns)
     }
+    /// `N.progress.>`: every channel's progress (the admin console's live view).
+    pub fn progress_all(&self) -> String {
+        format!("{}.progress.>", self.ns)
+    }
     /// `N.tasks.run`: sub-agent tasks waiting for a replica (`N_TASKS`, a work queue).
     pub fn tasks(&self) -> String {
         format!("{}.tasks.run", self.ns)
@@ -379,6 +383,7 @@ mod tests {
         assert_eq!(s.event(event_kind::DEAD_LETTER), "t1.events.dead_letter");
         assert_eq!(s.deadletter(), "t1.deadletter");
         assert_eq!(s.tasks(), "t1.tasks.run");
+        assert_eq!(s.progress_all(), "t1.progress.>");
         assert_eq!(s.tasks_stream(), "t1_TASKS");
         assert_eq!(s.tasks_bucket(), "t1_tasks");
         assert_eq!(s.limits_bucket(), "t1_limits");

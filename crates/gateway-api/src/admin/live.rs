@@ -1,11 +1,13 @@
-//! The live view of turns: `N.events.>` as it happens, over server-sent events, with
-//! what the turn did and never what was said — no message text, tool arguments or
-//! tool output (a turn's error is shown only as "failed").
+//! The live view of turns: `N.events.>` and `N.progress.>` as they happen, over
+//! server-sent events, with what the turn did and not what was said — no message
+//! text, tool arguments or tool output (a turn's error is shown only as "failed").
+//! The model's text as it streams is sent only when the admin ticks "show text"
+//! (`?text=1`), and that is logged.
 
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    extract::State,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::{
         IntoResponse, Response,
@@ -15,8 +17,9 @@ use axum::{
 use futures::StreamExt as _;
 use nexus_proto::{
     Message as _,
-    v1::{Event, event},
+    v1::{Event, TurnProgress, event, turn_progress},
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -30,7 +33,10 @@ pub const SCRIPT: &str = include_str!("live.js");
 /// `GET /admin/live`: the list the script fills.
 pub async fn live(admin: Admin) -> Response {
     let body = "<p>Turns as they happen on every channel: when they start and finish, the \
-        model calls and tools they make. Never message text, tool arguments or output.</p>\
+        model calls and tools they make, and how much text the model has written so far. \
+        Never tool arguments or output; the text itself only while \"Show text\" is ticked.</p>\
+        <p><input id=\"live-show-text\" type=\"checkbox\"> \
+        <label for=\"live-show-text\" class=\"inline\">Show text</label></p>\
         <p id=\"live-state\" role=\"status\">Connecting…</p>\
         <ol id=\"live-turns\" aria-live=\"polite\" reversed></ol>\
         <script src=\"/admin/live.js\"></script>";
@@ -56,25 +62,55 @@ pub async fn script(_: Admin) -> Response {
         .into_response()
 }
 
-/// `GET /admin/live/events`: one SSE event per turn event, named after its kind.
-pub async fn events(State(state): State<Arc<AdminState>>, _: Admin) -> Response {
+#[derive(Deserialize)]
+pub struct LiveQuery {
+    /// `1`: include the model's text as it streams.
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `GET /admin/live/events[?text=1]`: one SSE event per turn event (named after its
+/// kind) and per progress message of a turn.
+pub async fn events(
+    State(state): State<Arc<AdminState>>,
+    _: Admin,
+    Query(query): Query<LiveQuery>,
+) -> Response {
+    let show_text = query.text.as_deref() == Some("1");
     let bus = &state.bus;
-    let sub = match bus.client().subscribe(bus.subjects().events_all()).await {
+    let unavailable =
+        |e: &dyn std::fmt::Display| (StatusCode::SERVICE_UNAVAILABLE, format!("subscribing: {e}"));
+    let events = match bus.client().subscribe(bus.subjects().events_all()).await {
         Ok(sub) => sub,
-        Err(e) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("subscribing: {e}")).into_response();
-        }
+        Err(e) => return unavailable(&e).into_response(),
+    };
+    let progress = match bus.client().subscribe(bus.subjects().progress_all()).await {
+        Ok(sub) => sub,
+        Err(e) => return unavailable(&e).into_response(),
     };
     // Subscribed on the server before the response starts: nothing after it is missed.
     if let Err(e) = bus.client().flush().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("subscribing: {e}")).into_response();
+        return unavailable(&e).into_response();
     }
-    let stream = sub.filter_map(|msg| async move {
+    if show_text {
+        tracing::info!("admin console: the live view shows message text");
+    }
+    let events = events.filter_map(|msg| async move {
         let event = Event::decode(msg.payload).ok()?;
-        let (name, data) = summary(event.kind?)?;
-        Some(Ok::<_, Infallible>(
-            SseEvent::default().event(name).data(data.to_string()),
-        ))
+        summary(event.kind?)
+    });
+    let progress = progress.filter_map(move |msg| async move {
+        let channel = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let p = TurnProgress::decode(msg.payload).ok()?;
+        progress_summary(&channel, p, show_text)
+    });
+    let stream = futures::stream::select(events, progress).map(|(name, data)| {
+        Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -108,6 +144,34 @@ fn summary(kind: event::Kind) -> Option<(&'static str, Value)> {
     })
 }
 
+/// A turn's progress: how much text so far (the text itself only with `show_text`),
+/// which tool finished, which model call began.
+fn progress_summary(
+    channel: &str,
+    p: TurnProgress,
+    show_text: bool,
+) -> Option<(&'static str, Value)> {
+    Some(match p.kind? {
+        turn_progress::Kind::TextDelta(text) => {
+            let mut data = json!({"turn_id": p.turn_id, "channel": channel, "seq": p.seq,
+                                  "chars": text.chars().count()});
+            if show_text {
+                data["text"] = Value::String(text);
+            }
+            ("progress_text", data)
+        }
+        turn_progress::Kind::Tool(t) => (
+            "progress_tool",
+            json!({"turn_id": p.turn_id, "channel": channel, "seq": p.seq, "tool": t.name,
+                   "ok": t.ok}),
+        ),
+        turn_progress::Kind::LlmCall(n) => (
+            "progress_llm",
+            json!({"turn_id": p.turn_id, "channel": channel, "seq": p.seq, "call": n}),
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use nexus_proto::v1::{ToolCalled, TurnStarted};
@@ -133,5 +197,32 @@ mod tests {
         );
         let (name, _) = summary(event::Kind::TurnStarted(TurnStarted::default())).unwrap();
         assert_eq!(name, "turn_started");
+    }
+
+    #[test]
+    fn streamed_text_is_counted_and_shown_only_when_asked() {
+        let delta = || TurnProgress {
+            turn_id: "api:1".into(),
+            seq: 2,
+            kind: Some(turn_progress::Kind::TextDelta("the secret plan".into())),
+            ..Default::default()
+        };
+        let (name, hidden) = progress_summary("api", delta(), false).unwrap();
+        assert_eq!(name, "progress_text");
+        assert_eq!(hidden["chars"], 15);
+        assert!(!hidden.to_string().contains("secret"), "{hidden}");
+        let (_, shown) = progress_summary("api", delta(), true).unwrap();
+        assert_eq!(shown["text"], "the secret plan");
+        let tool = TurnProgress {
+            kind: Some(turn_progress::Kind::Tool(ToolCalled {
+                name: "read_file".into(),
+                arguments_json: "{\"path\":\"secret.txt\"}".into(),
+                output_preview: "the secret".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (_, data) = progress_summary("api", tool, true).unwrap();
+        assert!(!data.to_string().contains("secret"), "{data}");
     }
 }

@@ -6,11 +6,17 @@
 //! Never open: without `[api] admin_keys` nothing is mounted (404). Every page but
 //! the login form needs a valid session cookie ([`session`]); every change is a
 //! POST that carries the session's CSRF token, and the cookie is `SameSite=Strict`.
-//! It must never show message bodies or a key.
+//! It reads and acts over its own NATS connection ([`nats`]), so in production it
+//! has a NATS user of its own rather than widening the public API's.
+//!
+//! It must never show message bodies (unless an admin asks, on the live view) or a key.
 
+mod channels;
 mod live;
+pub mod nats;
 mod page;
 pub mod session;
+mod tasks;
 mod views;
 
 use std::sync::Arc;
@@ -38,36 +44,46 @@ pub struct AdminState {
     pub keys: AdminKeys,
 }
 
-/// The console's routes, or `None` when no admin key is configured (the console is off).
-pub fn router(bus: Bus, config: &Config) -> Option<Router> {
+/// The console's routes, or `None` when no admin key is configured (the console is
+/// off). `service` is the gateway's own bus, used when the console has no NATS
+/// credentials of its own.
+pub async fn router(service: &Bus, config: &Config) -> anyhow::Result<Option<Router>> {
     let keys = AdminKeys::new(&config.api.admin_keys);
     if keys.is_empty() {
-        return None;
+        return Ok(None);
     }
+    let bus = nats::connect(config, service).await?;
     let state = Arc::new(AdminState {
         bus,
         config: config.clone(),
         keys,
     });
-    Some(
+    Ok(Some(
         Router::new()
             .route("/admin", get(|| async { Redirect::to("/admin/services") }))
             .route("/admin/", get(|| async { Redirect::to("/admin/services") }))
             .route("/admin/login", get(login_form).post(login))
             .route("/admin/logout", post(logout))
             .route("/admin/services", get(views::services))
+            .route("/admin/channels", get(channels::channels))
+            .route(
+                "/admin/channels/whatsapp/login",
+                post(channels::whatsapp_login),
+            )
             .route("/admin/usage", get(views::usage))
             .route("/admin/pairings", get(views::pairings))
             .route("/admin/pairings/approve", post(views::approve))
             .route("/admin/pairings/reject", post(views::reject))
             .route("/admin/jobs", get(views::jobs))
             .route("/admin/jobs/{action}", post(views::job_action))
+            .route("/admin/tasks", get(tasks::tasks))
+            .route("/admin/tasks/cancel", post(tasks::cancel))
             .route("/admin/deadletters", get(views::dead_letters))
             .route("/admin/live", get(live::live))
             .route("/admin/live.js", get(live::script))
             .route("/admin/live/events", get(live::events))
             .with_state(state),
-    )
+    ))
 }
 
 /// A request with a valid session; without one, the browser is sent to the login form.

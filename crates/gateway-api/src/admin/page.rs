@@ -15,9 +15,11 @@ const CSS: &str = include_str!("admin.css");
 /// The pages in the navigation: path, id, title.
 pub const NAV: &[(&str, &str, &str)] = &[
     ("/admin/services", "nav-services", "Services"),
+    ("/admin/channels", "nav-channels", "Channels"),
     ("/admin/usage", "nav-usage", "Usage"),
     ("/admin/pairings", "nav-pairings", "Pairings"),
     ("/admin/jobs", "nav-jobs", "Jobs"),
+    ("/admin/tasks", "nav-tasks", "Tasks"),
     ("/admin/deadletters", "nav-deadletters", "Dead letters"),
     ("/admin/live", "nav-live", "Live turns"),
 ];
@@ -54,11 +56,27 @@ pub fn page(
     notice: &Notice,
     body: &str,
 ) -> Response {
+    page_refreshing(status, title, current, csrf, notice, body, None)
+}
+
+/// A page that reloads itself every `refresh` seconds (no script needed).
+pub fn page_refreshing(
+    status: StatusCode,
+    title: &str,
+    current: &str,
+    csrf: Option<&str>,
+    notice: &Notice,
+    body: &str,
+    refresh: Option<u32>,
+) -> Response {
     let mut html = String::new();
+    let refresh = refresh
+        .map(|secs| format!("<meta http-equiv=\"refresh\" content=\"{secs}\">"))
+        .unwrap_or_default();
     let _ = write!(
         html,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{refresh}\
          <title>{} · Nexus admin</title><style>{CSS}</style></head><body>",
         esc(title)
     );

@@ -105,7 +105,9 @@ async fn services_page(state: &AdminState, admin: &Admin) -> Response {
                 .map(|(service, (at, n))| {
                     // A QR code is long and lets anyone pair: say one waits, never show it.
                     let detail = if n.status == "qr" {
-                        "a QR code waits: scan it with <code>nexus whatsapp login</code>".to_owned()
+                        "a QR code waits: scan it on the <a href=\"/admin/channels#whatsapp\">Channels</a> \
+                         page or with <code>nexus whatsapp login</code>"
+                            .to_owned()
                     } else {
                         esc(&n.detail)
                     };

@@ -589,3 +589,267 @@ async fn the_live_view_streams_a_turns_events_without_what_was_said() {
         "{started}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_channels_page_draws_the_whatsapp_qr_code_while_pairing_and_says_when_paired() {
+    let w = spawn_world(Reply::Text("unused".into()), false).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    assert!(redirected_to_login(&browser.get("/admin/channels").await));
+    browser.login().await;
+
+    // Nothing reported, no gateway-whatsapp: the page says so and offers no pairing.
+    let page = browser.page("/admin/channels").await;
+    assert!(page.contains("id=\"channel-whatsapp\""), "{page}");
+    assert!(page.contains("id=\"whatsapp-off\""), "{page}");
+    assert!(!page.contains("http-equiv=\"refresh\""), "{page}");
+    // Asking gateway-whatsapp to pair when it does not run: the reason, not a hang.
+    let (status, page) = browser
+        .submit("/admin/channels", "/admin/channels/whatsapp/login", &[])
+        .await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("gateway-whatsapp is not running"), "{page}");
+
+    let bus = w.bus().await;
+    let notice = |service: &str, status: &str, detail: &str| {
+        event::Kind::Service(ServiceNotice {
+            service: service.into(),
+            instance: "i1".into(),
+            status: status.into(),
+            detail: detail.into(),
+        })
+    };
+    bus.emit(notice("gateway-whatsapp", "qr", "2@FIRST-CODE"))
+        .await;
+    bus.emit(notice(
+        "gateway-whatsapp",
+        "qr",
+        "2@QRDATA-THAT-PAIRS-A-PHONE",
+    ))
+    .await;
+    bus.emit(notice(
+        "gateway-telegram",
+        "degraded",
+        "getUpdates failed 3 times",
+    ))
+    .await;
+    let page = browser.page("/admin/channels").await;
+    // The latest code, drawn on the server as SVG, and the page reloads itself.
+    let svg = page
+        .split("<svg id=\"whatsapp-qr-code\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .unwrap_or_else(|| panic!("no QR code drawn: {page}"));
+    assert!(
+        svg.contains("role=\"img\"") && svg.contains("h1v1h-1z"),
+        "{svg}"
+    );
+    assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(
+        page.contains("id=\"state-whatsapp\">pairing: scan the QR code below"),
+        "{page}"
+    );
+    // The code is drawn, never printed.
+    assert!(!page.contains("QRDATA"), "{page}");
+    assert!(
+        page.contains("id=\"state-telegram\">not running")
+            && page.contains("degraded: getUpdates failed 3 times"),
+        "{page}"
+    );
+    // A different code draws a different picture.
+    bus.emit(notice("gateway-whatsapp", "qr", "2@ANOTHER-CODE"))
+        .await;
+    let next = browser.page("/admin/channels").await;
+    let next_svg = next
+        .split("<svg id=\"whatsapp-qr-code\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .unwrap();
+    assert_ne!(svg, next_svg);
+
+    // Once the phone has paired, the code is gone and the account shows.
+    bus.emit(notice("gateway-whatsapp", "connected", "+15550001111"))
+        .await;
+    let page = browser.page("/admin/channels").await;
+    assert!(!page.contains("id=\"whatsapp-qr-code\""), "{page}");
+    assert!(!page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(
+        page.contains("id=\"state-whatsapp\">paired as +15550001111"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_task_in_the_console_marks_it_cancelled_for_agent_core() {
+    use nexus_bus::kv_key;
+    use nexus_common::tasks::{State, Task};
+
+    let w = spawn_world(Reply::Text("unused".into()), false).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+    let page = browser.page("/admin/tasks").await;
+    assert!(page.contains("id=\"no-tasks\""), "{page}");
+
+    // A task as agent-core keeps it while a replica runs it.
+    let bus = w.bus().await;
+    let kv = bus
+        .ensure_kv_bucket(
+            &bus.subjects().tasks_bucket(),
+            1,
+            Some(Duration::from_secs(7 * 24 * 3600)),
+            "sub-agent tasks: state, origin and result",
+        )
+        .await
+        .unwrap();
+    let task: Task = serde_json::from_value(serde_json::json!({
+        "id": "t0123456789", "label": "quarterly report", "task": "the secret brief",
+        "depth": 1,
+        "origin": {"channel": "api", "chat_id": "alice:s", "thread_id": "",
+                   "sender_id": "alice", "user_id": "alice", "session_id": "api:alice:s"},
+        "state": "running", "created_ms": now_ms(), "started_ms": now_ms(), "attempts": 1
+    }))
+    .unwrap();
+    kv.put(kv_key(&task.id), serde_json::to_vec(&task).unwrap().into())
+        .await
+        .unwrap();
+
+    let page = browser.page("/admin/tasks").await;
+    assert!(page.contains("id=\"cancel-t0123456789\""), "{page}");
+    assert!(
+        page.contains("id=\"task-state-t0123456789\">running"),
+        "{page}"
+    );
+    assert!(page.contains("quarterly report"), "{page}");
+    assert!(!page.contains("secret brief"), "{page}");
+
+    // Without the token nothing changes.
+    let r = browser
+        .post("/admin/tasks/cancel", &[("id", "t0123456789")])
+        .await;
+    assert_eq!(r.status(), 403);
+    let stored = |bytes: &[u8]| serde_json::from_slice::<Task>(bytes).unwrap();
+    assert_eq!(
+        stored(&kv.get(kv_key("t0123456789")).await.unwrap().unwrap()).state,
+        State::Running
+    );
+
+    let (status, page) = browser
+        .submit(
+            "/admin/tasks",
+            "/admin/tasks/cancel",
+            &[("id", "t0123456789")],
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("cancelled task t0123456789"), "{page}");
+    assert!(
+        page.contains("id=\"task-state-t0123456789\">cancelled"),
+        "{page}"
+    );
+    let record = stored(&kv.get(kv_key("t0123456789")).await.unwrap().unwrap());
+    assert_eq!(record.state, State::Cancelled);
+    assert!(record.finished_ms > 0);
+
+    // Once ended it cannot be cancelled again, and an unknown id is said to be unknown.
+    let (status, page) = browser
+        .submit(
+            "/admin/tasks",
+            "/admin/tasks/cancel",
+            &[("id", "t0123456789")],
+        )
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("already cancelled"), "{page}");
+    let (status, page) = browser
+        .submit("/admin/tasks", "/admin/tasks/cancel", &[("id", "tnope")])
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("there is no task tnope"), "{page}");
+}
+
+/// The live view's events of one turn until it finished.
+async fn live_turn(
+    browser: &Browser<'_>,
+    api: &Api,
+    path: &str,
+    text: &str,
+) -> Vec<(String, String)> {
+    let r = browser.get(path).await;
+    assert_eq!(r.status(), 200);
+    let mut events = SseReader::new(r);
+    let body = api.ask(ALICE, text, "live").await;
+    let turn_id = body["turn_id"].as_str().unwrap().to_owned();
+    let mut seen = Vec::new();
+    // Bounded: keep-alive comments would otherwise keep the reader waiting for ever.
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Some((name, data)) = events.next().await {
+            let done = name == "turn_finished" && data.contains(&turn_id);
+            if data.contains(&turn_id) {
+                seen.push((name, data));
+            }
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        seen.last().map(|(n, _)| n.as_str()),
+        Some("turn_finished"),
+        "{seen:?}"
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_view_shows_a_turns_progress_and_its_text_only_when_the_admin_asks() {
+    let w = spawn_world(Reply::EchoLastUser("echo: ".into()), true).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+    let page = browser.page("/admin/live").await;
+    assert!(
+        page.contains("id=\"live-show-text\"") && page.contains("<label for=\"live-show-text\""),
+        "{page}"
+    );
+
+    // Without "show text": the turn's progress, how much it wrote, never what.
+    let seen = live_turn(&browser, &api, "/admin/live/events", "the secret plan").await;
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"progress_llm"), "{seen:?}");
+    let written: u64 = seen
+        .iter()
+        .filter(|(n, _)| n == "progress_text")
+        .map(|(_, d)| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["chars"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        written,
+        "echo: the secret plan".chars().count() as u64,
+        "{seen:?}"
+    );
+    for (_, data) in &seen {
+        assert!(
+            !data.contains("secret"),
+            "the text in the live view: {data}"
+        );
+    }
+
+    // With it: the text as the model wrote it.
+    let seen = live_turn(&browser, &api, "/admin/live/events?text=1", "the open plan").await;
+    let text: String = seen
+        .iter()
+        .filter(|(n, _)| n == "progress_text")
+        .map(|(_, d)| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(text, "echo: the open plan", "{seen:?}");
+}

@@ -29,9 +29,6 @@ const ALLOWED: &[(&str, &str)] = &[
         "crates/nexus-bench/src/main.rs",
         "first reply stored in N_OUTBOUND",
     ),
-    // #18: the admin console is being written by others; the stream behind a KV
-    // bucket should come from nexus-bus (`Bus::ensure_kv_bucket` spells it too).
-    ("crates/gateway-api/src/admin/tasks.rs", "KV_{bucket}"),
 ];
 
 /// Placeholders for the variable parts of names: where a name's fixed part ends.

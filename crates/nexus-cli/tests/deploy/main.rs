@@ -781,6 +781,36 @@ fn every_service_binary_has_a_deployment_that_logs_in_as_its_own_nats_user() {
 }
 
 #[test]
+fn gateway_apis_admin_console_logs_in_as_the_console_user_in_compose_and_kubernetes() {
+    let users = nats_users();
+    let (_, var) = users
+        .iter()
+        .find(|(u, _)| u == "console")
+        .expect("no NATS user console in authorization.conf");
+    let c = compose();
+    let env = &c["services"]["gateway-api"]["environment"];
+    assert_eq!(env["CONSOLE_NATS_USER"].as_str(), Some("console"));
+    let password = env["CONSOLE_NATS_PASSWORD"].as_str().unwrap_or_default();
+    assert!(
+        password.starts_with(&format!("${{{var}:")),
+        "the console must take CONSOLE_NATS_PASSWORD from {var}: {password}"
+    );
+    let docs = k8s_docs();
+    let api = &containers(named(&docs, "Deployment", "gateway-api"))[0];
+    let user = k8s_value(&docs, api, "CONSOLE_NATS_USER").unwrap();
+    assert_eq!(user["value"].as_str(), Some("console"));
+    let password =
+        &k8s_value(&docs, api, "CONSOLE_NATS_PASSWORD").unwrap()["valueFrom"]["secretKeyRef"];
+    assert_eq!(password["name"].as_str(), Some("nexus-nats"));
+    assert_eq!(password["key"].as_str(), Some(var.as_str()));
+    let example = std::fs::read_to_string(repo().join("deploy/k8s/nats.env.example")).unwrap();
+    assert!(
+        example.contains(&format!("{var}=")),
+        "nats.env.example lacks {var}"
+    );
+}
+
+#[test]
 fn kubernetes_probes_ask_the_port_each_service_serves_them_on() {
     let docs = k8s_docs();
     for bin in service_binaries() {

@@ -31,6 +31,7 @@ const USERS: &[&str] = &[
     "gateway-slack",
     "gateway-whatsapp",
     "gateway-api",
+    "console",
 ];
 
 fn password_var(user: &str) -> String {
@@ -742,4 +743,339 @@ async fn with_mutual_tls_a_client_needs_nats_cert_and_nats_key() {
         .await
         .unwrap_or_else(|e| panic!("with a client certificate: {e}"));
     client.flush().await.unwrap();
+}
+
+/// A form body of `fields` (what a browser posts).
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let enc = |s: &str| {
+                s.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect::<String>()
+            };
+            format!("{}={}", enc(k), enc(v))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_console_does_its_work_as_the_console_user_which_gateway_api_cannot() {
+    use nexus_bus::{TraceContext, scheduler_op};
+    use nexus_common::domain::ChannelName;
+    use nexus_gateway::pairing::{Pairing, Stranger};
+    use nexus_proto::v1::{AddJobRequest, AddJobResponse, Job, JobOrigin, job::When};
+
+    let nats = SecureNats::start().await;
+    let workspace = tempfile::tempdir().unwrap();
+    let config = workspace.path().join(".test-nexus.toml");
+    std::fs::write(&config, "").unwrap();
+    let fake = FakeOpenAi::start(Reply::Text("unused".into())).await;
+    let admin_key = "admin-key-0123456789abcdef";
+    let http = free_port();
+    let common: Vec<(String, String)> = [
+        ("NEXUS_NAMESPACE", "nexus".to_owned()),
+        ("NEXUS_WORKSPACE", workspace.path().display().to_string()),
+        ("NEXUS_CONFIG", config.display().to_string()),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
+        ("NEXUS__MEMORY__JOURNAL", "false".into()),
+        ("OPENAI_API_KEY", "sk-test-key-000000".into()),
+        ("OPENAI_BASE_URL", fake.base_url()),
+        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
+        ("NEXUS__API__LISTEN", format!("127.0.0.1:{http}")),
+        (
+            "NEXUS__API__GRPC_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        ),
+        ("NEXUS__API__ADMIN_KEYS", admin_key.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let spawn = |name: &str, extra: Vec<(String, String)>| {
+        let mut env = common.clone();
+        env.extend(nats.env(name));
+        env.extend(extra);
+        ServiceProcess::spawn(name, &[], &env)
+    };
+    let admin = nats.admin_bus().await;
+    let mut processes = vec![spawn("agent-core", vec![])];
+    wait_registered(&admin, &mut processes, &["agent-core"]).await;
+    processes.push(spawn("memory-svc", vec![]));
+    processes.push(spawn("scheduler", vec![]));
+    // gateway-api as its own user, its console as the console user.
+    let console_password = nats
+        .env("console")
+        .into_iter()
+        .find(|(k, _)| k == "NATS_PASSWORD")
+        .unwrap()
+        .1;
+    processes.push(spawn(
+        "gateway-api",
+        vec![
+            ("CONSOLE_NATS_USER".into(), "console".into()),
+            ("CONSOLE_NATS_PASSWORD".into(), console_password),
+        ],
+    ));
+    wait_registered(
+        &admin,
+        &mut processes,
+        &["agent-core", "memory-svc", "scheduler", "gateway-api"],
+    )
+    .await;
+
+    // What the console acts on: a stranger's pairing code and a job.
+    let telegram = ChannelName::parse("telegram").unwrap();
+    let gateway = bus_as(&nats, "gateway-telegram").await;
+    let pairing = Pairing::open(&gateway).await.unwrap();
+    for sender in ["99", "98"] {
+        pairing
+            .request(
+                &telegram,
+                Stranger {
+                    sender_id: sender,
+                    display_name: "Eve",
+                    chat_id: sender,
+                    thread_id: "",
+                },
+                3600,
+                10,
+                nexus_common::now_ms(),
+            )
+            .await
+            .unwrap();
+    }
+    let codes = pairing.pending(nexus_common::now_ms()).await.unwrap();
+    assert_eq!(codes.len(), 2);
+    let added: AddJobResponse = admin
+        .request(
+            admin.subjects().scheduler(scheduler_op::ADD),
+            &AddJobRequest {
+                job: Some(Job {
+                    when: Some(When::EverySeconds(3600)),
+                    owner_user_id: "alice".into(),
+                    message: "stretch".into(),
+                    origin: Some(JobOrigin {
+                        channel: "api".into(),
+                        chat_id: "alice:default".into(),
+                        thread_id: String::new(),
+                    }),
+                    ..Default::default()
+                }),
+            },
+            &TraceContext::new_root(),
+            Some(WAIT),
+        )
+        .await
+        .unwrap();
+    let job = added.job.unwrap().id;
+
+    // The console: log in, read every page, approve a code, pause the job.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("http://127.0.0.1:{http}{path}");
+    let login = client
+        .post(url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("key", admin_key)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let get = |path: &'static str| {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        let url = url(path);
+        async move {
+            let r = client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "GET {path}");
+            r.text().await.unwrap()
+        }
+    };
+    let post = |path: &'static str, fields: Vec<(&'static str, String)>| {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        let url = url(path);
+        async move {
+            let body: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = client
+                .post(url)
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&body))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 200, "POST {path}: {text}");
+            text
+        }
+    };
+    let services = get("/admin/services").await;
+    assert!(services.contains("id=\"service-scheduler\""), "{services}");
+    assert!(!services.contains("role=\"alert\""), "{services}");
+    for path in ["/admin/usage", "/admin/deadletters"] {
+        get(path).await;
+    }
+    let page = get("/admin/pairings").await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let approved = &codes[0];
+    let done = post(
+        "/admin/pairings/approve",
+        vec![("code", approved.code.clone()), ("csrf", csrf.clone())],
+    )
+    .await;
+    assert!(
+        done.contains(&format!("approved {}", approved.code)),
+        "{done}"
+    );
+    assert!(
+        pairing
+            .approval(&telegram, &approved.sender_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "the console's approval was not stored"
+    );
+    let get_jobs = get("/admin/jobs").await;
+    assert!(
+        get_jobs.contains(&format!("id=\"pause-{job}\"")),
+        "{get_jobs}"
+    );
+    let paused = post(
+        "/admin/jobs/pause",
+        vec![("id", job.clone()), ("csrf", csrf.clone())],
+    )
+    .await;
+    assert!(
+        paused.contains(&format!("id=\"job-state-{job}\">paused")),
+        "{paused}"
+    );
+
+    for path in ["/admin/channels", "/admin/tasks"] {
+        get(path).await;
+    }
+    // A sub-agent task in agent-core's bucket, which the console cancels.
+    let tasks = admin
+        .ensure_kv_bucket(
+            &admin.subjects().tasks_bucket(),
+            1,
+            Some(Duration::from_secs(7 * 24 * 3600)),
+            "sub-agent tasks: state, origin and result",
+        )
+        .await
+        .unwrap();
+    let task = json!({
+        "id": "t0123456789", "label": "report", "task": "write it", "depth": 1,
+        "origin": {"channel": "api", "chat_id": "alice:s", "thread_id": "",
+                   "sender_id": "alice", "user_id": "alice", "session_id": "api:alice:s"},
+        "state": "running", "created_ms": 1, "started_ms": 1, "attempts": 1
+    });
+    tasks
+        .put(
+            nexus_bus::kv_key("t0123456789"),
+            serde_json::to_vec(&task).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let cancelled = post(
+        "/admin/tasks/cancel",
+        vec![("id", "t0123456789".into()), ("csrf", csrf.clone())],
+    )
+    .await;
+    assert!(
+        cancelled.contains("cancelled task t0123456789"),
+        "{cancelled}"
+    );
+    // Asking gateway-whatsapp to pair reaches the (absent) gateway's subject.
+    let login = client
+        .post(url("/admin/channels/whatsapp/login"))
+        .header("cookie", cookie.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", &csrf)]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(login.contains("gateway-whatsapp is not running"), "{login}");
+    // The live view subscribes to every turn's events and progress.
+    let live = client
+        .get(url("/admin/live/events?text=1"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    drop(live);
+
+    // Nothing the console did was refused.
+    let refused: Vec<String> = nats
+        .violations()
+        .into_iter()
+        .filter(|l| l.contains("user:console") || l.contains("user:gateway-api"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "refused by the server:\n{}",
+        refused.join("\n")
+    );
+
+    // The public API's user cannot do the console's work: approve a pairing, ask for
+    // the usage ledger, pause a job.
+    let api = bus_as(&nats, "gateway-api").await;
+    let as_api = Pairing::open(&api).await.unwrap();
+    let other = &codes[1];
+    as_api
+        .approve(&other.code, None, "gateway-api", nexus_common::now_ms())
+        .await
+        .expect_err("gateway-api approved a pairing");
+    assert!(
+        pairing
+            .approval(&telegram, &other.sender_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "gateway-api let a stranger in"
+    );
+    eventually("the server to log the refused approval", WAIT, || async {
+        nats.violations()
+            .iter()
+            .any(|l| l.contains("user:gateway-api") && l.contains("$KV.nexus_paired"))
+            .then_some(())
+    })
+    .await;
+    let (api_client, mut api_errors) = nats.client("gateway-api").await;
+    for subject in ["nexus.memory.usage", "nexus.scheduler.pause"] {
+        publish_refused(&api_client, &mut api_errors, subject).await;
+    }
 }
