@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt};
-use nexus_common::shutdown::CancellationToken;
+use nexus_common::{backoff::Backoff, shutdown::CancellationToken};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -16,7 +16,8 @@ use crate::{
     intake::{Envelope, Intake},
 };
 
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Waits between connection attempts: 1 s doubling to a minute.
+const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 #[derive(Debug, Deserialize)]
 struct Frame {
@@ -34,7 +35,7 @@ pub async fn run(
     intake: Arc<Intake>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = BACKOFF;
     while !shutdown.is_cancelled() {
         let url = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -48,8 +49,9 @@ pub async fn run(
                 )
             }
             Err(error) => {
-                tracing::warn!(%error, ?backoff, "Socket Mode: cannot open a connection; retrying");
-                pause(&shutdown, &mut backoff).await;
+                let wait = backoff.fail();
+                tracing::warn!(%error, ?wait, "Socket Mode: cannot open a connection; retrying");
+                pause(&shutdown, wait).await;
                 continue;
             }
         };
@@ -60,24 +62,24 @@ pub async fn run(
         match ws {
             Ok((ws, _)) => {
                 tracing::info!("Socket Mode connected");
-                backoff = Duration::from_secs(1);
+                backoff.reset();
                 session(ws, &intake, &shutdown).await;
             }
             Err(error) => {
-                tracing::warn!(%error, ?backoff, "Socket Mode: WebSocket connect failed; retrying");
-                pause(&shutdown, &mut backoff).await;
+                let wait = backoff.fail();
+                tracing::warn!(%error, ?wait, "Socket Mode: WebSocket connect failed; retrying");
+                pause(&shutdown, wait).await;
             }
         }
     }
     Ok(())
 }
 
-async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) {
+async fn pause(shutdown: &CancellationToken, wait: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(*backoff) => {}
+        _ = tokio::time::sleep(wait) => {}
     }
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }
 
 /// One connection: returns when Slack closes it, asks to reconnect, or on shutdown.

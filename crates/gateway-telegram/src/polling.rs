@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::{
     inbound::Handled,
-    telegram::{Telegram, backoff, new_bot},
+    telegram::{BACKOFF, Telegram, new_bot},
 };
 
 /// Extra time a long poll may take beyond its timeout before it counts as stalled.
@@ -35,10 +35,11 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
     let timeout = tg.settings.poll_timeout;
     let mut bot = tg.bot.clone();
     let mut offset: Option<i32> = None;
-    let mut failures: u32 = 0;
+    // Failed or stalled polls in a row, and the wait before the next.
+    let mut poll_backoff = BACKOFF;
     let mut degraded = false;
     let mut last_ok = Instant::now();
-    let mut intake_failures: u32 = 0;
+    let mut intake_backoff = BACKOFF;
 
     loop {
         let mut request = bot
@@ -58,20 +59,22 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
                     tracing::info!("polling Telegram recovered");
                     tg.notice(
                         "recovered",
-                        format!("getUpdates answers again after {failures} failed attempts"),
+                        format!(
+                            "getUpdates answers again after {} failed attempts",
+                            poll_backoff.failures()
+                        ),
                     )
                     .await;
                 }
                 degraded = false;
-                failures = 0;
+                poll_backoff.reset();
                 last_ok = Instant::now();
 
                 match take_in(tg, &updates, &mut offset).await {
-                    Ok(()) => intake_failures = 0,
+                    Ok(()) => intake_backoff.reset(),
                     Err(reason) => {
                         // The failed update stays unconfirmed: the next poll brings it again.
-                        intake_failures += 1;
-                        let wait = backoff(intake_failures);
+                        let wait = intake_backoff.fail();
                         tracing::warn!(
                             reason,
                             retry_in_secs = wait.as_secs(),
@@ -88,7 +91,7 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
             Ok(Err(e)) => e,
             Err(_) => {
                 // A stalled connection: treat like a failure and start over on a fresh client.
-                failures += 1;
+                let wait = poll_backoff.fail();
                 tracing::warn!(
                     waited_secs = (timeout + STALL_GRACE).as_secs(),
                     "getUpdates stalled"
@@ -101,7 +104,7 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
                     )
                     .await;
                 }
-                if !reconnect(tg, &mut bot, failures, &shutdown).await {
+                if !reconnect(tg, &mut bot, wait, &shutdown).await {
                     break;
                 }
                 continue;
@@ -126,7 +129,8 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
             }
             _ => {}
         }
-        failures += 1;
+        let wait = poll_backoff.fail();
+        let failures = poll_backoff.failures();
         let detail = tg.scrub(&error);
         tracing::warn!(error = %detail, failures, "getUpdates failed");
         let stalled_for = last_ok.elapsed();
@@ -144,7 +148,7 @@ pub(crate) async fn run(tg: &Telegram, shutdown: CancellationToken) -> anyhow::R
             )
             .await;
         }
-        if !reconnect(tg, &mut bot, failures, &shutdown).await {
+        if !reconnect(tg, &mut bot, wait, &shutdown).await {
             break;
         }
     }
@@ -188,10 +192,9 @@ fn next_offset(update: &Update) -> i32 {
 async fn reconnect(
     tg: &Telegram,
     bot: &mut Bot,
-    failures: u32,
+    wait: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
-    let wait = backoff(failures);
     tracing::info!(retry_in_secs = wait.as_secs(), "reconnecting to Telegram");
     tokio::select! {
         _ = shutdown.cancelled() => return false,

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use anyhow::Context as _;
-use nexus_common::shutdown::CancellationToken;
+use nexus_common::{backoff::Backoff, shutdown::CancellationToken};
 use nexus_gateway::{Gateway, PartLog};
 use nexus_proto::v1::{ServiceNotice, event};
 use teloxide::{
@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::{SERVICE, settings::TelegramSettings, typing::Typing};
 
-/// Longest wait between reconnection attempts.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Waits between reconnection attempts: 1 s, 2 s, 4 s … at most a minute.
+pub(crate) const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
 pub(crate) struct Telegram {
     pub gateway: Gateway,
@@ -104,12 +104,6 @@ pub(crate) fn new_bot(settings: &TelegramSettings) -> anyhow::Result<Bot> {
     Ok(Bot::with_client(settings.token.expose(), client).set_api_url(settings.api_url.clone()))
 }
 
-/// Exponential backoff: 1 s, 2 s, 4 s … capped at [`MAX_BACKOFF`].
-pub(crate) fn backoff(failures: u32) -> Duration {
-    let secs = 1u64 << failures.saturating_sub(1).min(6);
-    Duration::from_secs(secs).min(MAX_BACKOFF)
-}
-
 /// `getMe` until it answers: the bot's username is needed to see mentions in groups.
 /// `Ok(None)` means shutdown came first; a refused token is fatal.
 pub(crate) async fn identify(
@@ -117,7 +111,7 @@ pub(crate) async fn identify(
     settings: &TelegramSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Me>> {
-    let mut failures = 0;
+    let mut backoff = BACKOFF;
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -131,8 +125,7 @@ pub(crate) async fn identify(
                 );
             }
             Err(error) => {
-                failures += 1;
-                let wait = backoff(failures);
+                let wait = backoff.fail();
                 tracing::warn!(
                     error = %scrub(&error.to_string(), settings.token.expose()),
                     retry_in_secs = wait.as_secs(),
@@ -153,9 +146,9 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped_at_a_minute() {
-        let waits: Vec<u64> = (1..=9).map(|f| backoff(f).as_secs()).collect();
+        let waits: Vec<u64> = (1..=9).map(|f| BACKOFF.delay(f).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(backoff(0).as_secs(), 1);
+        assert_eq!(BACKOFF.delay(0).as_secs(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::{
 };
 
 use futures::{SinkExt as _, StreamExt as _};
+use nexus_common::backoff::Backoff;
 use nexus_proto::v1::{ServiceNotice, event};
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -199,26 +200,23 @@ enum Failure {
 /// Keeps a session with the bridge up until `stop`; returns an error only when
 /// retrying cannot help.
 pub async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut attempt: u32 = 0;
+    // Jittered: a quarter at most, so gateways that lost the bridge together spread out.
+    let mut backoff =
+        Backoff::new(ctx.settings.reconnect_initial, ctx.settings.reconnect_max).with_jitter(0.25);
     let mut login_sent = false;
     loop {
         let reason = match session(&ctx, &stop, &mut login_sent).await {
             Ok(End::Shutdown) => return Ok(()),
             Ok(End::Lost { reason, stable }) => {
                 if stable {
-                    attempt = 0;
+                    backoff.reset();
                 }
                 reason
             }
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Transient(reason)) => reason,
         };
-        let delay = backoff(
-            attempt,
-            ctx.settings.reconnect_initial,
-            ctx.settings.reconnect_max,
-        );
-        attempt = attempt.saturating_add(1);
+        let delay = backoff.fail();
         tracing::warn!(
             bridge = %ctx.settings.bridge_url,
             reason,
@@ -230,18 +228,6 @@ pub async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken) -> anyhow::Result<
             _ = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// Exponential backoff with jitter (three quarters to all of the full delay).
-fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let full = initial
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(max);
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 1000)
-        .unwrap_or(0);
-    full.mul_f64(0.75 + 0.25 * f64::from(jitter) / 1000.0)
 }
 
 async fn session(
@@ -579,21 +565,4 @@ fn send_notice(ctx: &Arc<Ctx>, msg_id: &str, chat_id: String, text: String) {
             Err(error) => tracing::warn!(%error, "access notice not sent"),
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let ms = Duration::from_millis;
-        for (attempt, full) in [(0, 100), (1, 200), (2, 400), (3, 800), (9, 1000)] {
-            let d = backoff(attempt, ms(100), ms(1000));
-            assert!(
-                d >= ms(full) * 3 / 4 && d <= ms(full),
-                "attempt {attempt}: {d:?}"
-            );
-        }
-    }
 }

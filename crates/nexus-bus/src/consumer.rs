@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
+use nexus_common::backoff::Backoff;
 
 use crate::{Bus, BusError, Link, LinkState};
 
@@ -69,15 +70,15 @@ pub struct Puller {
     consumer: jetstream::consumer::PullConsumer,
     link: Link,
     batch: Option<(pull::Batch, LinkState)>,
-    /// Pulls that failed in a row, for the backoff.
-    failures: u32,
+    /// Pulls that failed in a row, and the wait before the next.
+    backoff: Backoff,
 }
 
 /// How long the server keeps one pull request; the client gives up 5 s later.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// Wait before pulling again after a failed pull, doubling while failures go on.
-const PULL_RETRY: Duration = Duration::from_millis(500);
-const PULL_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Wait before pulling again after a failed pull: 0.5 s, doubling while failures
+/// go on, at most 5 s.
+const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
 
 impl Puller {
     pub async fn new(
@@ -88,7 +89,7 @@ impl Puller {
             consumer: consumer.clone(),
             link: bus.link().clone(),
             batch: None,
-            failures: 0,
+            backoff: PULL_BACKOFF,
         })
     }
 
@@ -108,14 +109,14 @@ impl Puller {
                     };
                     match pulled {
                         Ok(batch) => {
-                            self.failures = 0;
+                            self.backoff.reset();
                             let (batch, since) = self.batch.insert((batch, since));
                             (batch, *since)
                         }
                         Err(error) => {
                             // A consumer that is gone (or NATS down) fails every pull: back off.
-                            self.failures = self.failures.saturating_add(1);
-                            tracing::warn!(%error, failures = self.failures, "pulling messages failed; retrying");
+                            self.backoff.fail();
+                            tracing::warn!(%error, failures = self.backoff.failures(), "pulling messages failed; retrying");
                             self.pause(shutdown).await?;
                             continue;
                         }
@@ -154,7 +155,7 @@ impl Puller {
     /// Waits before the next pull; `None` if shutdown came first. While NATS is
     /// unreachable the wait ends when the connection is back, not at the backoff.
     async fn pause(&self, shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
-        let wait = pull_retry_wait(self.failures);
+        let wait = self.backoff.delay(self.backoff.failures());
         let link = &self.link;
         tokio::select! {
             _ = shutdown.cancelled() => None,
@@ -167,13 +168,6 @@ impl Puller {
             } => Some(()),
         }
     }
-}
-
-/// 0.5 s, doubling with each failed pull in a row, at most 5 s.
-fn pull_retry_wait(failures: u32) -> Duration {
-    PULL_RETRY
-        .saturating_mul(1 << failures.saturating_sub(1).min(4))
-        .min(PULL_RETRY_MAX)
 }
 
 /// Keeps a message ours while it is worked on: a progress ack every third of
@@ -290,7 +284,7 @@ mod tests {
 
     #[test]
     fn failed_pulls_back_off_to_five_seconds() {
-        let ms = |f| pull_retry_wait(f).as_millis();
+        let ms = |f| PULL_BACKOFF.delay(f).as_millis();
         assert_eq!(
             [ms(0), ms(1), ms(2), ms(3), ms(4), ms(9)],
             [500, 500, 1000, 2000, 4000, 5000]

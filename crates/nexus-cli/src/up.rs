@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use nexus_bus::Bus;
-use nexus_common::{Config, process::terminate, shutdown::CancellationToken};
+use nexus_common::{Config, backoff::Backoff, process::terminate, shutdown::CancellationToken};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
@@ -306,7 +306,7 @@ async fn supervise(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let mut cmd = Command::new(&path);
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -332,16 +332,16 @@ async fn supervise(
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 // A service that ran a while before failing starts again quickly.
                 if ran_since.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
+                    backoff.reset();
                 }
-                println!("[nexus] {label} exited ({status}); restarting in {} ms", backoff.as_millis());
+                let wait = backoff.fail();
+                println!("[nexus] {label} exited ({status}); restarting in {} ms", wait.as_millis());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

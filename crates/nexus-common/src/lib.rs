@@ -3,6 +3,7 @@
 //!
 //! This crate must never talk to NATS or know a channel's wire format.
 
+pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod limits;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use nexus_common::backoff::Backoff;
+
 use super::{ChatModel, LlmError, LlmRequest, LlmResponse, TextSink};
 
 /// How many times and how patiently to retry.
@@ -18,9 +20,7 @@ impl RetryPolicy {
     /// if the provider's Retry-After asks for it, and never more than `max_delay` (a
     /// provider asking for an hour gets the cap, then the router's failover).
     pub fn delay(&self, attempt: u32, err: &LlmError) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = Backoff::new(self.base_delay, self.max_delay).delay(attempt);
         let asked = match err {
             LlmError::RateLimited {
                 retry_after: Some(d),
