@@ -2,7 +2,8 @@
 //! against the real stack (real NATS and services, the fake model). One stack and one
 //! browser serve every scenario, in the order an admin would meet them.
 //!
-//! With `NEXUS_SCREENSHOTS=<dir>` (`just screenshots`) it also saves PNGs of the main
+//! With `NEXUS_SCREENSHOTS=<dir>` (`just screenshots`; a relative dir is taken from
+//! `crates/gateway-api`, where cargo runs the tests) it also saves PNGs of the main
 //! pages at a desktop and a phone width there, for the README.
 
 mod webdriver;
