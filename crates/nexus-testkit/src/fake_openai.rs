@@ -127,6 +127,17 @@ impl FakeOpenAi {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The variables that point agent-core at this fake: a test key, its URL, a
+    /// model it lists, and answers without streaming. Later entries a suite adds win.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OPENAI_API_KEY", "sk-test-key-000000".into()),
+            ("OPENAI_BASE_URL", self.base_url()),
+            ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
+            ("NEXUS__LLM__STREAM", "false".into()),
+        ]
+    }
+
     /// Queues replies, used in order before the fallback.
     pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
         if let Ok(mut i) = self.inner.lock() {

@@ -18,15 +18,13 @@ use prost::Message;
 use serde_json::json;
 
 fn llm_env(fake: &FakeOpenAi) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPENAI_API_KEY", "sk-test-key-000000".into()),
-        ("OPENAI_BASE_URL", fake.base_url()),
-        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
-        ("NEXUS__LLM__STREAM", "false".into()),
+    let mut env = fake.env();
+    env.extend([
         ("NEXUS__LLM__RETRY_BASE_MS", "20".into()),
         // Short, so a killed replica's turn is redelivered quickly.
         ("NEXUS__AGENT__ACK_WAIT_SECS", "3".into()),
-    ]
+    ]);
+    env
 }
 
 fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {

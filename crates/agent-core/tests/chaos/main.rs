@@ -55,20 +55,15 @@ fn within(base_secs: u64) -> Duration {
 }
 
 fn llm_env(fake: &FakeOpenAi) -> Vec<(String, String)> {
-    [
-        ("OPENAI_API_KEY", "sk-test-key-000000".to_owned()),
-        ("OPENAI_BASE_URL", fake.base_url()),
-        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
-        ("NEXUS__LLM__STREAM", "false".into()),
+    let mut env = fake.env();
+    env.extend([
         ("NEXUS__LLM__RETRY_BASE_MS", "20".into()),
         // Short, so a killed replica's turns are redelivered quickly.
         ("NEXUS__AGENT__ACK_WAIT_SECS", "3".into()),
         // A request to a killed memory-svc is given up quickly and the turn redone.
         ("NEXUS__NATS__REQUEST_TIMEOUT_SECS", "5".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    ]);
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {

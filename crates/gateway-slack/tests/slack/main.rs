@@ -100,19 +100,9 @@ impl World {
     /// With agent-core, memory-svc and tool-runner running.
     async fn with_stack(reply: Reply) -> Self {
         let mut w = Self::bare(reply).await;
-        let llm_url = w.llm.base_url();
-        w.stack = Some(
-            Stack::start(
-                &w.test,
-                &[
-                    ("OPENAI_API_KEY", "sk-test-00000000"),
-                    ("OPENAI_BASE_URL", &llm_url),
-                    ("NEXUS__LLM__MODEL", "gpt-4.1-mini"),
-                    ("NEXUS__LLM__STREAM", "false"),
-                ],
-            )
-            .await,
-        );
+        let env = w.llm.env();
+        let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.stack = Some(Stack::start(&w.test, &env).await);
         w
     }
 

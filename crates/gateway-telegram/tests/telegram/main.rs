@@ -48,19 +48,9 @@ impl World {
         let llm = FakeOpenAi::start(reply).await;
         let tg = FakeTelegram::start(TOKEN).await;
         let stack = if with_stack {
-            let base = llm.base_url();
-            Some(
-                Stack::start(
-                    &test,
-                    &[
-                        ("OPENAI_API_KEY", "sk-test-00000000"),
-                        ("OPENAI_BASE_URL", &base),
-                        ("NEXUS__LLM__MODEL", "gpt-4.1-mini"),
-                        ("NEXUS__LLM__STREAM", "false"),
-                    ],
-                )
-                .await,
-            )
+            let env = llm.env();
+            let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Some(Stack::start(&test, &env).await)
         } else {
             None
         };

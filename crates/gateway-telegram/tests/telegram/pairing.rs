@@ -21,19 +21,10 @@ async fn world(allow_from: &str) -> World {
     let test = TestEnv::new();
     let llm = FakeOpenAi::start(Reply::Text("welcome aboard".into())).await;
     let tg = FakeTelegram::start(TOKEN).await;
-    let base = llm.base_url();
-    let admin = format!("telegram_{ADA}");
-    let stack = Stack::start(
-        &test,
-        &[
-            ("OPENAI_API_KEY", "sk-test-00000000"),
-            ("OPENAI_BASE_URL", &base),
-            ("NEXUS__LLM__MODEL", "gpt-4.1-mini"),
-            ("NEXUS__LLM__STREAM", "false"),
-            ("NEXUS__AGENT__ADMINS", &admin),
-        ],
-    )
-    .await;
+    let mut env = llm.env();
+    env.push(("NEXUS__AGENT__ADMINS", format!("telegram_{ADA}")));
+    let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = Stack::start(&test, &env).await;
     World {
         test,
         llm,

@@ -13,18 +13,10 @@ async fn a_telegram_message_and_its_delivery_are_one_trace() {
     let (collector, otlp) = OtlpCollector::start().await;
     let test = TestEnv::new();
     let llm = FakeOpenAi::start(Reply::Text("Hello Ada".into())).await;
-    let base = llm.base_url();
-    let stack = Stack::start(
-        &test,
-        &[
-            ("OPENAI_API_KEY", "sk-test-00000000"),
-            ("OPENAI_BASE_URL", &base),
-            ("NEXUS__LLM__MODEL", "gpt-4.1-mini"),
-            ("NEXUS__LLM__STREAM", "false"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp),
-        ],
-    )
-    .await;
+    let mut env = llm.env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    let env: Vec<_> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = Stack::start(&test, &env).await;
     let tg = FakeTelegram::start(TOKEN).await;
     let mut w = World {
         test,

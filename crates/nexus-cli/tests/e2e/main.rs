@@ -20,13 +20,12 @@ use serde_json::json;
 mod limits;
 
 fn llm_env(fake: &FakeOpenAi, stream: bool) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPENAI_API_KEY", "sk-test-key-000000".into()),
-        ("OPENAI_BASE_URL", fake.base_url()),
-        ("NEXUS__LLM__MODEL", "gpt-4.1-mini".into()),
+    let mut env = fake.env();
+    env.extend([
         ("NEXUS__LLM__STREAM", stream.to_string()),
         ("NEXUS__LLM__RETRY_BASE_MS", "20".into()),
-    ]
+    ]);
+    env
 }
 
 fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
