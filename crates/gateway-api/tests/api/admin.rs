@@ -853,3 +853,91 @@ async fn the_live_view_shows_a_turns_progress_and_its_text_only_when_the_admin_a
         .collect();
     assert_eq!(text, "echo: the open plan", "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sub_agent_cancelled_in_the_console_is_stopped_by_agent_core_and_sends_no_result() {
+    use nexus_bus::kv_key;
+    use nexus_common::tasks::Task;
+
+    // The sub-agent's model call never answers: the task runs until it is cancelled.
+    let w = spawn_world(Reply::Hang, false).await;
+    let api = w.api(&admin_env()).await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+
+    // A task queued as agent-core's spawn tool queues one: its record in N_tasks and
+    // its work item on N_TASKS under `task:<id>`. (Queued here rather than by a chat,
+    // whose next model call would race the sub-agent's for the fake's replies.)
+    let bus = w.bus().await;
+    let s = bus.subjects();
+    let task: Task = serde_json::from_value(serde_json::json!({
+        "id": "t00c0ffee00", "label": "quarterly", "task": "Write the quarterly report",
+        "depth": 1,
+        "origin": {"channel": "api", "chat_id": "alice:s", "thread_id": "",
+                   "sender_id": "alice", "user_id": "alice", "session_id": "api:alice:s"},
+        "state": "queued", "created_ms": now_ms()
+    }))
+    .unwrap();
+    let bytes = serde_json::to_vec(&task).unwrap();
+    bus.ensure_kv_bucket(
+        &s.tasks_bucket(),
+        1,
+        Some(Duration::from_secs(7 * 24 * 3600)),
+        "sub-agent tasks: state, origin and result",
+    )
+    .await
+    .unwrap()
+    .create(kv_key(&task.id), bytes.clone().into())
+    .await
+    .unwrap();
+    bus.publish_durable(
+        s.tasks(),
+        &format!("task:{}", task.id),
+        &TraceContext::new_root(),
+        bytes.into(),
+    )
+    .await
+    .unwrap();
+
+    let id = task.id.as_str();
+    let page = eventually("the running task in the console", WAIT, || async {
+        let page = browser.page("/admin/tasks").await;
+        page.contains(&format!("id=\"task-state-{id}\">running"))
+            .then_some(page)
+    })
+    .await;
+    assert!(page.contains(&format!("id=\"cancel-{id}\"")), "{page}");
+    eventually("the sub-agent's model call", WAIT, || async {
+        (!w.fake.requests().is_empty()).then_some(())
+    })
+    .await;
+
+    let (status, page) = browser
+        .submit("/admin/tasks", "/admin/tasks/cancel", &[("id", id)])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("id=\"task-state-{id}\">cancelled")),
+        "{page}"
+    );
+
+    // agent-core stops it and settles its work item; no result goes to the chat.
+    eventually("agent-core to settle the cancelled task", WAIT, || async {
+        let mut stream = bus.jetstream().get_stream(s.tasks_stream()).await.ok()?;
+        (stream.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await;
+    let api_channel = nexus_common::domain::ChannelName::parse("api").unwrap();
+    let replies =
+        stream_messages::<OutboundMessage>(&bus, &s.outbound_stream(), s.outbound(&api_channel))
+            .await;
+    assert!(
+        !replies.iter().any(|m| m.id == format!("task:{id}:result")),
+        "a cancelled task sent its result: {replies:?}"
+    );
+    let page = browser.page("/admin/tasks").await;
+    assert!(
+        page.contains(&format!("id=\"task-state-{id}\">cancelled")),
+        "{page}"
+    );
+}
