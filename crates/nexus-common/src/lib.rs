@@ -4,6 +4,7 @@
 //! This crate must never talk to NATS or know a channel's wire format.
 
 pub mod backoff;
+pub mod channel_settings;
 pub mod config;
 pub mod domain;
 pub mod limits;
