@@ -125,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys: keys.clone(),
     });
     let mut app = http::router(state, settings.max_body_bytes);
-    match admin::router(gateway.bus(), &config)
+    match admin::router(gateway.bus(), &config, stop.clone())
         .await
         .context("starting the admin console")?
     {

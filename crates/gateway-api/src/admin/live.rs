@@ -109,9 +109,11 @@ pub async fn events(
         let p = TurnProgress::decode(msg.payload).ok()?;
         progress_summary(&channel, p, show_text)
     });
-    let stream = futures::stream::select(events, progress).map(|(name, data)| {
-        Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
-    });
+    let stream = futures::stream::select(events, progress)
+        .map(|(name, data)| {
+            Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
+        })
+        .take_until(state.stop.clone().cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -29,7 +29,7 @@ use axum::{
     routing::{get, post},
 };
 use nexus_bus::Bus;
-use nexus_common::Config;
+use nexus_common::{Config, shutdown::CancellationToken};
 use serde::Deserialize;
 
 use self::{
@@ -42,12 +42,19 @@ pub struct AdminState {
     pub bus: Bus,
     pub config: Config,
     pub keys: AdminKeys,
+    /// Cancelled when gateway-api stops: the live view's streams end with it rather
+    /// than hold the HTTP server's graceful shutdown open.
+    pub stop: CancellationToken,
 }
 
 /// The console's routes, or `None` when no admin key is configured (the console is
 /// off). `service` is the gateway's own bus, used when the console has no NATS
-/// credentials of its own.
-pub async fn router(service: &Bus, config: &Config) -> anyhow::Result<Option<Router>> {
+/// credentials of its own. `stop` ends the live view's streams.
+pub async fn router(
+    service: &Bus,
+    config: &Config,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<Router>> {
     let keys = AdminKeys::new(&config.api.admin_keys);
     if keys.is_empty() {
         return Ok(None);
@@ -57,6 +64,7 @@ pub async fn router(service: &Bus, config: &Config) -> anyhow::Result<Option<Rou
         bus,
         config: config.clone(),
         keys,
+        stop,
     });
     Ok(Some(
         Router::new()

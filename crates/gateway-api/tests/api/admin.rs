@@ -941,3 +941,30 @@ async fn a_sub_agent_cancelled_in_the_console_is_stopped_by_agent_core_and_sends
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_live_view_does_not_hold_up_gateway_apis_shutdown() {
+    let w = spawn_world(Reply::Text("unused".into()), false).await;
+    // A grace longer than the test waits: only ending the stream lets it exit in time.
+    let api = w
+        .api(&[
+            ("NEXUS__API__ADMIN_KEYS", ADMIN),
+            ("NEXUS__CHANNELS__API__SHUTDOWN_GRACE_SECS", "3600"),
+        ])
+        .await;
+    let mut browser = Browser::new(&api);
+    browser.login().await;
+    let r = browser.get("/admin/live/events").await;
+    assert_eq!(r.status(), 200);
+    let mut events = SseReader::new(r);
+
+    nexus_common::process::terminate(api.process.id().unwrap());
+    // The stream ends (rather than running until the process is killed)…
+    let rest = tokio::time::timeout(WAIT, events.rest())
+        .await
+        .expect("the live view's stream was still open a minute after SIGTERM");
+    assert!(rest.is_empty(), "{rest:?}");
+    // …and gateway-api exits by itself, cleanly.
+    let status = api.process.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+}
