@@ -14,6 +14,8 @@
 
 use crate::config::ChannelConfig;
 
+pub mod telegram;
+
 /// Keys every channel has, modelled in [`ChannelConfig`] itself.
 pub const COMMON_KEYS: &[&str] = &[
     "allow_from",
@@ -198,6 +200,14 @@ impl<'a> Keys<'a> {
             unknown.join(", "),
             known.join(", ")
         ))
+    }
+}
+
+/// Logs the report of keys in `[channels.<channel>]` that the channel does not know.
+/// A warning, not an error: the service still starts, and the operator sees the typo.
+pub fn warn_unknown(channel: &'static str, table: &ChannelConfig, known: &'static [&'static str]) {
+    if let Some(report) = Keys::new(channel, table, known).unknown_report() {
+        tracing::warn!("{report}");
     }
 }
 
