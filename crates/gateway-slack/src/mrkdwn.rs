@@ -3,9 +3,7 @@
 //!
 //! Pure functions only: no I/O, no Slack API knowledge beyond the text format.
 
-/// Characters per Slack message when a reply is split. Slack accepts about 40k,
-/// but a wall of text reads badly; paragraphs are kept whole where possible.
-pub const DEFAULT_CHUNK_CHARS: usize = 3500;
+pub use crate::settings::DEFAULT_CHUNK_CHARS;
 
 const FENCE: &str = "```";
 

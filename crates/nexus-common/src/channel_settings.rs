@@ -14,6 +14,7 @@
 
 use crate::config::ChannelConfig;
 
+pub mod slack;
 pub mod telegram;
 
 /// Keys every channel has, modelled in [`ChannelConfig`] itself.
