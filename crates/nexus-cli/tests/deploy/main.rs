@@ -1151,13 +1151,7 @@ fn services_route_to_the_ports_the_containers_listen_on() {
     }
     // The containers declare the ports the code listens on by default (or as told).
     let defaults = nexus_common::config::Config::default();
-    let slack_settings =
-        std::fs::read_to_string(repo().join("crates/gateway-slack/src/settings.rs")).unwrap();
-    let slack_default = slack_settings
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("pub const DEFAULT_LISTEN: &str = "))
-        .expect("gateway-slack's DEFAULT_LISTEN")
-        .trim_matches(['"', ';']);
+    let slack_default = nexus_common::channel_settings::slack::DEFAULT_LISTEN;
     let c = compose();
     for (bin, var, default) in [
         (
