@@ -32,7 +32,7 @@ use nexus_proto::v1::OutboundMessage;
 use tokio_util::task::TaskTracker;
 
 pub use bridge::{Link, LinkState};
-pub use settings::{BridgeToken, WhatsAppSettings};
+pub use settings::{Secret, WhatsAppSettings};
 
 /// The channel name: subjects `N.inbound.whatsapp` / `N.outbound.whatsapp`, ids `whatsapp:<message id>`.
 pub const CHANNEL: &str = "whatsapp";

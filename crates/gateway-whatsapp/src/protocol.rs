@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::BridgeToken;
+use crate::settings::Secret;
 
 /// The protocol version this gateway speaks (one integer: the major version).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -182,7 +182,7 @@ pub struct SendResult {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GatewayCommand {
     Auth {
-        token: BridgeToken,
+        token: Secret,
         protocol_version: u32,
     },
     Ack {
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn commands_serialize_as_the_protocol_says() {
         let auth = GatewayCommand::Auth {
-            token: BridgeToken::new("t0123456789abcdef"),
+            token: Secret::new("t0123456789abcdef"),
             protocol_version: 1,
         };
         assert_eq!(

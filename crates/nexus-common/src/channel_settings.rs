@@ -16,6 +16,7 @@ use crate::config::ChannelConfig;
 
 pub mod slack;
 pub mod telegram;
+pub mod whatsapp;
 
 /// Keys every channel has, modelled in [`ChannelConfig`] itself.
 pub const COMMON_KEYS: &[&str] = &[
@@ -212,6 +213,18 @@ pub fn warn_unknown(channel: &'static str, table: &ChannelConfig, known: &'stati
     }
 }
 
+/// The reports of unknown keys in the tables of the channels whose settings live here.
+pub fn unknown_keys(channels: &std::collections::BTreeMap<String, ChannelConfig>) -> Vec<String> {
+    [
+        (telegram::CHANNEL, telegram::KEYS),
+        (slack::CHANNEL, slack::KEYS),
+        (whatsapp::CHANNEL, whatsapp::KEYS),
+    ]
+    .into_iter()
+    .filter_map(|(name, known)| Keys::new(name, channels.get(name)?, known).unknown_report())
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +340,17 @@ mod tests {
         );
         let t = table(&[("mode", "a".into())]);
         assert_eq!(Keys::new("telegram", &t, &["mode"]).unknown_report(), None);
+
+        let channels = [
+            ("slack".to_owned(), table(&[("mention_only", "no".into())])),
+            (
+                "whatsapp".to_owned(),
+                table(&[("bridge_ulr", "ws://x".into())]),
+            ),
+        ]
+        .into();
+        let reports = unknown_keys(&channels);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(reports[0].starts_with("[channels.whatsapp] ignores unknown key bridge_ulr"));
     }
 }
