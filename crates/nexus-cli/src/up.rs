@@ -14,7 +14,18 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 use nexus_bus::Bus;
-use nexus_common::{Config, backoff::Backoff, process::terminate, shutdown::CancellationToken};
+use nexus_common::{
+    Config,
+    backoff::Backoff,
+    channel_settings::{
+        self,
+        slack::{self, SlackSettings},
+        telegram::TelegramSettings,
+        whatsapp::{self, WhatsAppSettings},
+    },
+    process::terminate,
+    shutdown::CancellationToken,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
@@ -31,36 +42,33 @@ pub struct UpArgs {
     grace: u64,
 }
 
-/// Gateways and the credentials they need: any one complete set starts them.
-const OPTIONAL: &[(&str, &[&[&str]])] = &[
-    ("gateway-telegram", &[&["TELEGRAM_BOT_TOKEN"]]),
-    (
-        "gateway-slack",
-        &[
-            &["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"],
-            // Socket Mode needs no signing secret.
-            &["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"],
-        ],
-    ),
-    (
-        "gateway-whatsapp",
-        &[&["WHATSAPP_BRIDGE_URL", "WHATSAPP_BRIDGE_TOKEN"]],
-    ),
-    ("gateway-api", &[&[]]),
-    ("scheduler", &[&[]]),
-];
-
-/// The variables missing from the most nearly complete credential set (empty: ready).
-fn missing_credentials(sets: &[&[&str]], is_set: impl Fn(&str) -> bool) -> Vec<String> {
-    sets.iter()
-        .map(|set| {
-            set.iter()
-                .filter(|k| !is_set(k))
-                .map(|k| (*k).to_owned())
-                .collect::<Vec<_>>()
-        })
-        .min_by_key(Vec::len)
-        .unwrap_or_default()
+/// Optional services, each with what it still lacks to start (empty: start it). Each
+/// channel's settings say which of its credentials are missing.
+fn optional(config: &Config) -> Vec<(&'static str, Vec<&'static str>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    // Without API keys or admin keys gateway-api refuses every request; starting it
+    // would only hold a port.
+    let api = if config.api.keys.is_empty() && config.api.admin_keys.is_empty() {
+        vec!["[api.keys] or [api] admin_keys"]
+    } else {
+        Vec::new()
+    };
+    vec![
+        (
+            "gateway-telegram",
+            TelegramSettings::missing_credentials(env),
+        ),
+        (
+            "gateway-slack",
+            SlackSettings::missing_credentials(&config.channel(slack::CHANNEL), env),
+        ),
+        (
+            "gateway-whatsapp",
+            WhatsAppSettings::missing_credentials(&config.channel(whatsapp::CHANNEL), env),
+        ),
+        ("gateway-api", api),
+        ("scheduler", Vec::new()),
+    ]
 }
 
 pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -87,21 +95,16 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
         };
         plan.push((label, agent.clone()));
     }
-    for (name, creds) in OPTIONAL {
-        let mut unset =
-            missing_credentials(creds, |k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
-        // Without API keys or admin keys it refuses every request; starting it would
-        // only hold a port.
-        if *name == "gateway-api" && config.api.keys.is_empty() && config.api.admin_keys.is_empty()
-        {
-            unset.push("[api.keys] or [api] admin_keys".to_owned());
-        }
+    for report in channel_settings::unknown_keys(&config.channels) {
+        println!("[nexus] warning: {report}");
+    }
+    for (name, unset) in optional(&config) {
         match find_binary(name) {
             None => println!("[nexus] skipping {name}: not part of this build yet"),
             Some(_) if !unset.is_empty() => {
                 println!("[nexus] skipping {name}: {} not set", unset.join(", "))
             }
-            Some(path) => plan.push(((*name).to_owned(), path)),
+            Some(path) => plan.push((name.to_owned(), path)),
         }
     }
 
@@ -380,15 +383,6 @@ fn pipe_output(label: &str, child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::host_port;
-
-    #[test]
-    fn a_gateway_starts_with_any_complete_credential_set() {
-        let sets: &[&[&str]] = &[&["A", "B"], &["A", "C"]];
-        assert!(super::missing_credentials(sets, |k| k == "A" || k == "C").is_empty());
-        assert_eq!(super::missing_credentials(sets, |k| k == "A"), vec!["B"]);
-        assert_eq!(super::missing_credentials(sets, |_| false), vec!["A", "B"]);
-        assert!(super::missing_credentials(&[&[]], |_| false).is_empty());
-    }
 
     #[test]
     fn nats_urls_give_host_and_port() {
