@@ -11,12 +11,10 @@
 //! user id that is not file-safe.
 
 use std::{
-    io,
+    io::{self, Read as _},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
-
-use tokio::io::AsyncReadExt;
 
 /// The MEMORY.md a fresh workspace starts with.
 pub const MEMORY_TEMPLATE: &str = include_str!("../../../workspace/MEMORY.md");
@@ -100,98 +98,106 @@ impl MarkdownFiles {
         if !is_file_safe(user_id) {
             return Ok(false);
         }
-        let name = format!("USER_{user_id}.md");
-        let path = self.root.join(&name);
-        if tokio::fs::try_exists(&path).await? {
-            return Ok(false);
-        }
-        let template = match self.read_bounded("USER.md", MAX_PROFILE_BYTES).await? {
-            Some(read) if read.shortened_from.is_none() => read.text,
-            _ => USER_TEMPLATE.to_owned(),
-        };
-        let text = profile_from_template(user_id, &template);
-        let temp = self.root.join(format!(
-            ".{name}.{}-{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        tokio::fs::write(&temp, text.as_bytes())
-            .await
-            .map_err(|e| with_path(e, &temp))?;
-        // A hard link fails when the name exists: someone else's profile wins.
-        let linked = tokio::fs::hard_link(&temp, &path).await;
-        let removed = tokio::fs::remove_file(&temp).await;
-        let created = match linked {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(with_path(e, &path)),
-        };
-        if let Err(error) = removed {
-            tracing::warn!(%error, path = %temp.display(), "temporary profile not removed");
-        }
-        Ok(created)
+        let (root, user_id) = (self.root.clone(), user_id.to_owned());
+        blocking(move || ensure_profile_in(&root, &user_id)).await
     }
 
     /// Reads the Markdown of a context for `user_id`. Missing files read as empty.
     pub async fn read(&self, user_id: &str, max_memory_bytes: usize) -> io::Result<Markdown> {
-        let profile = async {
-            if is_file_safe(user_id) {
-                let own = format!("USER_{user_id}.md");
-                if let Some(read) = self.read_bounded(&own, MAX_PROFILE_BYTES).await? {
-                    return Ok(Some(read));
-                }
-            }
-            self.read_bounded("USER.md", MAX_PROFILE_BYTES).await
-        };
-        let (agents_md, soul_md, user_profile_md, memory_md) = tokio::try_join!(
-            self.read_bounded("AGENTS.md", MAX_PROFILE_BYTES),
-            self.read_bounded("SOUL.md", MAX_PROFILE_BYTES),
-            profile,
-            self.read_bounded("MEMORY.md", max_memory_bytes),
-        )?;
-        let text = |read: Option<Bounded>| read.map(|r| r.text).unwrap_or_default();
-        let memory_shortened_from = memory_md.as_ref().and_then(|r| r.shortened_from);
-        Ok(Markdown {
-            agents_md: text(agents_md),
-            soul_md: text(soul_md),
-            user_profile_md: text(user_profile_md),
-            memory_md: text(memory_md),
-            memory_shortened_from,
+        let (root, user_id) = (self.root.clone(), user_id.to_owned());
+        // One trip to the blocking pool for the four files, not one per open, stat
+        // and read: those hand-offs were most of memory-svc's CPU per turn.
+        blocking(move || {
+            let read = |name: &str, limit| read_bounded(&root, name, limit);
+            let own = is_file_safe(&user_id)
+                .then(|| read(&format!("USER_{user_id}.md"), MAX_PROFILE_BYTES))
+                .transpose()?
+                .flatten();
+            let user_profile_md = match own {
+                Some(own) => Some(own),
+                None => read("USER.md", MAX_PROFILE_BYTES)?,
+            };
+            let memory_md = read("MEMORY.md", max_memory_bytes)?;
+            let text = |read: Option<Bounded>| read.map(|r| r.text).unwrap_or_default();
+            Ok(Markdown {
+                agents_md: text(read("AGENTS.md", MAX_PROFILE_BYTES)?),
+                soul_md: text(read("SOUL.md", MAX_PROFILE_BYTES)?),
+                user_profile_md: text(user_profile_md),
+                memory_shortened_from: memory_md.as_ref().and_then(|r| r.shortened_from),
+                memory_md: text(memory_md),
+            })
         })
+        .await
     }
+}
 
-    /// The file's text, shortened past `limit` bytes; `None` when it does not exist.
-    async fn read_bounded(&self, name: &str, limit: usize) -> io::Result<Option<Bounded>> {
-        let path = self.root.join(name);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(with_path(e, &path)),
-        };
-        let total = file
-            .metadata()
-            .await
-            .map_err(|e| with_path(e, &path))?
-            .len();
-        let mut head = Vec::with_capacity(limit.min(total as usize) + 1);
-        // One byte past the limit tells "exactly at the limit" from "longer".
-        file.take(limit as u64 + 1)
-            .read_to_end(&mut head)
-            .await
-            .map_err(|e| with_path(e, &path))?;
-        if head.len() <= limit {
-            return Ok(Some(Bounded {
-                text: String::from_utf8_lossy(&head).into_owned(),
-                shortened_from: None,
-            }));
-        }
-        // The file may have grown since `metadata`; never report fewer bytes than we saw.
-        let total = total.max(head.len() as u64);
-        Ok(Some(Bounded {
-            text: shorten(name, &head[..limit], total),
-            shortened_from: Some(total),
-        }))
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// [`Files::ensure_profile`]'s work, on the blocking pool.
+fn ensure_profile_in(root: &Path, user_id: &str) -> io::Result<bool> {
+    let name = format!("USER_{user_id}.md");
+    let path = root.join(&name);
+    if path.try_exists()? {
+        return Ok(false);
     }
+    let template = match read_bounded(root, "USER.md", MAX_PROFILE_BYTES)? {
+        Some(read) if read.shortened_from.is_none() => read.text,
+        _ => USER_TEMPLATE.to_owned(),
+    };
+    let text = profile_from_template(user_id, &template);
+    let temp = root.join(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&temp, text.as_bytes()).map_err(|e| with_path(e, &temp))?;
+    // A hard link fails when the name exists: someone else's profile wins.
+    let linked = std::fs::hard_link(&temp, &path);
+    let removed = std::fs::remove_file(&temp);
+    let created = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(with_path(e, &path)),
+    };
+    if let Err(error) = removed {
+        tracing::warn!(%error, path = %temp.display(), "temporary profile not removed");
+    }
+    Ok(created)
+}
+
+/// The file's text, shortened past `limit` bytes; `None` when it does not exist.
+fn read_bounded(root: &Path, name: &str, limit: usize) -> io::Result<Option<Bounded>> {
+    let path = root.join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(with_path(e, &path)),
+    };
+    let total = file.metadata().map_err(|e| with_path(e, &path))?.len();
+    let mut head = Vec::with_capacity(limit.min(total as usize) + 1);
+    // One byte past the limit tells "exactly at the limit" from "longer".
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut head)
+        .map_err(|e| with_path(e, &path))?;
+    if head.len() <= limit {
+        return Ok(Some(Bounded {
+            text: String::from_utf8_lossy(&head).into_owned(),
+            shortened_from: None,
+        }));
+    }
+    // The file may have grown since `metadata`; never report fewer bytes than we saw.
+    let total = total.max(head.len() as u64);
+    Ok(Some(Bounded {
+        text: shorten(name, &head[..limit], total),
+        shortened_from: Some(total),
+    }))
 }
 
 /// A file read up to a limit.
