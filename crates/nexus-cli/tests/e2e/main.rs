@@ -554,6 +554,11 @@ async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
     for (k, v) in llm_env(&fake, false) {
         env.push((k.to_owned(), v));
     }
+    // A typo in a channel's key is reported, not silently ignored.
+    env.push((
+        "NEXUS__CHANNELS__SLACK__MENTION_ONYL".into(),
+        "false".into(),
+    ));
     let mut up = tokio::process::Command::new(nexus_testkit::bin_path("nexus"))
         .arg("up")
         .env_clear()
@@ -601,6 +606,12 @@ async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
             .any(|l| l.contains("starting") && l.contains("nats-server"))
     );
     assert!(seen.iter().any(|l| l.contains("skipping gateway-telegram")));
+    assert!(
+        seen.iter().any(|l| l
+            .contains("warning: [channels.slack] ignores unknown key mention_onyl")
+            && l.contains("mention_only")),
+        "{seen:#?}"
+    );
 
     let out = nexus(&env, &["chat", "-m", "hello?"]).await;
     assert!(out.status.success(), "{}", text(&out).1);
