@@ -10,17 +10,11 @@
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
 use axum::{Form, extract::State, http::StatusCode, response::Response};
-use futures::StreamExt as _;
 use nexus_bus::{
-    BusError, TraceContext,
-    async_nats::jetstream::consumer::{DeliverPolicy, pull},
-    event_kind, gateway_op,
+    BusError, TraceContext, async_nats::jetstream::consumer::DeliverPolicy, gateway_op,
 };
 use nexus_common::{domain::ChannelName, now_ms};
-use nexus_proto::{
-    Message as _,
-    v1::{Event, GatewayCommandRequest, GatewayCommandResponse, ServiceNotice, event},
-};
+use nexus_proto::v1::{GatewayCommandRequest, GatewayCommandResponse, ServiceNotice};
 use qrcode::{Color, EcLevel, QrCode};
 
 use super::{
@@ -36,7 +30,6 @@ const QR_REFRESH_SECS: u32 = 5;
 const DISCOVERY_WAIT: Duration = Duration::from_millis(750);
 /// gateway-whatsapp answers at once, or within its 5 s wait for the bridge.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WHATSAPP: &str = "gateway-whatsapp";
 
 /// The last `service` event of each service, and the WhatsApp QR code that waits.
@@ -275,54 +268,20 @@ pub async fn whatsapp_login(
 
 /// Every stored `service` event, oldest first (the stream's retention bounds them).
 async fn service_reports(state: &AdminState) -> Result<Reports, String> {
-    let bus = &state.bus;
-    let s = bus.subjects();
-    let consumer = bus
-        .jetstream()
-        .get_stream(s.events_stream())
-        .await
-        .map_err(|e| format!("events stream: {e}"))?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: s.event(event_kind::SERVICE),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("reading service events: {e}"))?;
     let mut reports = Reports::default();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(reports);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading service events: {e}"))?;
     let qr_since = now_ms() - QR_LOOKBACK_MS;
-    loop {
-        let msg = tokio::time::timeout(READ_TIMEOUT, messages.next())
-            .await
-            .map_err(|_| "reading service events timed out".to_owned())?
-            .ok_or("the events stream closed")?
-            .map_err(|e| format!("reading service events: {e}"))?;
-        if let Ok(Event {
-            at_ms,
-            kind: Some(event::Kind::Service(n)),
-            ..
-        }) = Event::decode(msg.payload.clone())
-        {
-            if n.service == WHATSAPP {
-                match n.status.as_str() {
-                    "qr" if at_ms >= qr_since => reports.qr = Some((at_ms, n.detail.clone())),
-                    "qr" | "connected" | "logged_out" | "banned" | "replaced" => reports.qr = None,
-                    _ => {}
-                }
+    super::views::service_events(state, DeliverPolicy::All, |at_ms, n| {
+        if n.service == WHATSAPP {
+            match n.status.as_str() {
+                "qr" if at_ms >= qr_since => reports.qr = Some((at_ms, n.detail.clone())),
+                "qr" | "connected" | "logged_out" | "banned" | "replaced" => reports.qr = None,
+                _ => {}
             }
-            reports.last.insert(n.service.clone(), (at_ms, n));
         }
-        if msg.info().map(|i| i.pending).unwrap_or(0) == 0 {
-            return Ok(reports);
-        }
-    }
+        reports.last.insert(n.service.clone(), (at_ms, n));
+    })
+    .await?;
+    Ok(reports)
 }
 
 /// A QR code as inline SVG: one path of its dark modules on a light square with

@@ -171,9 +171,27 @@ async fn services_page(state: &AdminState, admin: &Admin) -> Response {
 /// The last `service` event of each service in the past 24 h (watchdogs, pairing,
 /// outages), as `nexus status` shows them.
 async fn reported(state: &AdminState) -> Result<BTreeMap<String, (i64, ServiceNotice)>, String> {
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
+    let mut out = BTreeMap::new();
+    service_events(
+        state,
+        DeliverPolicy::ByStartTime { start_time: since },
+        |at_ms, n| {
+            out.insert(n.service.clone(), (at_ms, n));
+        },
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Hands each stored `service` event from `policy` on, oldest first, with its time.
+pub(super) async fn service_events(
+    state: &AdminState,
+    policy: DeliverPolicy,
+    mut each: impl FnMut(i64, ServiceNotice),
+) -> Result<(), String> {
     let bus = &state.bus;
     let s = bus.subjects();
-    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
     let consumer = bus
         .jetstream()
         .get_stream(s.events_stream())
@@ -181,14 +199,13 @@ async fn reported(state: &AdminState) -> Result<BTreeMap<String, (i64, ServiceNo
         .map_err(|e| format!("events stream: {e}"))?
         .create_consumer(pull::OrderedConfig {
             filter_subject: s.event(event_kind::SERVICE),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+            deliver_policy: policy,
             ..Default::default()
         })
         .await
         .map_err(|e| format!("reading service events: {e}"))?;
-    let mut out = BTreeMap::new();
     if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let mut messages = consumer
         .messages()
@@ -206,10 +223,10 @@ async fn reported(state: &AdminState) -> Result<BTreeMap<String, (i64, ServiceNo
             ..
         }) = Event::decode(msg.payload.clone())
         {
-            out.insert(n.service.clone(), (at_ms, n));
+            each(at_ms, n);
         }
         if msg.info().map(|i| i.pending).unwrap_or(0) == 0 {
-            return Ok(out);
+            return Ok(());
         }
     }
 }

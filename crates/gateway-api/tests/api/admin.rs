@@ -11,8 +11,8 @@ use nexus_bus::{Bus, TraceContext, scheduler_op};
 use nexus_common::{config::DmPolicy, limits::windows, now_ms};
 use nexus_gateway::{Admission, Gateway, pairing::Stranger};
 use nexus_proto::v1::{
-    AddJobRequest, AddJobResponse, ChatRef, InboundKind, InboundMessage, Job, JobOrigin,
-    ListJobsRequest, ListJobsResponse, OutboundMessage, Sender, ServiceNotice, event, job::When,
+    ChatRef, InboundKind, InboundMessage, ListJobsRequest, ListJobsResponse, OutboundMessage,
+    Sender, ServiceNotice, event,
 };
 use nexus_testkit::{eventually, fake_openai::Reply, stream_messages, wait_registered};
 
@@ -469,28 +469,7 @@ async fn pausing_and_resuming_a_job_in_the_console_is_what_the_scheduler_reports
     let mut browser = Browser::new(&api);
     browser.login().await;
 
-    let added: AddJobResponse = bus
-        .request(
-            bus.subjects().scheduler(scheduler_op::ADD),
-            &AddJobRequest {
-                job: Some(Job {
-                    when: Some(When::EverySeconds(3600)),
-                    owner_user_id: "alice".into(),
-                    message: "stretch".into(),
-                    origin: Some(JobOrigin {
-                        channel: "api".into(),
-                        chat_id: "alice:default".into(),
-                        thread_id: String::new(),
-                    }),
-                    ..Default::default()
-                }),
-            },
-            &TraceContext::new_root(),
-            Some(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
-    let id = added.job.unwrap().id;
+    let id = crate::browser::add_job(&bus).await;
     let page = browser.page("/admin/jobs").await;
     assert!(page.contains(&format!("id=\"pause-{id}\"")), "{page}");
 

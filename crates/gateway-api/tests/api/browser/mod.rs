@@ -209,7 +209,8 @@ fn by_id(id: &str) -> String {
     format!("[id=\"{id}\"]")
 }
 
-async fn add_job(bus: &Bus) -> String {
+/// An hourly job of alice's, from the API channel; returns its id.
+pub(crate) async fn add_job(bus: &Bus) -> String {
     let added: AddJobResponse = bus
         .request(
             bus.subjects().scheduler(scheduler_op::ADD),
