@@ -186,8 +186,10 @@ pub fn table(id: &str, caption: &str, header: &[&str], rows: &[Vec<String>]) -> 
     out.push_str("</tr></thead><tbody>");
     for row in rows {
         out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{cell}</td>");
+        // The column's name rides along: on a phone each row is a card of labelled cells.
+        for (i, cell) in row.iter().enumerate() {
+            let label = header.get(i).copied().unwrap_or_default();
+            let _ = write!(out, "<td data-label=\"{}\">{cell}</td>", esc(label));
         }
         out.push_str("</tr>");
     }
