@@ -79,10 +79,17 @@ impl Bus {
             {
                 continue;
             }
-            self.js
-                .create_or_update_stream(config)
-                .await
-                .map_err(|e| BusError::Nats(format!("stream {name}: {e}")))?;
+            // Create first, update only a stream that exists otherwise. async-nats's
+            // create_or_update tries the update first, and an update that lands while
+            // another service is creating the same stream crashed nats-server 2.9.10
+            // (nil pointer in `updateWithAdvisory`) when `nexus up` started them all.
+            if let Err(created) = self.js.create_stream(config.clone()).await {
+                self.js.update_stream(&config).await.map_err(|updated| {
+                    BusError::Nats(format!(
+                        "stream {name}: creating it: {created}; updating it: {updated}"
+                    ))
+                })?;
+            }
         }
         Ok(())
     }
