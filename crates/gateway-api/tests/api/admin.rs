@@ -351,24 +351,7 @@ async fn approving_a_pairing_in_the_console_lets_the_strangers_next_message_thro
 
     // A Telegram stranger writes to a channel under `dm_policy = "pairing"`, through the
     // admission every gateway runs.
-    let mut config = w.test.config.clone();
-    config
-        .channels
-        .entry("telegram".into())
-        .or_default()
-        .dm_policy = DmPolicy::Pairing;
-    let gateway = Gateway::connect(&config, "telegram").await.unwrap();
-    let eve = Stranger {
-        sender_id: "99",
-        display_name: "Eve",
-        chat_id: "99",
-        thread_id: "",
-    };
-    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
-    assert!(
-        matches!(admitted, Admission::Pairing { notice: Some(_) }),
-        "{admitted:?}"
-    );
+    let gateway = eve_waits_for_pairing(&w.test.config).await;
     let page = browser.page("/admin/pairings").await;
     let code = page
         .split("id=\"code-")
@@ -399,7 +382,7 @@ async fn approving_a_pairing_in_the_console_lets_the_strangers_next_message_thro
     assert_eq!(status, 409, "{page}");
     assert!(page.contains("already approved"), "{page}");
 
-    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
+    let admitted = gateway.admit(&["99"], eve(), false).await.unwrap();
     let Admission::Allowed { .. } = admitted else {
         panic!("the approved stranger is still refused: {admitted:?}");
     };
@@ -946,4 +929,32 @@ async fn an_open_live_view_does_not_hold_up_gateway_apis_shutdown() {
     // …and gateway-api exits by itself, cleanly.
     let status = api.process.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
+}
+
+/// Telegram's gateway under `dm_policy = "pairing"`, after Eve, a stranger, wrote to
+/// it through the admission every gateway runs and got a pairing code.
+pub(crate) async fn eve_waits_for_pairing(config: &nexus_common::Config) -> Gateway {
+    let mut config = config.clone();
+    config
+        .channels
+        .entry("telegram".into())
+        .or_default()
+        .dm_policy = DmPolicy::Pairing;
+    let gateway = Gateway::connect(&config, "telegram").await.unwrap();
+    let admitted = gateway.admit(&["99"], eve(), false).await.unwrap();
+    assert!(
+        matches!(admitted, Admission::Pairing { notice: Some(_) }),
+        "{admitted:?}"
+    );
+    gateway
+}
+
+/// The stranger of [`eve_waits_for_pairing`].
+pub(crate) fn eve() -> Stranger<'static> {
+    Stranger {
+        sender_id: "99",
+        display_name: "Eve",
+        chat_id: "99",
+        thread_id: "",
+    }
 }

@@ -11,8 +11,8 @@ mod webdriver;
 use std::{path::PathBuf, time::Duration};
 
 use nexus_bus::{Bus, TraceContext, scheduler_op};
-use nexus_common::{config::DmPolicy, domain::ChannelName, limits::windows, now_ms};
-use nexus_gateway::{Admission, Gateway, pairing::Stranger};
+use nexus_common::{domain::ChannelName, limits::windows, now_ms};
+use nexus_gateway::Admission;
 use nexus_proto::v1::{
     AddJobRequest, AddJobResponse, ChatRef, InboundKind, InboundMessage, Job, JobOrigin,
     ListJobsRequest, ListJobsResponse, OutboundMessage, Sender, job::When,
@@ -98,24 +98,7 @@ async fn an_admin_in_a_browser_logs_in_sees_services_usage_and_live_turns_approv
     shots.take(&chrome, "usage").await;
 
     // A stranger writes to Telegram under `dm_policy = "pairing"` and gets a code.
-    let mut config = w.test.config.clone();
-    config
-        .channels
-        .entry("telegram".into())
-        .or_default()
-        .dm_policy = DmPolicy::Pairing;
-    let gateway = Gateway::connect(&config, "telegram").await.unwrap();
-    let eve = Stranger {
-        sender_id: "99",
-        display_name: "Eve",
-        chat_id: "99",
-        thread_id: "",
-    };
-    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
-    assert!(
-        matches!(admitted, Admission::Pairing { notice: Some(_) }),
-        "{admitted:?}"
-    );
+    let gateway = crate::admin::eve_waits_for_pairing(&w.test.config).await;
     // The admin approves it in the page.
     chrome.goto(&api.url("/admin/pairings")).await;
     let code = chrome
@@ -134,7 +117,10 @@ async fn an_admin_in_a_browser_logs_in_sees_services_usage_and_live_turns_approv
         .await;
     assert!(chrome.find(&by_id(&format!("code-{code}"))).await.is_none());
     // The stranger's next message is let in and answered.
-    let admitted = gateway.admit(&["99"], eve, false).await.unwrap();
+    let admitted = gateway
+        .admit(&["99"], crate::admin::eve(), false)
+        .await
+        .unwrap();
     let Admission::Allowed { .. } = admitted else {
         panic!("the approved stranger is still refused: {admitted:?}");
     };
