@@ -161,6 +161,14 @@ impl Turn {
     }
 }
 
+/// What memory-svc knows of a turn before it runs.
+enum Known {
+    /// Answered before (a redelivery): the stored reply.
+    Answered(Box<OutboundMessage>),
+    /// Not answered yet; its context, when one was asked for.
+    New(Option<Box<ContextResponse>>),
+}
+
 /// What the tool loop produced.
 pub(crate) struct LoopResult {
     pub(crate) text: String,
@@ -182,31 +190,21 @@ impl Agent {
         let command = Command::parse(&turn.msg.text).filter(|_| !fire);
         // Asked at once, not one after another: each is a round trip in front of the
         // reply. The context is wasted on a redelivery or an approval answer, both rare.
-        let (answered, pending, ctx) = tokio::join!(
-            self.answered(turn),
-            async {
-                if fire {
-                    Ok(None)
-                } else {
-                    self.pending_approval(turn).await
-                }
-            },
-            async {
-                if command.is_some() {
-                    None
-                } else {
-                    Some(self.context(turn).await)
-                }
-            },
-        );
-        match answered {
-            Ok(Some(reply)) => {
+        let (known, pending) = tokio::join!(self.known_before(turn, command.is_none()), async {
+            if fire {
+                Ok(None)
+            } else {
+                self.pending_approval(turn).await
+            }
+        });
+        let ctx = match known {
+            Ok(Known::Answered(reply)) => {
                 tracing::info!("turn already answered; publishing the stored reply again");
                 return self.publish_reply(turn, &reply).await;
             }
-            Ok(None) => {}
+            Ok(Known::New(ctx)) => ctx.map(|c| *c),
             Err(e) => return retry(format!("memory-svc: {e}")),
-        }
+        };
 
         self.bus
             .emit_soon(event::Kind::TurnStarted(TurnStarted {
@@ -262,11 +260,10 @@ impl Agent {
         } else {
             let ctx = match ctx {
                 Some(ctx) => ctx,
-                None => self.context(turn).await,
-            };
-            let ctx = match ctx {
-                Ok(c) => c,
-                Err(e) => return retry(format!("memory-svc: {e}")),
+                None => match self.context(turn).await {
+                    Ok(c) => c,
+                    Err(e) => return retry(format!("memory-svc: {e}")),
+                },
             };
             let resolved = turn.for_user(&ctx.user_id);
             user_id.clone_from(&resolved.user_id);
@@ -384,9 +381,27 @@ impl Agent {
             .await;
     }
 
-    async fn answered(&self, turn: &Turn) -> Result<Option<OutboundMessage>, BusError> {
-        let resp: AnsweredResponse = self
-            .bus
+    /// Whether the turn was answered already and, when `with_context`, its context:
+    /// one request to memory-svc (the context request names the turn).
+    async fn known_before(&self, turn: &Turn, with_context: bool) -> Result<Known, BusError> {
+        let (answered, ctx) = if with_context {
+            let mut ctx = self.context_of(turn, turn.msg.id.clone()).await?;
+            match ctx.answered.take() {
+                Some(answered) => (answered, Some(ctx)),
+                // A memory-svc older than ContextResponse.answered: ask it apart.
+                None => (self.answered(turn).await?, Some(ctx)),
+            }
+        } else {
+            (self.answered(turn).await?, None)
+        };
+        Ok(match answered.reply {
+            Some(reply) if answered.answered => Known::Answered(Box::new(reply)),
+            _ => Known::New(ctx.map(Box::new)),
+        })
+    }
+
+    async fn answered(&self, turn: &Turn) -> Result<AnsweredResponse, BusError> {
+        self.bus
             .request_idempotent(
                 self.bus.subjects().memory(memory_op::ANSWERED),
                 &AnsweredRequest {
@@ -395,11 +410,15 @@ impl Agent {
                 &turn.trace,
                 None,
             )
-            .await?;
-        Ok(if resp.answered { resp.reply } else { None })
+            .await
     }
 
     pub(crate) async fn context(&self, turn: &Turn) -> Result<ContextResponse, BusError> {
+        self.context_of(turn, String::new()).await
+    }
+
+    /// The turn's context; with a `turn_id`, also whether that turn was answered.
+    async fn context_of(&self, turn: &Turn, turn_id: String) -> Result<ContextResponse, BusError> {
         self.bus
             .request_idempotent(
                 self.bus.subjects().memory(memory_op::CONTEXT),
@@ -409,6 +428,7 @@ impl Agent {
                     query: turn.msg.text.clone(),
                     history_turns: self.config.memory.history_turns,
                     channel_sender_id: turn.sender_id(),
+                    turn_id,
                 },
                 &turn.trace,
                 None,

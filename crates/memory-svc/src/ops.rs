@@ -195,6 +195,26 @@ impl Memory {
 
     async fn context(&self, payload: &[u8]) -> Result<ContextResponse, OpError> {
         let req: ContextRequest = decode(payload)?;
+        if req.turn_id.is_empty() {
+            return self.build_context(req).await;
+        }
+        // Checked beside the context, not before it: a redelivered turn is rare,
+        // and every other turn would wait for one more query.
+        let turn_id = req.turn_id.clone();
+        let (answered, ctx) = tokio::join!(self.answered_turn(&turn_id), self.build_context(req));
+        let answered = answered?;
+        if answered.answered {
+            return Ok(ContextResponse {
+                answered: Some(answered),
+                ..Default::default()
+            });
+        }
+        let mut ctx = ctx?;
+        ctx.answered = Some(answered);
+        Ok(ctx)
+    }
+
+    async fn build_context(&self, req: ContextRequest) -> Result<ContextResponse, OpError> {
         let session = session_key(req.session.as_ref())?;
         let turns = self.turns(req.history_turns);
         let user_id = if req.channel_sender_id.is_empty() {
@@ -235,6 +255,7 @@ impl Memory {
             user_id,
             session_summary,
             journal_md,
+            answered: None,
         })
     }
 
@@ -689,7 +710,11 @@ impl Memory {
 
     async fn answered(&self, payload: &[u8]) -> Result<AnsweredResponse, OpError> {
         let req: AnsweredRequest = decode(payload)?;
-        let turn_id = TurnId::parse(&req.turn_id).map_err(bad)?;
+        self.answered_turn(&req.turn_id).await
+    }
+
+    async fn answered_turn(&self, turn_id: &str) -> Result<AnsweredResponse, OpError> {
+        let turn_id = TurnId::parse(turn_id).map_err(bad)?;
         let Some(answered) = self.store.answered(&turn_id).await? else {
             return Ok(AnsweredResponse::default());
         };

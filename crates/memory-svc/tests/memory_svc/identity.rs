@@ -81,6 +81,7 @@ async fn context_named(bus: &Bus, channel: &str, sender_id: &str, named: &str) -
         query: "hello".into(),
         history_turns: 0,
         channel_sender_id: sender_id.into(),
+        ..Default::default()
     };
     bus.request(
         bus.subjects().memory(memory_op::CONTEXT),

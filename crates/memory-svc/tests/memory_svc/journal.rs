@@ -155,6 +155,7 @@ async fn a_claimed_batch_is_committed_once_into_the_journal_and_its_facts_into_m
         query: "what did we do today?".into(),
         history_turns: 0,
         channel_sender_id: String::new(),
+        ..Default::default()
     };
     let subject = bus.subjects().memory(memory_op::CONTEXT);
     let alice: ContextResponse = bus
@@ -358,6 +359,7 @@ async fn turns_before_the_window_come_back_as_their_summary_within_its_budget() 
                 query: "go on".into(),
                 history_turns: 2,
                 channel_sender_id: String::new(),
+                ..Default::default()
             },
             &TraceContext::new_root(),
             None,

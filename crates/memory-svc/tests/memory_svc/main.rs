@@ -74,6 +74,7 @@ async fn context(bus: &Bus, chat: &str, user_id: &str) -> ContextResponse {
         query: "anything".into(),
         history_turns: 0,
         channel_sender_id: String::new(),
+        ..Default::default()
     };
     bus.request(
         bus.subjects().memory(memory_op::CONTEXT),
@@ -300,6 +301,47 @@ async fn history_and_answered_turns_survive_a_restart() {
     let not_yet = answered(&bus, "cli:99").await;
     assert!(!not_yet.answered);
     assert_eq!(not_yet.reply, None);
+
+    // A context request that names its turn says the same, in the same round trip.
+    let ask = |turn_id: &str| ContextRequest {
+        session: session("c1"),
+        user_id: "cli_alice".into(),
+        query: "anything".into(),
+        turn_id: turn_id.into(),
+        ..Default::default()
+    };
+    let subject = bus.subjects().memory(memory_op::CONTEXT);
+    let redelivered: ContextResponse = bus
+        .request(
+            subject.clone(),
+            &ask("cli:2"),
+            &TraceContext::new_root(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        redelivered.answered,
+        Some(AnsweredResponse {
+            answered: true,
+            reply: Some(reply("cli:2")),
+        })
+    );
+    assert!(
+        redelivered.history.is_empty(),
+        "no context for an answered turn"
+    );
+    let fresh: ContextResponse = bus
+        .request(subject, &ask("cli:99"), &TraceContext::new_root(), None)
+        .await
+        .unwrap();
+    assert_eq!(fresh.answered, Some(AnsweredResponse::default()));
+    assert_eq!(fresh.history.len(), 6);
+    assert_eq!(
+        context(&bus, "c1", "cli_alice").await.answered,
+        None,
+        "not checked when no turn is named"
+    );
 
     assert!(
         !append(&bus, "c1", "cli:2").await,

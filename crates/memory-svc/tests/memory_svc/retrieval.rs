@@ -155,6 +155,7 @@ async fn context_for(bus: &Bus, user_id: &str, query: &str) -> ContextResponse {
         query: query.into(),
         history_turns: 0,
         channel_sender_id: String::new(),
+        ..Default::default()
     };
     bus.request(
         bus.subjects().memory(memory_op::CONTEXT),
