@@ -61,6 +61,11 @@ impl SqliteStore {
             .map_err(connect_error)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // sqlx pings an idle connection before lending it, a round trip to the
+            // connection's worker thread per query (a third of memory-svc's thread
+            // hand-offs in a turn). A SQLite connection is an open file in this
+            // process: there is no far end to have gone away.
+            .test_before_acquire(false)
             .acquire_timeout(LOCK_TIMEOUT)
             .connect_with(options)
             .await
