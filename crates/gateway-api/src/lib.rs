@@ -71,7 +71,7 @@ use crate::{
 };
 
 /// The channel name of this gateway.
-pub const CHANNEL: &str = "api";
+pub const CHANNEL: &str = nexus_common::channel_settings::api::CHANNEL;
 
 /// Runs the gateway until `shutdown`: listeners, reply routing and reply acking.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

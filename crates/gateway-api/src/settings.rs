@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
-use nexus_common::{Config, config::ChannelConfig};
+use nexus_common::{
+    Config,
+    channel_settings::api::{self, ApiChannelSettings},
+};
 
 /// Resolved settings, validated at start.
 #[derive(Debug, Clone)]
@@ -22,37 +24,20 @@ pub struct ApiSettings {
 }
 
 impl ApiSettings {
+    /// `[api]` as it is, and `[channels.api]` by `channel_settings::api` (unknown keys warned).
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let channel = config.channel("api");
-        let reply_timeout = number(&channel, "reply_timeout_secs", 300)?;
-        let max_body_bytes = number(&channel, "max_body_bytes", 1024 * 1024)?;
-        let shutdown_grace = number(&channel, "shutdown_grace_secs", 20)?;
-        if reply_timeout == 0 || max_body_bytes < 1024 {
-            bail!(
-                "[channels.api] reply_timeout_secs must be at least 1 and max_body_bytes at least 1024"
-            );
-        }
+        let ApiChannelSettings {
+            reply_timeout,
+            max_body_bytes,
+            shutdown_grace,
+        } = ApiChannelSettings::load(&config.channel(api::CHANNEL))?;
         Ok(Self {
             listen: config.api.listen.clone(),
             grpc_listen: config.api.grpc_listen.clone(),
-            reply_timeout: Duration::from_secs(reply_timeout),
-            max_body_bytes: usize::try_from(max_body_bytes)?,
-            shutdown_grace: Duration::from_secs(shutdown_grace),
+            reply_timeout,
+            max_body_bytes,
+            shutdown_grace,
         })
-    }
-}
-
-/// A non-negative integer key; environment overrides arrive as strings.
-fn number(channel: &ChannelConfig, key: &str, default: u64) -> anyhow::Result<u64> {
-    let parsed = match channel.extra.get(key) {
-        None => return Ok(default),
-        Some(toml::Value::Integer(n)) => u64::try_from(*n).ok(),
-        Some(toml::Value::String(s)) => s.trim().parse().ok(),
-        Some(_) => None,
-    };
-    match parsed {
-        Some(n) => Ok(n),
-        None => bail!("[channels.api] {key} must be a non-negative whole number"),
     }
 }
 
@@ -90,5 +75,20 @@ mod tests {
         )]))
         .unwrap_err();
         assert!(err.to_string().contains("reply_timeout_secs"), "{err}");
+        let err =
+            ApiSettings::from_config(&config(&[("NEXUS__CHANNELS__API__MAX_BODY_BYTES", "1000")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_only_warned_of() {
+        let s = ApiSettings::from_config(&config(&[
+            ("NEXUS__CHANNELS__API__REPLY_TIMEOUT", "7"),
+            ("NEXUS__CHANNELS__API__SHUTDOWN_GRACE_SECS", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(s.reply_timeout, Duration::from_secs(300));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(3));
     }
 }

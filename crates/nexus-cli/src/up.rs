@@ -95,7 +95,7 @@ pub async fn run(config: Config, args: UpArgs) -> anyhow::Result<ExitCode> {
         };
         plan.push((label, agent.clone()));
     }
-    for report in channel_settings::unknown_keys(&config.channels) {
+    for report in channel_settings::unknown_channels_and_keys(&config.channels) {
         println!("[nexus] warning: {report}");
     }
     for (name, unset) in optional(&config) {

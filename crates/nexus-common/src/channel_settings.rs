@@ -8,15 +8,34 @@
 //! - a number is a non-negative whole number; each setting says its own bounds;
 //! - a keyword (`mode`) is matched in any case;
 //! - an empty secret or URL counts as unset;
-//! - a key the channel does not know is reported, naming the known ones.
+//! - a key the channel does not know is reported, naming the known ones;
+//! - so is a `[channels.<name>]` table of a channel Nexus does not have.
 //!
 //! A secret is a [`Secret`], whose `Debug` never shows it. No error names a secret's value.
 
 use crate::config::ChannelConfig;
 
+pub mod api;
 pub mod slack;
 pub mod telegram;
 pub mod whatsapp;
+
+/// The command line's channel (`nexus chat`): only the common keys.
+pub const CLI: &str = "cli";
+/// Sub-agents' sessions (`task:<id>`): only the common keys, and the `message` tool
+/// reads its `allow_from` as any channel's.
+pub const TASK: &str = "task";
+
+/// Every channel that has a `[channels.<name>]` table, with its own keys besides
+/// [`COMMON_KEYS`]. A table of another name is read by nobody.
+pub const CHANNELS: &[(&str, &[&str])] = &[
+    (api::CHANNEL, api::KEYS),
+    (CLI, &[]),
+    (slack::CHANNEL, slack::KEYS),
+    (TASK, &[]),
+    (telegram::CHANNEL, telegram::KEYS),
+    (whatsapp::CHANNEL, whatsapp::KEYS),
+];
 
 /// Keys every channel has, modelled in [`ChannelConfig`] itself.
 pub const COMMON_KEYS: &[&str] = &[
@@ -213,16 +232,29 @@ pub fn warn_unknown(channel: &'static str, table: &ChannelConfig, known: &'stati
     }
 }
 
-/// The reports of unknown keys in the tables of the channels whose settings live here.
-pub fn unknown_keys(channels: &std::collections::BTreeMap<String, ChannelConfig>) -> Vec<String> {
-    [
-        (telegram::CHANNEL, telegram::KEYS),
-        (slack::CHANNEL, slack::KEYS),
-        (whatsapp::CHANNEL, whatsapp::KEYS),
-    ]
-    .into_iter()
-    .filter_map(|(name, known)| Keys::new(name, channels.get(name)?, known).unknown_report())
-    .collect()
+/// What `[channels]` holds that nothing reads: tables of channels Nexus does not have
+/// (a misspelt name), and keys a channel does not know. Warnings, never a refusal.
+pub fn unknown_channels_and_keys(
+    channels: &std::collections::BTreeMap<String, ChannelConfig>,
+) -> Vec<String> {
+    channels
+        .iter()
+        .filter_map(|(name, table)| {
+            match CHANNELS.iter().find(|&&(known, _)| known == name.as_str()) {
+                Some(&(known, keys)) => Keys::new(known, table, keys).unknown_report(),
+                None => Some(unknown_channel_report(name)),
+            }
+        })
+        .collect()
+}
+
+fn unknown_channel_report(name: &str) -> String {
+    let mut known: Vec<&str> = CHANNELS.iter().map(|(name, _)| *name).collect();
+    known.sort_unstable();
+    format!(
+        "[channels.{name}] is ignored: Nexus has no channel {name:?} (channels: {})",
+        known.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -349,8 +381,31 @@ mod tests {
             ),
         ]
         .into();
-        let reports = unknown_keys(&channels);
+        let reports = unknown_channels_and_keys(&channels);
         assert_eq!(reports.len(), 1, "{reports:?}");
         assert!(reports[0].starts_with("[channels.whatsapp] ignores unknown key bridge_ulr"));
+    }
+
+    #[test]
+    fn a_table_of_a_channel_nexus_does_not_have_is_reported_with_the_known_channels() {
+        let channels = [
+            ("telegarm".to_owned(), table(&[])),
+            ("telegram".to_owned(), table(&[])),
+            ("cli".to_owned(), table(&[])),
+            ("task".to_owned(), table(&[])),
+            ("api".to_owned(), table(&[("reply_timout_secs", 9.into())])),
+        ]
+        .into();
+        let reports = unknown_channels_and_keys(&channels);
+        assert_eq!(
+            reports,
+            [
+                "[channels.api] ignores unknown key reply_timout_secs (known keys: allow_from, \
+                 dm_policy, listen, max_body_bytes, pairing_code_ttl_secs, pairing_max_pending, \
+                 reply_timeout_secs, shutdown_grace_secs)",
+                "[channels.telegarm] is ignored: Nexus has no channel \"telegarm\" (channels: \
+                 api, cli, slack, task, telegram, whatsapp)",
+            ]
+        );
     }
 }

@@ -13,7 +13,11 @@ use axum::{Form, extract::State, http::StatusCode, response::Response};
 use nexus_bus::{
     BusError, TraceContext, async_nats::jetstream::consumer::DeliverPolicy, gateway_op,
 };
-use nexus_common::{domain::ChannelName, now_ms};
+use nexus_common::{
+    channel_settings::{slack, telegram},
+    domain::ChannelName,
+    now_ms,
+};
 use nexus_proto::v1::{GatewayCommandRequest, GatewayCommandResponse, ServiceNotice};
 use qrcode::{Color, EcLevel, QrCode};
 
@@ -63,15 +67,6 @@ async fn channels_page(
     };
     let replicas = |service: &str| instances.iter().filter(|i| i.name == service).count();
     let config = &state.config;
-    let mode = |channel: &str, default: &str| {
-        config
-            .channels
-            .get(channel)
-            .and_then(|c| c.extra.get("mode"))
-            .and_then(|v| v.as_str())
-            .unwrap_or(default)
-            .to_owned()
-    };
     let last = |service: &str| reports.last.get(service);
     let reported = |service: &str| match last(service) {
         Some((at, n)) if n.status == "qr" => format!("waiting for a QR code scan ({})", utc(*at)),
@@ -80,7 +75,11 @@ async fn channels_page(
         None => "nothing reported".to_owned(),
     };
 
-    let telegram_mode = mode("telegram", "polling");
+    // A bad mode keeps the gateway from starting; its error says why.
+    let telegram_mode = match telegram::configured_mode(&config.channel(telegram::CHANNEL)) {
+        Ok(mode) => mode.as_str().to_owned(),
+        Err(e) => esc(&e.to_string()),
+    };
     let telegram_state = match (replicas("gateway-telegram"), last("gateway-telegram")) {
         (0, _) => "not running".to_owned(),
         (_, Some((at, n))) if n.status == "degraded" => format!(
@@ -93,10 +92,10 @@ async fn channels_page(
         }
         _ => format!("{telegram_mode}, no trouble reported"),
     };
-    let slack_mode = match mode("slack", "events").as_str() {
-        "socket" => "Socket Mode".to_owned(),
-        "events" => "Events API (HTTP)".to_owned(),
-        other => esc(other),
+    let slack_mode = match slack::configured_mode(&config.channel(slack::CHANNEL)) {
+        Ok(slack::Mode::Socket) => "Socket Mode".to_owned(),
+        Ok(slack::Mode::Events) => "Events API (HTTP)".to_owned(),
+        Err(e) => esc(&e.to_string()),
     };
     let whatsapp_state = match (reports.qr.is_some(), last(WHATSAPP)) {
         (true, _) => "pairing: scan the QR code below".to_owned(),

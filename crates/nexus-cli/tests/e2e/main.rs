@@ -554,11 +554,13 @@ async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
     for (k, v) in llm_env(&fake, false) {
         env.push((k.to_owned(), v));
     }
-    // A typo in a channel's key is reported, not silently ignored.
+    // A typo in a channel's key or name is reported, not silently ignored, and
+    // every service still starts.
     env.push((
         "NEXUS__CHANNELS__SLACK__MENTION_ONYL".into(),
         "false".into(),
     ));
+    env.push(("NEXUS__CHANNELS__TELEGARM__ALLOW_FROM".into(), "*".into()));
     let mut up = tokio::process::Command::new(nexus_testkit::bin_path("nexus"))
         .arg("up")
         .env_clear()
@@ -610,6 +612,12 @@ async fn nexus_up_starts_nats_supervises_the_services_and_stops_cleanly() {
         seen.iter().any(|l| l
             .contains("warning: [channels.slack] ignores unknown key mention_onyl")
             && l.contains("mention_only")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l
+            .contains("warning: [channels.telegarm] is ignored: Nexus has no channel")
+            && l.contains("telegram")),
         "{seen:#?}"
     );
 

@@ -87,6 +87,11 @@ fn mode(keys: &Keys<'_>) -> Result<Mode, KeyError> {
     }
 }
 
+/// `[channels.slack] mode`, readable without the credentials (the admin console shows it).
+pub fn configured_mode(channel: &ChannelConfig) -> Result<Mode, KeyError> {
+    mode(&Keys::new(CHANNEL, channel, KEYS))
+}
+
 /// The credential variables `mode` needs.
 fn needed(mode: Mode) -> [&'static str; 2] {
     match mode {
@@ -283,6 +288,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.mode, Mode::Socket);
+        assert_eq!(configured_mode(&c), Ok(Mode::Socket), "without credentials");
         assert!(!s.mention_only);
         assert_eq!(s.chunk_chars, 1200);
         assert_eq!(s.api_url, "http://127.0.0.1:9/api");

@@ -41,6 +41,40 @@ pub enum Mode {
     },
 }
 
+/// `[channels.telegram] mode` alone: which [`Mode`] the gateway runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeName {
+    Polling,
+    Webhook,
+}
+
+impl ModeName {
+    /// The word written in `mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Polling => "polling",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// `[channels.telegram] mode`, readable without the token (the admin console shows it).
+pub fn configured_mode(channel: &ChannelConfig) -> Result<ModeName, KeyError> {
+    mode_name(&Keys::new(CHANNEL, channel, KEYS))
+}
+
+fn mode_name(keys: &Keys<'_>) -> Result<ModeName, KeyError> {
+    match keys.keyword("mode")?.as_deref() {
+        None | Some("polling") => Ok(ModeName::Polling),
+        Some("webhook") => Ok(ModeName::Webhook),
+        Some(other) => Err(KeyError {
+            channel: CHANNEL,
+            key: "mode",
+            why: format!("{other:?} is neither \"polling\" nor \"webhook\""),
+        }),
+    }
+}
+
 /// Everything the Telegram gateway is configured with.
 #[derive(Debug, Clone)]
 pub struct TelegramSettings {
@@ -125,9 +159,9 @@ impl TelegramSettings {
             Duration::from_secs(keys.number("poll_timeout_secs")?.unwrap_or(25).clamp(1, 50));
         let max_media_bytes = keys.number("max_media_bytes")?.unwrap_or(20 * 1024 * 1024);
 
-        let mode = match keys.keyword("mode")?.as_deref().unwrap_or("polling") {
-            "polling" => Mode::Polling,
-            "webhook" => {
+        let mode = match mode_name(&keys)? {
+            ModeName::Polling => Mode::Polling,
+            ModeName::Webhook => {
                 let listen = channel.listen.as_deref().unwrap_or("0.0.0.0:8443");
                 let listen = listen.parse().map_err(|e| {
                     invalid("listen", format!("{listen:?} is not a socket address: {e}"))
@@ -171,12 +205,6 @@ impl TelegramSettings {
                     secret,
                     public_url,
                 }
-            }
-            other => {
-                return Err(invalid(
-                    "mode",
-                    format!("{other:?} is neither \"polling\" nor \"webhook\""),
-                ));
             }
         };
 
@@ -311,5 +339,13 @@ mod tests {
             err.to_string().contains("[channels.telegram] mode"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_mode_reads_without_the_token() {
+        let mode = |v: &str| configured_mode(&channel(&[("mode", v.into())]));
+        assert_eq!(configured_mode(&channel(&[])), Ok(ModeName::Polling));
+        assert_eq!(mode(" Webhook "), Ok(ModeName::Webhook));
+        assert_eq!(mode("pigeon").unwrap_err().key, "mode");
     }
 }
