@@ -2,7 +2,7 @@
 //! /model, /stop, /tasks, /cancel <task>, and for admins (`[agent] admins`) /pair and
 //! /model all — parsed here, and carried out here ([`Agent::command`]).
 
-use nexus_bus::{BusError, memory_op};
+use nexus_bus::{BusError, MemoryOp};
 use nexus_common::now_ms;
 use nexus_gateway::pairing::{Pairing, PairingCode, for_how_long};
 use nexus_proto::v1::{
@@ -165,7 +165,7 @@ impl Agent {
     ) -> Result<SessionCommandResponse, BusError> {
         self.bus
             .request(
-                self.bus.subjects().memory(memory_op::SESSION),
+                self.bus.subjects().memory(MemoryOp::Session),
                 &SessionCommandRequest {
                     session: Some(turn.session_ref()),
                     command: Some(command),
@@ -198,7 +198,7 @@ impl Agent {
         let resolved: IdentityResponse = self
             .bus
             .request(
-                self.bus.subjects().memory(memory_op::IDENTITY),
+                self.bus.subjects().memory(MemoryOp::Identity),
                 &IdentityRequest {
                     op: Some(identity_request::Op::Resolve(ResolveIdentity {
                         channel: turn.session.channel().to_string(),

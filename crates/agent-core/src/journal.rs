@@ -14,7 +14,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use nexus_bus::{BusError, TraceContext, memory_op};
+use nexus_bus::{BusError, MemoryOp, TraceContext};
 use nexus_common::{Config, now_ms};
 use nexus_proto::v1::{
     ClaimBatch, CommitBatch, ConsolidateRequest, ConsolidateResponse, ConsolidationBatch,
@@ -139,7 +139,7 @@ async fn consolidate(
     agent
         .bus
         .request(
-            agent.bus.subjects().memory(memory_op::CONSOLIDATE),
+            agent.bus.subjects().memory(MemoryOp::Consolidate),
             &ConsolidateRequest { op: Some(op) },
             &TraceContext::new_root(),
             None,
@@ -212,7 +212,7 @@ async fn summarize_batch(
         model: models.first().cloned().unwrap_or_default(),
         system: INSTRUCTIONS.to_owned(),
         messages: vec![LlmMessage::User(transcript(batch, &session_id))],
-        tools: Vec::new(),
+        tools: Default::default(),
         max_output_tokens: MAX_SUMMARY_TOKENS,
     };
     let started = std::time::Instant::now();

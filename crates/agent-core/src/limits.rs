@@ -16,9 +16,8 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
 use nexus_bus::{
-    kv_key,
+    MemoryOp, kv_key,
     limits::{overrides, user_limits_bucket},
-    memory_op,
 };
 use nexus_common::limits::{
     Breach, Consumption, LimitKind, RATE_WINDOW_MS, UserLimits, budget_breaches, windows,
@@ -342,7 +341,7 @@ impl Agent {
         let resp: UsageResponse = self
             .bus
             .request_idempotent(
-                self.bus.subjects().memory(memory_op::USAGE),
+                self.bus.subjects().memory(MemoryOp::Usage),
                 &UsageRequest {
                     from_day: from.to_owned(),
                     to_day: to.to_owned(),

@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use futures::StreamExt as _;
-use nexus_bus::{InProgress, Outcome, Puller, TraceContext, kv_key, memory_op, settle};
+use nexus_bus::{InProgress, MemoryOp, Outcome, Puller, TraceContext, kv_key, settle};
 use nexus_common::{now_ms, shutdown::CancellationToken};
 use nexus_proto::v1::{
     AppendTurnRequest, AppendTurnResponse, ChatRef, HistoryEntry, InboundKind, InboundMessage,
@@ -627,7 +627,7 @@ impl Agent {
         if let Err(e) = self
             .bus
             .request_idempotent::<_, AppendTurnResponse>(
-                self.bus.subjects().memory(memory_op::APPEND),
+                self.bus.subjects().memory(MemoryOp::Append),
                 &req,
                 trace,
                 None,

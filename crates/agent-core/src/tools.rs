@@ -5,14 +5,18 @@
 //!
 //! Failures come back as data.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use nexus_bus::{Bus, BusError, TraceContext};
 use nexus_common::{Config, domain::ToolName, shutdown::CancellationToken};
 use nexus_proto::v1::{ToolCall, ToolError, ToolErrorKind, ToolResult, ToolSpec, tool_result};
 use nexus_tools::wire::{self, Encoding};
 
-use crate::{llm::LlmTool, message, tasks};
+use crate::{context::estimate_tokens, llm::LlmTool, message, tasks};
 
 /// Tool specs by name.
 pub type Specs = Arc<BTreeMap<String, ToolSpec>>;
@@ -23,6 +27,7 @@ pub struct ToolDirectory {
     bus: Bus,
     config: Arc<Config>,
     live: nexus_tools::ToolDirectory,
+    offered: OfferCache,
 }
 
 impl ToolDirectory {
@@ -33,7 +38,12 @@ impl ToolDirectory {
         shutdown: CancellationToken,
     ) -> Result<Self, BusError> {
         let live = nexus_tools::ToolDirectory::start(&bus, shutdown).await?;
-        Ok(Self { bus, config, live })
+        Ok(Self {
+            bus,
+            config,
+            live,
+            offered: OfferCache::default(),
+        })
     }
 
     /// The tools available now.
@@ -54,6 +64,11 @@ impl ToolDirectory {
             specs.insert(tasks::NAME.to_owned(), tasks::spec());
         }
         Arc::new(specs)
+    }
+
+    /// `specs` as the model is offered them, and the prompt tokens they take.
+    pub fn offer(&self, specs: &Specs) -> (Arc<[LlmTool]>, u32) {
+        self.offered.offer(specs)
     }
 
     /// Runs one call on tool-runner. Every failure becomes a `ToolResult` error the model can read.
@@ -167,8 +182,42 @@ impl ToolDirectory {
     }
 }
 
+/// The last specs converted for the model. Converted again only when the live set
+/// changes: parsing every schema on every turn cost about a tenth of agent-core's CPU
+/// per turn (perf, `nexus-bench turns`).
+#[derive(Clone, Default)]
+struct OfferCache(Arc<Mutex<Option<Offer>>>);
+
+struct Offer {
+    specs: Specs,
+    tools: Arc<[LlmTool]>,
+    tokens: u32,
+}
+
+impl OfferCache {
+    fn offer(&self, specs: &Specs) -> (Arc<[LlmTool]>, u32) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = last.as_ref()
+            && (Arc::ptr_eq(&o.specs, specs) || o.specs == *specs)
+        {
+            return (Arc::clone(&o.tools), o.tokens);
+        }
+        let tools: Arc<[LlmTool]> = specs.values().map(to_llm_tool).collect();
+        let tokens = tools
+            .iter()
+            .map(|t| estimate_tokens(&t.parameters.to_string()) + estimate_tokens(&t.description))
+            .sum();
+        *last = Some(Offer {
+            specs: Arc::clone(specs),
+            tools: Arc::clone(&tools),
+            tokens,
+        });
+        (tools, tokens)
+    }
+}
+
 /// A spec as the model sees it. A schema that is not valid JSON becomes an open object.
-pub fn to_llm_tool(spec: &ToolSpec) -> LlmTool {
+fn to_llm_tool(spec: &ToolSpec) -> LlmTool {
     LlmTool {
         name: spec.name.clone(),
         description: spec.description.clone(),
@@ -197,5 +246,44 @@ pub fn result_text(r: &ToolResult) -> (bool, String) {
             (false, format!("ERROR [{kind}]{retry}: {}", e.message))
         }
         None => (false, "ERROR: the tool returned nothing".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(schema: &str) -> Specs {
+        let spec = |name: &str| ToolSpec {
+            name: name.into(),
+            description: format!("{name} things"),
+            parameters_json_schema: schema.into(),
+            ..Default::default()
+        };
+        Arc::new(BTreeMap::from([
+            ("a".to_owned(), spec("a")),
+            ("b".to_owned(), spec("b")),
+        ]))
+    }
+
+    #[test]
+    fn tools_are_converted_once_while_the_specs_stay_the_same() {
+        let cache = OfferCache::default();
+        let schema = r#"{"type":"object","properties":{"path":{"type":"string"}}}"#;
+        let (first, tokens) = cache.offer(&specs(schema));
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].parameters["properties"]["path"]["type"], "string");
+        let each = estimate_tokens(schema) + estimate_tokens("a things");
+        assert_eq!(tokens, 2 * each);
+
+        // Equal specs, built anew (as every turn does): the same conversion.
+        let (again, again_tokens) = cache.offer(&specs(schema));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(again_tokens, tokens);
+
+        // A changed schema is converted afresh; one that is not JSON is an open object.
+        let (changed, _) = cache.offer(&specs("not json"));
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed[0].parameters, serde_json::json!({"type": "object"}));
     }
 }

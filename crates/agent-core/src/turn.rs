@@ -9,9 +9,9 @@
 //!
 //! A crash between any two steps redoes the turn without a second reply.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
-use nexus_bus::{BusError, Outcome, TraceContext, memory_op};
+use nexus_bus::{BusError, MemoryOp, Outcome, TraceContext};
 use nexus_common::{
     domain::{ChannelName, SessionKey, default_user_id, reply_id},
     now_ms,
@@ -35,7 +35,7 @@ use crate::{
     llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
     progress::Progress,
     scheduled, tasks,
-    tools::{result_text, to_llm_tool},
+    tools::result_text,
 };
 
 /// How a turn is answered: the reply, what is stored of it, and what it cost.
@@ -338,7 +338,7 @@ impl Agent {
             match self
                 .bus
                 .request_idempotent::<_, AppendTurnResponse>(
-                    self.bus.subjects().memory(memory_op::APPEND),
+                    self.bus.subjects().memory(MemoryOp::Append),
                     &req,
                     &turn.trace,
                     None,
@@ -403,7 +403,7 @@ impl Agent {
     async fn answered(&self, turn: &Turn) -> Result<AnsweredResponse, BusError> {
         self.bus
             .request_idempotent(
-                self.bus.subjects().memory(memory_op::ANSWERED),
+                self.bus.subjects().memory(MemoryOp::Answered),
                 &AnsweredRequest {
                     turn_id: turn.msg.id.clone(),
                 },
@@ -421,7 +421,7 @@ impl Agent {
     async fn context_of(&self, turn: &Turn, turn_id: String) -> Result<ContextResponse, BusError> {
         self.bus
             .request_idempotent(
-                self.bus.subjects().memory(memory_op::CONTEXT),
+                self.bus.subjects().memory(MemoryOp::Context),
                 &ContextRequest {
                     session: Some(turn.session_ref()),
                     user_id: turn.user_id.clone(),
@@ -514,7 +514,7 @@ impl Agent {
         // The user's own time zone travels to tools (a cron job "at 9" is their 9).
         let timezone = crate::context::user_timezone(&ctx.user_profile_md).unwrap_or_default();
         let specs = self.specs_for(turn).await;
-        let tools: Vec<_> = specs.values().map(to_llm_tool).collect();
+        let (tools, tool_tokens) = self.tools.offer(&specs);
         let names: Vec<String> = specs.keys().cloned().collect();
         let facts = TurnFacts {
             channel: turn.session.channel().as_str(),
@@ -535,14 +535,7 @@ impl Agent {
         let text = scheduled::user_text(turn);
         // History gets what the window leaves after the prompt, the tools, the
         // message and the room kept for the answer.
-        let fixed = estimate_tokens(&system)
-            + tools
-                .iter()
-                .map(|t| {
-                    estimate_tokens(&t.parameters.to_string()) + estimate_tokens(&t.description)
-                })
-                .sum::<u32>()
-            + estimate_tokens(&text);
+        let fixed = estimate_tokens(&system) + tool_tokens + estimate_tokens(&text);
         let budget = self
             .config
             .llm
@@ -589,7 +582,7 @@ impl Agent {
         loop {
             // The last allowed call gets no tools, so it must answer in words.
             if llm_calls + 1 >= max_iterations && !req.tools.is_empty() {
-                req.tools.clear();
+                req.tools = Arc::default();
                 req.system.push_str(
                     "\n\nYou have used your tool budget for this turn. Answer now with what you know, and say what is \
                      left undone.",
@@ -784,7 +777,7 @@ impl Agent {
             let no_message = name == crate::message::NAME && !limits.allow_message;
             !(spec.requires_approval || too_deep || no_message)
         });
-        std::sync::Arc::new(own)
+        Arc::new(own)
     }
 
     async fn run_tool(

@@ -24,7 +24,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::{Stream, StreamExt, stream};
-use nexus_bus::{Bus, BusError, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext};
 use nexus_common::{domain::ChannelName, now_ms, shutdown::CancellationToken};
 use nexus_gateway::Gateway;
 use nexus_proto::v1::{
@@ -287,7 +287,7 @@ impl Turns {
         let bus = self.bus();
         let resp: AnsweredResponse = bus
             .request(
-                bus.subjects().memory(memory_op::ANSWERED),
+                bus.subjects().memory(MemoryOp::Answered),
                 &AnsweredRequest {
                     turn_id: turn_id.to_owned(),
                 },

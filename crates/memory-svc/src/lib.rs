@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use files::MarkdownFiles;
 pub use index::{MemoryIndex, UserId};
-pub use ops::{Memory, Op, OpError};
+pub use ops::{Memory, OpError};
 pub use store::{ChunkHit, Identity, ModelOverride, SessionStore, StoreError};
 pub use tools::MemoryTools;
 

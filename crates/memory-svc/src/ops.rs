@@ -7,7 +7,7 @@
 //! subscriptions.
 
 use bytes::Bytes;
-use nexus_bus::{async_nats::service, memory_op, reply_bytes};
+use nexus_bus::{MemoryOp, async_nats::service, reply_bytes};
 use nexus_common::{
     config::MemoryConfig,
     domain::{ChannelName, SessionKey, default_user_id},
@@ -67,45 +67,6 @@ const MAX_SUMMARY_CONTEXT_BYTES: usize = 4096;
 const MAX_JOURNAL_CONTEXT_BYTES: usize = 4096;
 /// Earlier summaries of a conversation considered for a context.
 const MAX_EARLIER_SUMMARIES: u32 = 8;
-
-/// A memory operation, the last token of `N.memory.<op>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Context,
-    Append,
-    Answered,
-    History,
-    Session,
-    Identity,
-    Consolidate,
-    Usage,
-}
-
-impl Op {
-    pub const ALL: [Op; 8] = [
-        Op::Context,
-        Op::Append,
-        Op::Answered,
-        Op::History,
-        Op::Session,
-        Op::Identity,
-        Op::Consolidate,
-        Op::Usage,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Context => memory_op::CONTEXT,
-            Op::Append => memory_op::APPEND,
-            Op::Answered => memory_op::ANSWERED,
-            Op::History => memory_op::HISTORY,
-            Op::Session => memory_op::SESSION,
-            Op::Identity => memory_op::IDENTITY,
-            Op::Consolidate => memory_op::CONSOLIDATE,
-            Op::Usage => memory_op::USAGE,
-        }
-    }
-}
 
 /// Why an operation failed, split by whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -180,16 +141,20 @@ impl Memory {
     }
 
     /// Runs one operation on a request payload and encodes the reply or the service error.
-    pub async fn handle(&self, op: Op, payload: &[u8]) -> Result<Bytes, service::error::Error> {
+    pub async fn handle(
+        &self,
+        op: MemoryOp,
+        payload: &[u8],
+    ) -> Result<Bytes, service::error::Error> {
         match op {
-            Op::Context => reply(op, self.context(payload).await),
-            Op::Append => reply(op, self.append(payload).await),
-            Op::Answered => reply(op, self.answered(payload).await),
-            Op::History => reply(op, self.history(payload).await),
-            Op::Session => reply(op, self.session(payload).await),
-            Op::Identity => reply(op, self.identity(payload).await),
-            Op::Consolidate => reply(op, self.consolidate(payload).await),
-            Op::Usage => reply(op, self.usage(payload).await),
+            MemoryOp::Context => reply(op, self.context(payload).await),
+            MemoryOp::Append => reply(op, self.append(payload).await),
+            MemoryOp::Answered => reply(op, self.answered(payload).await),
+            MemoryOp::History => reply(op, self.history(payload).await),
+            MemoryOp::Session => reply(op, self.session(payload).await),
+            MemoryOp::Identity => reply(op, self.identity(payload).await),
+            MemoryOp::Consolidate => reply(op, self.consolidate(payload).await),
+            MemoryOp::Usage => reply(op, self.usage(payload).await),
         }
     }
 
@@ -786,7 +751,10 @@ fn history_window(requested: u32, default: u32) -> u32 {
 }
 
 /// The one place where an operation's result becomes a reply or a service error.
-fn reply<M: Message>(op: Op, result: Result<M, OpError>) -> Result<Bytes, service::error::Error> {
+fn reply<M: Message>(
+    op: MemoryOp,
+    result: Result<M, OpError>,
+) -> Result<Bytes, service::error::Error> {
     reply_bytes(result.map_err(|error| {
         let code = error.code();
         if code >= 500 {

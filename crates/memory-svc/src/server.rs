@@ -9,12 +9,12 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use nexus_bus::{Bus, TraceContext, async_nats::service};
+use nexus_bus::{Bus, MemoryOp, TraceContext, async_nats::service};
 use nexus_tools::{DynTool, OpLimits, ServeOptions, ToolServer, serve_with_ops};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::ops::{Memory, Op};
+use crate::ops::Memory;
 
 /// Name in the NATS service API (`nats micro ls`).
 pub const SERVICE_NAME: &str = "memory-svc";
@@ -54,13 +54,13 @@ pub async fn serve(
     }
     tracing::info!(
         namespace = %bus.subjects().namespace(),
-        subjects = %bus.subjects().memory("*"),
+        subjects = %bus.subjects().memory_all(),
         tools = ?tool_server.names(),
         "memory-svc ready"
     );
-    let ops = Op::ALL
+    let ops = MemoryOp::ALL
         .into_iter()
-        .map(|op| (op, op.name(), bus.subjects().memory(op.name())))
+        .map(|op| (op, op.name(), bus.subjects().memory(op)))
         .collect();
     let limits = OpLimits {
         max_in_flight: MAX_IN_FLIGHT,
@@ -74,7 +74,7 @@ pub async fn serve(
 }
 
 /// Handles one request and sends its reply.
-async fn answer(memory: &Memory, op: Op, request: service::Request) {
+async fn answer(memory: &Memory, op: MemoryOp, request: service::Request) {
     let trace = TraceContext::from_headers(request.message.headers.as_ref());
     let span = tracing::info_span!(
         "memory_op",

@@ -35,7 +35,7 @@ pub use link::{Link, LinkState};
 pub use publish::Stored;
 pub use request::decode;
 pub use streams::DUPLICATE_WINDOW;
-pub use subjects::{INBOUND_PARTITIONS, Subjects, event_kind, gateway_op, memory_op, scheduler_op};
+pub use subjects::{INBOUND_PARTITIONS, MemoryOp, Subjects, event_kind, gateway_op, scheduler_op};
 pub use trace::TraceContext;
 
 /// Header carrying the idempotency key.

@@ -30,16 +30,64 @@ pub mod event_kind {
     pub const PAIRING: &str = "pairing";
 }
 
-/// memory-svc operations, the last token of `N.memory.<op>`.
-pub mod memory_op {
-    pub const CONTEXT: &str = "context";
-    pub const APPEND: &str = "append";
-    pub const ANSWERED: &str = "answered";
-    pub const HISTORY: &str = "history";
-    pub const SESSION: &str = "session";
-    pub const IDENTITY: &str = "identity";
-    pub const CONSOLIDATE: &str = "consolidate";
-    pub const USAGE: &str = "usage";
+/// A memory-svc operation: the last token of `N.memory.<op>` and the request it carries.
+/// The one list of them; memory-svc serves `ALL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryOp {
+    Context,
+    Append,
+    Answered,
+    History,
+    Session,
+    Identity,
+    Consolidate,
+    Usage,
+}
+
+impl MemoryOp {
+    pub const ALL: [Self; 8] = [
+        Self::Context,
+        Self::Append,
+        Self::Answered,
+        Self::History,
+        Self::Session,
+        Self::Identity,
+        Self::Consolidate,
+        Self::Usage,
+    ];
+
+    /// The subject token.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Context => "context",
+            Self::Append => "append",
+            Self::Answered => "answered",
+            Self::History => "history",
+            Self::Session => "session",
+            Self::Identity => "identity",
+            Self::Consolidate => "consolidate",
+            Self::Usage => "usage",
+        }
+    }
+
+    /// The fully qualified protobuf type of the op's request.
+    pub const fn request_type(self) -> &'static str {
+        match self {
+            Self::Context => "nexus.v1.ContextRequest",
+            Self::Append => "nexus.v1.AppendTurnRequest",
+            Self::Answered => "nexus.v1.AnsweredRequest",
+            Self::History => "nexus.v1.HistoryRequest",
+            Self::Session => "nexus.v1.SessionCommandRequest",
+            Self::Identity => "nexus.v1.IdentityRequest",
+            Self::Consolidate => "nexus.v1.ConsolidateRequest",
+            Self::Usage => "nexus.v1.UsageRequest",
+        }
+    }
+
+    /// The op a subject token names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
 }
 
 /// scheduler operations, the last token of `N.scheduler.<op>`.
@@ -112,8 +160,12 @@ impl Subjects {
         format!("{}.files.stage", self.ns)
     }
     /// `N.memory.<op>`
-    pub fn memory(&self, op: &str) -> String {
-        format!("{}.memory.{op}", self.ns)
+    pub fn memory(&self, op: MemoryOp) -> String {
+        format!("{}.memory.{}", self.ns, op.name())
+    }
+    /// `N.memory.*`: every memory op (for logs and monitors).
+    pub fn memory_all(&self) -> String {
+        format!("{}.memory.*", self.ns)
     }
     /// `N.scheduler.<op>`
     pub fn scheduler(&self, op: &str) -> String {
@@ -282,14 +334,7 @@ impl Subjects {
             ("events", Some(_)) => "nexus.v1.Event",
             ("progress", Some(_)) => "nexus.v1.TurnProgress",
             ("deadletter", None) => "nexus.v1.DeadLetter",
-            ("memory", Some(memory_op::CONTEXT)) => "nexus.v1.ContextRequest",
-            ("memory", Some(memory_op::APPEND)) => "nexus.v1.AppendTurnRequest",
-            ("memory", Some(memory_op::ANSWERED)) => "nexus.v1.AnsweredRequest",
-            ("memory", Some(memory_op::HISTORY)) => "nexus.v1.HistoryRequest",
-            ("memory", Some(memory_op::SESSION)) => "nexus.v1.SessionCommandRequest",
-            ("memory", Some(memory_op::IDENTITY)) => "nexus.v1.IdentityRequest",
-            ("memory", Some(memory_op::CONSOLIDATE)) => "nexus.v1.ConsolidateRequest",
-            ("memory", Some(memory_op::USAGE)) => "nexus.v1.UsageRequest",
+            ("memory", Some(op)) => MemoryOp::from_name(op)?.request_type(),
             ("scheduler", Some(scheduler_op::ADD)) => "nexus.v1.AddJobRequest",
             ("scheduler", Some(scheduler_op::LIST)) => "nexus.v1.ListJobsRequest",
             (
@@ -374,7 +419,7 @@ mod tests {
             s.tool(&ToolName::parse("read_file").unwrap()),
             "t1.tool.read_file"
         );
-        assert_eq!(s.memory(memory_op::CONTEXT), "t1.memory.context");
+        assert_eq!(s.memory(MemoryOp::Context), "t1.memory.context");
         assert_eq!(s.scheduler(scheduler_op::LIST), "t1.scheduler.list");
         assert_eq!(
             s.payload_type("t1.scheduler.pause"),
@@ -420,5 +465,18 @@ mod tests {
             Some("nexus.v1.GatewayCommandRequest")
         );
         assert_eq!(s.payload_type("t1.gateway.whatsapp"), None);
+    }
+
+    #[test]
+    fn every_memory_op_has_its_subject_and_request_type() {
+        let s = Subjects::new(Namespace::parse("t1").unwrap());
+        for op in MemoryOp::ALL {
+            let subject = s.memory(op);
+            assert_eq!(subject, format!("t1.memory.{}", op.name()));
+            assert_eq!(MemoryOp::from_name(op.name()), Some(op));
+            assert_eq!(s.payload_type(&subject), Some(op.request_type()));
+        }
+        assert_eq!(MemoryOp::from_name("contexts"), None);
+        assert_eq!(s.payload_type("t1.memory.contexts"), None);
     }
 }

@@ -12,9 +12,8 @@ use async_nats::jetstream::kv;
 use clap::Args;
 use futures::StreamExt as _;
 use nexus_bus::{
-    Bus, kv_key,
+    Bus, MemoryOp, kv_key,
     limits::{overrides, user_limits_bucket},
-    memory_op,
 };
 use nexus_common::{
     Config,
@@ -214,7 +213,7 @@ pub async fn report(bus: &Bus, config: &Config) -> anyhow::Result<LimitsReport> 
     let reply: UsageResponse = ask_memory(
         bus,
         config,
-        memory_op::USAGE,
+        MemoryOp::Usage,
         &UsageRequest {
             from_day: w.month_start.clone(),
             to_day: w.day.clone(),

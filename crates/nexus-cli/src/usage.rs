@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, process::ExitCode};
 
 use clap::{Args, ValueEnum};
-use nexus_bus::{Bus, memory_op};
+use nexus_bus::{Bus, MemoryOp};
 use nexus_common::{Config, config::Price};
 use nexus_proto::v1::{UsageRequest, UsageResponse, UsageRow};
 use serde_json::json;
@@ -83,7 +83,7 @@ pub async fn run(config: Config, args: UsageArgs) -> anyhow::Result<ExitCode> {
     let reply: UsageResponse = ask_memory(
         &bus,
         &config,
-        memory_op::USAGE,
+        MemoryOp::Usage,
         &UsageRequest {
             from_day: args.from.unwrap_or_default(),
             to_day: args.to.unwrap_or_default(),

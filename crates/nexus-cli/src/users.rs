@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use nexus_bus::{Bus, BusError, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext};
 use nexus_common::Config;
 use nexus_proto::v1::{
     IdentityRequest, IdentityResponse, LinkIdentity, ListIdentities, identity_request::Op,
@@ -67,7 +67,7 @@ pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
     let reply: IdentityResponse = ask_memory(
         &bus,
         &config,
-        memory_op::IDENTITY,
+        MemoryOp::Identity,
         &IdentityRequest { op: Some(op) },
     )
     .await?;
@@ -89,7 +89,7 @@ pub async fn run(config: Config, args: UsersArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn ask_memory<Req: prost::Message, Resp: prost::Message + Default>(
     bus: &Bus,
     config: &Config,
-    op: &str,
+    op: MemoryOp,
     req: &Req,
 ) -> anyhow::Result<Resp> {
     match bus

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use nexus_bus::{Bus, BusError, TraceContext, kv_key, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext, kv_key};
 use nexus_common::domain::ChannelName;
 use nexus_proto::v1::{
     ChatRef, IdentityRequest, IdentityResponse, LinkIdentity, OutboundKind, OutboundMessage,
@@ -500,7 +500,7 @@ impl Pairing {
         let reply: Result<IdentityResponse, BusError> = self
             .bus
             .request(
-                self.bus.subjects().memory(memory_op::IDENTITY),
+                self.bus.subjects().memory(MemoryOp::Identity),
                 &IdentityRequest { op: Some(op) },
                 &TraceContext::new_root(),
                 Some(MEMORY_TIMEOUT),

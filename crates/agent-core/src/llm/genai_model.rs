@@ -518,7 +518,7 @@ mod tests {
             model: "gpt-4.1-mini".into(),
             system: "be brief".into(),
             messages: vec![LlmMessage::User("hi".into())],
-            tools: vec![],
+            tools: Default::default(),
             max_output_tokens: 0,
         };
         model.chat(&req, &|_| {}).await

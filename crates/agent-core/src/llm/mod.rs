@@ -51,7 +51,8 @@ pub struct LlmRequest {
     pub model: String,
     pub system: String,
     pub messages: Vec<LlmMessage>,
-    pub tools: Vec<LlmTool>,
+    /// Shared with every turn that offers the same tools (`ToolDirectory::offer`).
+    pub tools: std::sync::Arc<[LlmTool]>,
     pub max_output_tokens: u32,
 }
 

@@ -90,7 +90,7 @@ mod tests {
             model: "m".into(),
             system: String::new(),
             messages: vec![],
-            tools: vec![],
+            tools: Default::default(),
             max_output_tokens: 0,
         }
     }

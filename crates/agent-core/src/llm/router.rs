@@ -138,7 +138,7 @@ mod tests {
             model: String::new(),
             system: String::new(),
             messages: vec![],
-            tools: vec![],
+            tools: Default::default(),
             max_output_tokens: 0,
         }
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use nexus_bus::{Bus, TraceContext, memory_op};
+use nexus_bus::{Bus, MemoryOp, TraceContext};
 use nexus_proto::v1::{Event, LimitReached, OutboundKind, UsageRequest, UsageResponse, event};
 use nexus_testkit::{
     Stack, TestEnv, eventually,
@@ -121,7 +121,7 @@ async fn a_user_over_their_message_rate_on_two_replicas_is_told_once_and_no_mode
 async fn ledger_tokens(bus: &Bus, user: &str) -> u64 {
     let resp: UsageResponse = bus
         .request(
-            bus.subjects().memory(memory_op::USAGE),
+            bus.subjects().memory(MemoryOp::Usage),
             &UsageRequest {
                 user_id: user.into(),
                 ..Default::default()

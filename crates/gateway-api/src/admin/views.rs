@@ -19,11 +19,11 @@ use axum::{
 };
 use futures::StreamExt as _;
 use nexus_bus::{
-    BusError, TraceContext,
+    BusError, MemoryOp, TraceContext,
     async_nats::jetstream::consumer::{DeliverPolicy, pull},
     event_kind,
     limits::{overrides, user_limits_bucket},
-    memory_op, scheduler_op,
+    scheduler_op,
 };
 use nexus_common::{
     limits::{Consumption, windows},
@@ -429,7 +429,7 @@ fn used_of(used: f64, limit: f64, decimals: usize) -> String {
 async fn ask_usage(state: &AdminState, from: String, to: String) -> Result<Vec<UsageRow>, String> {
     let reply: UsageResponse = ask(
         state,
-        state.bus.subjects().memory(memory_op::USAGE),
+        state.bus.subjects().memory(MemoryOp::Usage),
         "memory-svc",
         &UsageRequest {
             from_day: from,

@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt as _;
-use nexus_bus::{Bus, BusError, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext};
 use nexus_proto::v1::{
     ContextRequest, ContextResponse, IdentityRequest, IdentityResponse, LinkIdentity,
     ListIdentities, ResolveIdentity, SessionRef, identity_request::Op,
@@ -16,7 +16,7 @@ use crate::spawn_memory_svc;
 
 async fn identity(bus: &Bus, op: Op) -> Result<IdentityResponse, BusError> {
     bus.request(
-        bus.subjects().memory(memory_op::IDENTITY),
+        bus.subjects().memory(MemoryOp::Identity),
         &IdentityRequest { op: Some(op) },
         &TraceContext::new_root(),
         None,
@@ -84,7 +84,7 @@ async fn context_named(bus: &Bus, channel: &str, sender_id: &str, named: &str) -
         ..Default::default()
     };
     bus.request(
-        bus.subjects().memory(memory_op::CONTEXT),
+        bus.subjects().memory(MemoryOp::Context),
         &req,
         &TraceContext::new_root(),
         None,
@@ -157,7 +157,7 @@ async fn a_link_to_an_unsafe_user_id_or_from_a_bad_sender_is_a_400_and_changes_n
     assert!(list(&bus, "").await.is_empty());
     let missing = bus
         .request::<_, IdentityResponse>(
-            bus.subjects().memory(memory_op::IDENTITY),
+            bus.subjects().memory(MemoryOp::Identity),
             &IdentityRequest { op: None },
             &TraceContext::new_root(),
             None,

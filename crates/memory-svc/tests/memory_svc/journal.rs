@@ -1,7 +1,7 @@
 //! Consolidation through `N.memory.consolidate` and the journal files it writes,
 //! including a restart between storing a summary and writing its files.
 
-use nexus_bus::{Bus, BusError, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext};
 use nexus_common::{
     domain::{ChannelName, SessionKey},
     now_ms,
@@ -17,7 +17,7 @@ use super::{append_entries, session, spawn_memory_svc};
 
 async fn consolidate(bus: &Bus, op: Op) -> Result<ConsolidateResponse, BusError> {
     bus.request(
-        bus.subjects().memory(memory_op::CONSOLIDATE),
+        bus.subjects().memory(MemoryOp::Consolidate),
         &ConsolidateRequest { op: Some(op) },
         &TraceContext::new_root(),
         None,
@@ -157,7 +157,7 @@ async fn a_claimed_batch_is_committed_once_into_the_journal_and_its_facts_into_m
         channel_sender_id: String::new(),
         ..Default::default()
     };
-    let subject = bus.subjects().memory(memory_op::CONTEXT);
+    let subject = bus.subjects().memory(MemoryOp::Context);
     let alice: ContextResponse = bus
         .request(
             subject.clone(),
@@ -352,7 +352,7 @@ async fn turns_before_the_window_come_back_as_their_summary_within_its_budget() 
     }
     let ctx: ContextResponse = bus
         .request(
-            bus.subjects().memory(memory_op::CONTEXT),
+            bus.subjects().memory(MemoryOp::Context),
             &ContextRequest {
                 session: session("w"),
                 user_id: "cli_alice".into(),

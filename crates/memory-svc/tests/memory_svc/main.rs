@@ -10,7 +10,7 @@ mod usage;
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt as _;
-use nexus_bus::{Bus, BusError, TraceContext, async_nats, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext, async_nats};
 use nexus_common::{Config, shutdown::CancellationToken};
 use nexus_proto::v1::{
     AnsweredRequest, AnsweredResponse, AppendTurnRequest, AppendTurnResponse, ContextRequest,
@@ -77,7 +77,7 @@ async fn context(bus: &Bus, chat: &str, user_id: &str) -> ContextResponse {
         ..Default::default()
     };
     bus.request(
-        bus.subjects().memory(memory_op::CONTEXT),
+        bus.subjects().memory(MemoryOp::Context),
         &req,
         &TraceContext::new_root(),
         None,
@@ -111,7 +111,7 @@ async fn append_entries(bus: &Bus, chat: &str, turn_id: &str, entries: Vec<Histo
     };
     let resp: AppendTurnResponse = bus
         .request(
-            bus.subjects().memory(memory_op::APPEND),
+            bus.subjects().memory(MemoryOp::Append),
             &req,
             &TraceContext::new_root(),
             None,
@@ -133,7 +133,7 @@ fn reply(turn_id: &str) -> OutboundMessage {
 
 async fn answered(bus: &Bus, turn_id: &str) -> AnsweredResponse {
     bus.request(
-        bus.subjects().memory(memory_op::ANSWERED),
+        bus.subjects().memory(MemoryOp::Answered),
         &AnsweredRequest {
             turn_id: turn_id.into(),
         },
@@ -150,7 +150,7 @@ async fn session_command(
     command: Option<Command>,
 ) -> Result<SessionCommandResponse, BusError> {
     bus.request(
-        bus.subjects().memory(memory_op::SESSION),
+        bus.subjects().memory(MemoryOp::Session),
         &SessionCommandRequest { session, command },
         &TraceContext::new_root(),
         None,
@@ -161,7 +161,7 @@ async fn session_command(
 async fn history(bus: &Bus, chat: &str, limit: u32) -> Result<Vec<String>, BusError> {
     let resp: HistoryResponse = bus
         .request(
-            bus.subjects().memory(memory_op::HISTORY),
+            bus.subjects().memory(MemoryOp::History),
             &HistoryRequest {
                 session: session(chat),
                 limit,
@@ -310,7 +310,7 @@ async fn history_and_answered_turns_survive_a_restart() {
         turn_id: turn_id.into(),
         ..Default::default()
     };
-    let subject = bus.subjects().memory(memory_op::CONTEXT);
+    let subject = bus.subjects().memory(MemoryOp::Context);
     let redelivered: ContextResponse = bus
         .request(
             subject.clone(),
@@ -359,12 +359,12 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
     let svc = spawn_memory_svc(env.config.clone(), &bus).await;
 
     for op in [
-        memory_op::CONTEXT,
-        memory_op::APPEND,
-        memory_op::ANSWERED,
-        memory_op::HISTORY,
-        memory_op::SESSION,
-        memory_op::CONSOLIDATE,
+        MemoryOp::Context,
+        MemoryOp::Append,
+        MemoryOp::Answered,
+        MemoryOp::History,
+        MemoryOp::Session,
+        MemoryOp::Consolidate,
     ] {
         let raw = bus
             .client()
@@ -380,7 +380,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
                 .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
                 .map(|v| v.as_str()),
             Some("400"),
-            "{op}"
+            "{op:?}"
         );
     }
 
@@ -391,7 +391,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
     };
     let err = bus
         .request::<_, ContextResponse>(
-            bus.subjects().memory(memory_op::CONTEXT),
+            bus.subjects().memory(MemoryOp::Context),
             &wrong_type,
             &TraceContext::new_root(),
             None,
@@ -413,7 +413,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
     };
     let err = bus
         .request::<_, HistoryResponse>(
-            bus.subjects().memory(memory_op::HISTORY),
+            bus.subjects().memory(MemoryOp::History),
             &bad_session,
             &TraceContext::new_root(),
             None,
@@ -432,7 +432,7 @@ async fn a_garbage_payload_or_bad_session_is_a_400_and_the_service_keeps_answeri
     };
     let err = bus
         .request::<_, AppendTurnResponse>(
-            bus.subjects().memory(memory_op::APPEND),
+            bus.subjects().memory(MemoryOp::Append),
             &no_chat,
             &TraceContext::new_root(),
             None,

@@ -5,7 +5,7 @@
 use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
 
 use futures::FutureExt as _;
-use nexus_bus::{Bus, BusError, TraceContext, memory_op};
+use nexus_bus::{Bus, BusError, MemoryOp, TraceContext};
 use nexus_common::domain::ToolName;
 use nexus_proto::{
     Message as _,
@@ -158,7 +158,7 @@ async fn context_for(bus: &Bus, user_id: &str, query: &str) -> ContextResponse {
         ..Default::default()
     };
     bus.request(
-        bus.subjects().memory(memory_op::CONTEXT),
+        bus.subjects().memory(MemoryOp::Context),
         &req,
         &TraceContext::new_root(),
         None,

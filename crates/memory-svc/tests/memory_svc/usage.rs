@@ -1,6 +1,6 @@
 //! The usage ledger through `N.memory.usage`, fed by `llm_usage` events.
 
-use nexus_bus::{Bus, TraceContext, memory_op};
+use nexus_bus::{Bus, MemoryOp, TraceContext};
 use nexus_testkit::TestEnv;
 
 use super::spawn_memory_svc;
@@ -28,7 +28,7 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
     let ledger = |bus: Bus| async move {
         let resp: UsageResponse = bus
             .request(
-                bus.subjects().memory(memory_op::USAGE),
+                bus.subjects().memory(MemoryOp::Usage),
                 &UsageRequest::default(),
                 &TraceContext::new_root(),
                 None,
@@ -79,7 +79,7 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
     // One user's rows alone, for a budget check.
     let bobs: UsageResponse = bus
         .request(
-            bus.subjects().memory(memory_op::USAGE),
+            bus.subjects().memory(MemoryOp::Usage),
             &UsageRequest {
                 user_id: "cli_bob".into(),
                 ..Default::default()
@@ -94,7 +94,7 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
     // A bad range is a clear 400.
     let err = bus
         .request::<_, UsageResponse>(
-            bus.subjects().memory(memory_op::USAGE),
+            bus.subjects().memory(MemoryOp::Usage),
             &UsageRequest {
                 from_day: "2026-11-30".into(),
                 to_day: "2026-11-01".into(),
@@ -133,7 +133,7 @@ async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
             async move {
                 let resp: UsageResponse = bus
                     .request(
-                        bus.subjects().memory(memory_op::USAGE),
+                        bus.subjects().memory(MemoryOp::Usage),
                         &UsageRequest::default(),
                         &TraceContext::new_root(),
                         None,

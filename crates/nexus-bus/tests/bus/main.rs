@@ -72,7 +72,7 @@ async fn a_request_nobody_serves_names_the_missing_service() {
     let bus = test.bus("test").await;
     let err = bus
         .request::<InboundMessage, InboundMessage>(
-            bus.subjects().memory("context"),
+            bus.subjects().memory(nexus_bus::MemoryOp::Context),
             &InboundMessage::default(),
             &TraceContext::new_root(),
             Some(Duration::from_secs(2)),

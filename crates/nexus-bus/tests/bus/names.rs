@@ -60,7 +60,7 @@ fn stems() -> Vec<Stem> {
         s.tools_announce(),
         s.tools_discover(),
         s.files_stage(),
-        s.memory(VARIABLE),
+        s.memory_all(),
         s.scheduler(VARIABLE),
         s.gateway_command(&ch, VARIABLE),
         s.event(VARIABLE),
