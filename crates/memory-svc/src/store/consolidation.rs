@@ -154,10 +154,11 @@ mod sql {
     pub const MARK_APPLIED: &str = "UPDATE consolidations SET applied_at_ms = $2 WHERE id = $1";
 
     // Summaries since the last /new that cover turns before the history window.
+    // The window starts at the first entry of its oldest turn, found as HISTORY finds it.
     pub const EARLIER: &str = "WITH reset AS (SELECT COALESCE((SELECT history_from_entry FROM sessions WHERE id = $1), 0) AS at), \
-         live AS (SELECT id, turn_id FROM entries WHERE session_id = $1 AND id > (SELECT at FROM reset)), \
-         window_start AS (SELECT COALESCE(MIN(id), 0) AS id FROM live \
-             WHERE turn_id IN (SELECT turn_id FROM live GROUP BY turn_id ORDER BY MAX(id) DESC LIMIT $2)) \
+         starts AS (SELECT id FROM entries WHERE session_id = $1 AND seq = 0 AND id > (SELECT at FROM reset) \
+             ORDER BY id DESC LIMIT $2), \
+         window_start AS (SELECT COALESCE(MIN(id), 0) AS id FROM starts) \
          SELECT c.summary, c.first_at_ms, c.last_at_ms, c.turns FROM consolidations c \
          WHERE c.session_id = $1 AND c.to_entry > (SELECT at FROM reset) \
            AND c.from_entry + 1 < (SELECT id FROM window_start) \

@@ -591,14 +591,20 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
     // Only entries after the session's reset point count, and of those the
-    // last `$2` turns. A turn's position is that of its last entry: entry ids
-    // grow with every append, while clocks of different replicas may disagree.
-    pub const HISTORY: &str = "WITH live AS ( \
-             SELECT id, turn_id, role, text, tool_name, tool_call_id, at_ms FROM entries \
-             WHERE session_id = $1 \
-               AND id > COALESCE((SELECT history_from_entry FROM sessions WHERE id = $1), 0)) \
-         SELECT turn_id, role, text, tool_name, tool_call_id, at_ms FROM live \
-         WHERE turn_id IN (SELECT turn_id FROM live GROUP BY turn_id ORDER BY MAX(id) DESC LIMIT $2) \
+    // last `$2` turns. A turn's position is that of its first entry (seq 0): entry
+    // ids grow with every append, while clocks of different replicas may disagree.
+    // The window is found walking back from the newest entry, so a turn costs the
+    // same in a session of ten turns as in one of ten thousand (grouping every
+    // entry since /new made a long session's turns ever slower).
+    pub const HISTORY: &str = "WITH starts AS ( \
+             SELECT id, turn_id FROM entries \
+             WHERE session_id = $1 AND seq = 0 \
+               AND id > COALESCE((SELECT history_from_entry FROM sessions WHERE id = $1), 0) \
+             ORDER BY id DESC LIMIT $2) \
+         SELECT turn_id, role, text, tool_name, tool_call_id, at_ms FROM entries \
+         WHERE session_id = $1 \
+           AND id >= (SELECT COALESCE(MIN(id), 0) FROM starts) \
+           AND turn_id IN (SELECT turn_id FROM starts) \
          ORDER BY id";
 
     pub const ANSWERED: &str = "SELECT reply FROM turns WHERE turn_id = $1";
