@@ -257,19 +257,21 @@ fn unknown_channel_report(name: &str) -> String {
     )
 }
 
+/// A `[channels.<name>]` table holding these keys, for the settings modules' tests.
+#[cfg(test)]
+fn table(pairs: &[(&str, toml::Value)]) -> ChannelConfig {
+    ChannelConfig {
+        extra: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(pairs: &[(&str, toml::Value)]) -> ChannelConfig {
-        ChannelConfig {
-            extra: pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-            ..Default::default()
-        }
-    }
 
     const KNOWN: &[&str] = &["on", "n", "mode", "url", "token", "name"];
 

@@ -55,16 +55,7 @@ impl ApiChannelSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn channel(pairs: &[(&str, toml::Value)]) -> ChannelConfig {
-        ChannelConfig {
-            extra: pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use crate::channel_settings::table as channel;
 
     #[test]
     fn defaults_are_five_minutes_one_mebibyte_and_twenty_seconds() {

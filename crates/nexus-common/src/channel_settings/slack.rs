@@ -179,6 +179,7 @@ impl SlackSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel_settings::table as channel;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -186,16 +187,6 @@ mod tests {
                 .iter()
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
-    fn channel(extra: &[(&str, toml::Value)]) -> ChannelConfig {
-        ChannelConfig {
-            extra: extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
-            ..Default::default()
         }
     }
 

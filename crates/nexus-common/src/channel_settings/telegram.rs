@@ -222,6 +222,7 @@ impl TelegramSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel_settings::table as channel;
 
     const TOKEN: &str = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
 
@@ -232,14 +233,6 @@ mod tests {
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| (*v).to_owned())
         }
-    }
-
-    fn channel(pairs: &[(&str, toml::Value)]) -> ChannelConfig {
-        let mut c = ChannelConfig::default();
-        for (k, v) in pairs {
-            c.extra.insert((*k).to_owned(), v.clone());
-        }
-        c
     }
 
     #[test]

@@ -129,6 +129,7 @@ impl WhatsAppSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel_settings::table as channel;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |k| {
@@ -137,14 +138,6 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| (*v).to_owned())
         }
-    }
-
-    fn channel(pairs: &[(&str, toml::Value)]) -> ChannelConfig {
-        let mut c = ChannelConfig::default();
-        for (k, v) in pairs {
-            c.extra.insert((*k).to_owned(), v.clone());
-        }
-        c
     }
 
     #[test]
