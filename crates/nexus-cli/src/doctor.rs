@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 use nexus_bus::{Bus, NatsAccess};
-use nexus_common::{Config, config::DmPolicy, domain::Namespace};
+use nexus_common::{Config, channel_settings, config::DmPolicy, domain::Namespace};
 use serde::Serialize;
 
 use crate::onboard::{
@@ -320,11 +320,7 @@ async fn nats(r: &mut Report, config: &Config) -> Option<Bus> {
     let events = s.event("*");
     let watch = client.subscribe(events.clone()).await;
     let live = bus.discover_services(Duration::from_millis(500)).await;
-    let stream = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        bus.jetstream().get_stream(s.inbound_stream()),
-    )
-    .await;
+    let stream = tokio::time::timeout(CHECK_TIMEOUT, bus.stream(&s.inbound_stream())).await;
     let _ = client.flush().await;
     drop(watch);
     let mut refused = Vec::new();
@@ -583,6 +579,13 @@ async fn channels(
     bus: Option<&Bus>,
     var: &dyn Fn(&str) -> Option<String>,
 ) {
+    for report in channel_settings::unknown_channels_and_keys(&config.channels) {
+        r.warn(
+            "channels",
+            report,
+            "correct the name in nexus.toml: nothing reads it as written",
+        );
+    }
     let mut configured = Vec::new();
     if let Some(token) = var("TELEGRAM_BOT_TOKEN") {
         configured.push("telegram");

@@ -419,7 +419,15 @@ async fn doctor_fails_a_broken_setup_and_names_each_fix_without_printing_secrets
     // No nats-server on PATH: an unreachable local NATS is a failure, not something
     // `nexus up` would start.
     let empty_path = tempfile::tempdir().unwrap();
+    // Two typos that nothing would read: a channel's name and one of its keys.
+    let config = test.workspace_path().join("typos.toml");
+    std::fs::write(
+        &config,
+        "[channels.telgram]\nallow_from = [\"1\"]\n\n[channels.telegram]\ndm_polcy = \"pairing\"\n",
+    )
+    .unwrap();
     let env = [
+        ("NEXUS_CONFIG", config.display().to_string()),
         ("PATH", empty_path.path().display().to_string()),
         ("NATS_URL", format!("nats://127.0.0.1:{}", closed_port())),
         ("NEXUS_NAMESPACE", test.namespace.clone()),
@@ -448,6 +456,14 @@ async fn doctor_fails_a_broken_setup_and_names_each_fix_without_printing_secrets
         (
             "FAIL  telegram: Telegram refused TELEGRAM_BOT_TOKEN (HTTP 401",
             "@BotFather",
+        ),
+        (
+            "warn  channels: [channels.telgram] is ignored: Nexus has no channel \"telgram\"",
+            "correct the name in nexus.toml",
+        ),
+        (
+            "warn  channels: [channels.telegram] ignores unknown key dm_polcy",
+            "correct the name in nexus.toml",
         ),
     ] {
         let at = stdout
