@@ -146,7 +146,6 @@ pub async fn run_with_model(
     // Every inbound message is also seen live, so /stop can cancel a turn in flight
     // even though it queues behind that turn in its partition.
     let live = bus
-        .client()
         .subscribe(s.inbound_all())
         .await
         .context("subscribing to inbound traffic")?;

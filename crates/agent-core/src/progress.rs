@@ -17,7 +17,7 @@ pub struct Progress {
 impl Progress {
     pub fn start(bus: &Bus, channel: &ChannelName, turn_id: &str, session_id: &str) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<turn_progress::Kind>();
-        let client = bus.client().clone();
+        let bus = bus.clone();
         let subject = bus.subjects().progress(channel);
         let (turn_id, session_id) = (turn_id.to_owned(), session_id.to_owned());
         // Ends when the last sender is dropped, after publishing what was queued.
@@ -31,8 +31,8 @@ impl Progress {
                     seq,
                     kind: Some(kind),
                 };
-                if let Err(error) = client
-                    .publish(subject.clone(), msg.encode_to_vec().into())
+                if let Err(error) = bus
+                    .publish_live(subject.clone(), msg.encode_to_vec().into())
                     .await
                 {
                     tracing::debug!(%error, "progress not published");

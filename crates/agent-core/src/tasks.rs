@@ -33,7 +33,7 @@ use crate::{agent::Agent, llm::LlmToolCall, turn::Turn};
 
 pub const NAME: &str = "spawn";
 /// The channel of a sub-agent's own session (`task:<id>`).
-pub const CHANNEL: &str = "task";
+pub const CHANNEL: &str = nexus_common::channel_settings::TASK;
 /// Metadata of a sub-agent's turn: its task id and depth.
 const META_TASK: &str = "nexus.task_id";
 const META_DEPTH: &str = "nexus.task_depth";
@@ -751,7 +751,7 @@ async fn run_one(
                 // Not a failure: the next replica takes it at once.
                 // Flushed (a PING answered after it), since the process is about to exit.
                 let handed = match msg.ack_with(jetstream::AckKind::Nak(None)).await {
-                    Ok(()) => agent.bus.client().flush().await.map_err(|e| e.to_string()),
+                    Ok(()) => agent.bus.flush().await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 match handed {

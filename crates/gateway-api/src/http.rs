@@ -103,7 +103,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     };
-    if bus.client().connection_state() != async_nats::connection::State::Connected {
+    if !bus.is_connected() {
         return unready("not connected to NATS".into());
     }
     match bus.discover_services(Duration::from_millis(500)).await {

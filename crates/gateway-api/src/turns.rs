@@ -118,10 +118,8 @@ pub struct Feeds {
 impl Feeds {
     pub async fn open(bus: &Bus, channel: &ChannelName) -> anyhow::Result<Self> {
         let opened_after = bus
-            .jetstream()
-            .get_stream(bus.subjects().outbound_stream())
-            .await
-            .context("outbound stream")?
+            .stream(&bus.subjects().outbound_stream())
+            .await?
             .info()
             .await
             .context("outbound stream")?
@@ -138,7 +136,6 @@ impl Feeds {
             )
             .await?,
             progress: bus
-                .client()
                 .subscribe(bus.subjects().progress(channel))
                 .await
                 .context("subscribing to progress")?,
@@ -152,21 +149,21 @@ async fn open_replies(
     deliver_policy: DeliverPolicy,
 ) -> anyhow::Result<pull::Ordered> {
     let s = bus.subjects();
-    bus.jetstream()
-        .get_stream(s.outbound_stream())
-        .await
-        .context("outbound stream")?
-        .create_consumer(pull::OrderedConfig {
-            name: Some(s.reply_feed_consumer(channel, &uuid::Uuid::new_v4().simple().to_string())),
-            filter_subject: s.outbound(channel),
-            deliver_policy,
-            ..Default::default()
-        })
+    Ok(bus
+        .ordered_feed(
+            &s.outbound_stream(),
+            pull::OrderedConfig {
+                name: Some(
+                    s.reply_feed_consumer(channel, &uuid::Uuid::new_v4().simple().to_string()),
+                ),
+                filter_subject: s.outbound(channel),
+                deliver_policy,
+                ..Default::default()
+            },
+        )
         .await
         .context("reply consumer")?
-        .messages()
-        .await
-        .context("reply consumer")
+        .messages)
 }
 
 impl Turns {
@@ -368,7 +365,7 @@ impl Turns {
                     }
                     None => {
                         let subject = self.bus().subjects().progress(&self.channel);
-                        match self.bus().client().subscribe(subject).await {
+                        match self.bus().subscribe(subject).await {
                             Ok(s) => feeds.progress = s,
                             Err(error) => {
                                 tracing::warn!(%error, "resubscribing to progress failed; retrying");

@@ -13,6 +13,7 @@ mod health;
 mod kv;
 pub mod limits;
 mod link;
+mod live;
 mod media;
 mod publish;
 mod request;
@@ -32,6 +33,7 @@ pub use discovery::{ServiceInstance, reply_bytes};
 pub use events::EVENT_PATIENCE;
 pub use kv::kv_key;
 pub use link::{Link, LinkState};
+pub use live::Feed;
 pub use publish::Stored;
 pub use request::decode;
 pub use streams::DUPLICATE_WINDOW;
@@ -196,9 +198,12 @@ impl Bus {
         &self.link
     }
 
+    /// The raw client, for tests that inspect what services stored or did; the
+    /// services' own code asks `Bus` (tests/bus/names.rs checks that).
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
+    /// The raw JetStream context; as [`Bus::client`].
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }

@@ -71,21 +71,18 @@ pub async fn run(config: Config, args: ChatArgs) -> anyhow::Result<ExitCode> {
     let s = bus.subjects();
     // Subscribe before publishing so the reply cannot slip past.
     let replies = bus
-        .jetstream()
-        .get_stream(s.outbound_stream())
-        .await
-        .context("outbound stream")?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: s.outbound(&cli),
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
+        .ordered_feed(
+            &s.outbound_stream(),
+            pull::OrderedConfig {
+                filter_subject: s.outbound(&cli),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            },
+        )
         .await
         .context("reply consumer")?
-        .messages()
-        .await
-        .context("reply consumer")?;
-    let progress = bus.client().subscribe(s.progress(&cli)).await?;
+        .messages;
+    let progress = bus.subscribe(s.progress(&cli)).await?;
     let sender = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     let mut ch = Channel {
         bus,

@@ -66,18 +66,14 @@ pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
         // Sub-agent tasks queued or running (a work queue: done ones are gone).
         s.tasks_stream(),
     ] {
-        let info = match bus.jetstream().get_stream(&name).await {
-            Ok(mut st) => st
-                .info()
-                .await
-                .ok()
-                .map(|i| (i.state.messages, i.state.bytes)),
-            Err(_) => None,
-        };
+        let info = bus
+            .stream_state(&name)
+            .await
+            .map(|st| (st.messages, st.bytes));
         streams.push((name, info));
     }
     // The agent's backlog is spread over the inbound partitions' consumers.
-    let consumer = match bus.jetstream().get_stream(s.inbound_stream()).await {
+    let consumer = match bus.stream(&s.inbound_stream()).await {
         Ok(st) => {
             let mut total: Option<(u64, usize, usize)> = None;
             for p in 0..nexus_bus::INBOUND_PARTITIONS {

@@ -22,7 +22,7 @@ pub async fn run(config: Config, args: TailArgs) -> anyhow::Result<ExitCode> {
     let pool = DescriptorPool::decode(nexus_proto::FILE_DESCRIPTOR_SET)?;
     let bus = Bus::connect(&config, "nexus-tail").await?;
     let subject = bus.subjects().below(&args.filter);
-    let mut sub = bus.client().subscribe(subject.clone()).await?;
+    let mut sub = bus.subscribe(subject.clone()).await?;
     eprintln!("tailing {subject} on {} (Ctrl-C to stop)", config.nats.url);
     let shutdown = nexus_common::shutdown::on_signals();
     loop {

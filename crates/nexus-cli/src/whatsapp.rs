@@ -66,7 +66,6 @@ async fn login(config: &Config, bus: &Bus, args: LoginArgs) -> anyhow::Result<Ex
     let s = bus.subjects();
     // Subscribe before asking, so no event of this pairing can slip past.
     let mut live = bus
-        .client()
         .subscribe(s.event(event_kind::SERVICE))
         .await
         .context("subscribing to service events")?;
@@ -251,27 +250,22 @@ pub(crate) async fn scan_events(
     mut f: impl FnMut(i64, event::Kind),
 ) -> anyhow::Result<()> {
     let s = bus.subjects();
-    let consumer = bus
-        .jetstream()
-        .get_stream(s.events_stream())
-        .await
-        .context("events stream")?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: s.event(kind),
-            deliver_policy: from,
-            ..Default::default()
-        })
+    let mut feed = bus
+        .ordered_feed(
+            &s.events_stream(),
+            pull::OrderedConfig {
+                filter_subject: s.event(kind),
+                deliver_policy: from,
+                ..Default::default()
+            },
+        )
         .await
         .with_context(|| format!("reading {kind} events"))?;
-    if consumer.cached_info().num_pending == 0 {
+    if feed.pending == 0 {
         return Ok(());
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .with_context(|| format!("reading {kind} events"))?;
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        let msg = tokio::time::timeout(Duration::from_secs(5), feed.messages.next())
             .await
             .with_context(|| format!("reading {kind} events timed out"))?
             .context("the events stream closed")?

@@ -54,21 +54,17 @@ impl ToolDirectory {
     /// now (again after each reconnect), and returns once the first answers came.
     pub async fn start(bus: &Bus, shutdown: CancellationToken) -> Result<Self, BusError> {
         let s = bus.subjects();
-        let mut announcements = bus
-            .client()
-            .subscribe(s.tools_announce())
-            .await
-            .map_err(|e| BusError::Nats(format!("cannot listen for tools: {e}")))?;
+        let mut announcements = bus.subscribe(s.tools_announce()).await?;
         let directory = Self {
             known: Arc::default(),
         };
         let discover = {
-            let client = bus.client().clone();
+            let bus = bus.clone();
             let subject = s.tools_discover();
             move || {
-                let (client, subject) = (client.clone(), subject.clone());
+                let (bus, subject) = (bus.clone(), subject.clone());
                 async move {
-                    if let Err(error) = client.publish(subject, bytes::Bytes::new()).await {
+                    if let Err(error) = bus.publish_live(subject, bytes::Bytes::new()).await {
                         tracing::debug!(%error, "tool discovery not sent");
                     }
                 }

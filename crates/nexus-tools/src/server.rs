@@ -249,12 +249,7 @@ impl ToolServer {
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let inner = &self.inner;
         let s = inner.bus.subjects();
-        let mut discover = inner
-            .bus
-            .client()
-            .subscribe(s.tools_discover())
-            .await
-            .map_err(|e| anyhow!("cannot listen on {}: {e}", s.tools_discover()))?;
+        let mut discover = inner.bus.subscribe(s.tools_discover()).await?;
         let mut tick = tokio::time::interval(inner.options.announce_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let link = inner.bus.link().clone();
@@ -322,11 +317,11 @@ impl ToolServer {
     async fn announce(&self, withdrawn: bool) {
         let subject = self.inner.bus.subjects().tools_announce();
         let payload = wire::encode_announcement(&self.announcement(withdrawn));
-        let client = self.inner.bus.client();
+        let bus = &self.inner.bus;
         let sent = async {
-            client.publish(subject, payload).await?;
+            bus.publish_live(subject, payload).await?;
             if withdrawn {
-                client.flush().await?;
+                bus.flush().await?;
             }
             anyhow::Ok(())
         };

@@ -80,16 +80,16 @@ pub async fn events(
     let bus = &state.bus;
     let unavailable =
         |e: &dyn std::fmt::Display| (StatusCode::SERVICE_UNAVAILABLE, format!("subscribing: {e}"));
-    let events = match bus.client().subscribe(bus.subjects().events_all()).await {
+    let events = match bus.subscribe(bus.subjects().events_all()).await {
         Ok(sub) => sub,
         Err(e) => return unavailable(&e).into_response(),
     };
-    let progress = match bus.client().subscribe(bus.subjects().progress_all()).await {
+    let progress = match bus.subscribe(bus.subjects().progress_all()).await {
         Ok(sub) => sub,
         Err(e) => return unavailable(&e).into_response(),
     };
     // Subscribed on the server before the response starts: nothing after it is missed.
-    if let Err(e) = bus.client().flush().await {
+    if let Err(e) = bus.flush().await {
         return unavailable(&e).into_response();
     }
     if show_text {

@@ -8,14 +8,7 @@ use std::sync::Arc;
 
 use axum::{Form, extract::State, http::StatusCode, response::Response};
 use futures::StreamExt as _;
-use nexus_bus::{
-    async_nats::jetstream::{
-        ErrorCode,
-        context::{GetStreamError, GetStreamErrorKind, KeyValueErrorKind},
-        kv,
-    },
-    kv_key,
-};
+use nexus_bus::{async_nats::jetstream::kv, kv_key};
 use nexus_common::{now_ms, tasks::Task};
 use serde::Deserialize;
 
@@ -35,25 +28,9 @@ pub async fn tasks(State(state): State<Arc<AdminState>>, admin: Admin) -> Respon
 /// The bucket, or `None` while agent-core has not made it (no task was ever started).
 async fn bucket(state: &AdminState) -> Result<Option<kv::Store>, String> {
     let bus = &state.bus;
-    match bus
-        .jetstream()
-        .get_key_value(bus.subjects().tasks_bucket())
+    bus.existing_kv_bucket(&bus.subjects().tasks_bucket())
         .await
-    {
-        Ok(kv) => Ok(Some(kv)),
-        Err(e) if e.kind() == KeyValueErrorKind::GetBucket && stream_not_found(&e) => Ok(None),
-        Err(e) => Err(format!("opening the tasks bucket: {e}")),
-    }
-}
-
-/// Whether a bucket could not be opened because its stream does not exist.
-fn stream_not_found(e: &(dyn std::error::Error + 'static)) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<GetStreamError>())
-        .is_some_and(|g| {
-            matches!(g.kind(), GetStreamErrorKind::JetStream(j)
-                if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
-        })
+        .map_err(|e| format!("opening the tasks bucket: {e}"))
 }
 
 async fn all_tasks(kv: &kv::Store) -> Result<Vec<Task>, String> {

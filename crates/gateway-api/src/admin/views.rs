@@ -143,10 +143,7 @@ async fn services_page(state: &AdminState, admin: &Admin) -> Response {
         s.deadletter_stream(),
         s.tasks_stream(),
     ] {
-        let info = match bus.jetstream().get_stream(&name).await {
-            Ok(mut st) => st.info().await.ok().map(|i| i.state.messages),
-            Err(_) => None,
-        };
+        let info = bus.stream_state(&name).await.map(|st| st.messages);
         streams.push(vec![
             esc(&name),
             info.map_or_else(|| "-".to_owned(), |m| m.to_string()),
@@ -192,27 +189,22 @@ pub(super) async fn service_events(
 ) -> Result<(), String> {
     let bus = &state.bus;
     let s = bus.subjects();
-    let consumer = bus
-        .jetstream()
-        .get_stream(s.events_stream())
-        .await
-        .map_err(|e| format!("events stream: {e}"))?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: s.event(event_kind::SERVICE),
-            deliver_policy: policy,
-            ..Default::default()
-        })
+    let mut feed = bus
+        .ordered_feed(
+            &s.events_stream(),
+            pull::OrderedConfig {
+                filter_subject: s.event(event_kind::SERVICE),
+                deliver_policy: policy,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| format!("reading service events: {e}"))?;
-    if consumer.cached_info().num_pending == 0 {
+    if feed.pending == 0 {
         return Ok(());
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| format!("reading service events: {e}"))?;
     loop {
-        let msg = tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+        let msg = tokio::time::timeout(REQUEST_TIMEOUT, feed.messages.next())
             .await
             .map_err(|_| "reading service events timed out".to_owned())?
             .ok_or("the events stream closed")?
@@ -809,11 +801,7 @@ pub async fn job_action(
 pub async fn dead_letters(State(state): Shared, admin: Admin) -> Response {
     let title = "Dead letters";
     let bus = &state.bus;
-    let stream = match bus
-        .jetstream()
-        .get_stream(bus.subjects().deadletter_stream())
-        .await
-    {
+    let stream = match bus.stream(&bus.subjects().deadletter_stream()).await {
         Ok(s) => s,
         Err(e) => return failed(&admin, title, "/admin/deadletters", &e.to_string()),
     };

@@ -24,11 +24,6 @@ const ALLOWED: &[(&str, &str)] = &[
         "crates/nexus-common/src/telemetry/metrics.rs",
         "Messages set aside on N.deadletter",
     ),
-    // #18: the bench is being edited by others; it should say `outbound_stream()`.
-    (
-        "crates/nexus-bench/src/main.rs",
-        "first reply stored in N_OUTBOUND",
-    ),
 ];
 
 /// Placeholders for the variable parts of names: where a name's fixed part ends.
@@ -363,5 +358,37 @@ fn the_scan_sees_the_names_it_looks_for_and_only_those() {
             r#"raw "N_EVENTS" here"#,
             "bytes"
         ]
+    );
+}
+
+/// Calls that reach past `Bus` to the raw NATS client or JetStream context.
+const RAW: &[&str] = &[".client()", ".jetstream()"];
+
+#[test]
+fn no_crate_but_nexus_bus_reaches_past_the_bus_to_the_raw_client() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        let krate = krate.unwrap().path();
+        if krate.file_name().is_some_and(|n| n != "nexus-bus") && krate.join("src").is_dir() {
+            rust_files(&krate.join("src"), &mut files);
+        }
+    }
+    assert!(files.len() > 50, "found only {} sources", files.len());
+    let mut found = Vec::new();
+    for file in &files {
+        let src = std::fs::read_to_string(file).unwrap();
+        for (n, line) in src.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if RAW.iter().any(|call| code.contains(call)) {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "raw NATS access outside nexus-bus: give `Bus` the method instead (subscribe, \
+         publish_live, flush, stream, ordered_feed, existing_kv_bucket, …):\n{}",
+        found.join("\n")
     );
 }
