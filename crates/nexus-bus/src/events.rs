@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use nexus_common::now_ms;
+use nexus_common::{backoff::Backoff, now_ms};
 use nexus_proto::v1::{Event, event};
 use prost::Message;
 
@@ -66,7 +66,7 @@ impl Bus {
         let (subject, payload) = self.event(kind);
         let id = format!("event:{}", uuid::Uuid::new_v4().simple());
         let deadline = tokio::time::Instant::now() + EVENT_PATIENCE;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let sent = if self.link.connected(left).await {
@@ -82,10 +82,9 @@ impl Bus {
             };
             match sent {
                 Ok(_) => return,
-                Err(error) if tokio::time::Instant::now() + wait < deadline => {
+                Err(error) if tokio::time::Instant::now() + backoff.peek() < deadline => {
                     tracing::debug!(%error, subject, "counted event not stored yet; sending it again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.fail()).await;
                 }
                 Err(error) => {
                     tracing::error!(%error, subject, "counted event lost: NATS did not take it in time");

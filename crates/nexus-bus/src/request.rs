@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, service};
 use bytes::Bytes;
+use nexus_common::backoff::Backoff;
 use prost::Message;
 
 use crate::{Bus, BusError, TRACEPARENT, TraceContext};
@@ -64,7 +65,7 @@ impl Bus {
         let timeout = timeout.unwrap_or(self.request_timeout);
         let deadline = tokio::time::Instant::now() + timeout;
         let payload: Bytes = req.encode_to_vec().into();
-        let mut pause = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             match self
                 .request_once(
@@ -78,11 +79,10 @@ impl Bus {
                 .await
             {
                 Err(e @ (BusError::Disconnected { .. } | BusError::NoResponders { .. }))
-                    if tokio::time::Instant::now() + pause < deadline =>
+                    if tokio::time::Instant::now() + backoff.peek() < deadline =>
                 {
                     tracing::debug!(error = %e, "request not served; sending it again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.fail()).await;
                 }
                 other => return decode(&other?),
             }

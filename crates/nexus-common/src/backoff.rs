@@ -38,6 +38,12 @@ impl Backoff {
         self.delay(self.failures)
     }
 
+    /// The wait the next failure would bring, without counting it (to decide
+    /// whether a deadline leaves room for another attempt).
+    pub fn peek(&self) -> Duration {
+        self.delay(self.failures.saturating_add(1))
+    }
+
     /// After a success: the next failure waits `initial` again.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -80,7 +86,14 @@ mod tests {
     #[test]
     fn waits_double_from_the_first_failure_up_to_the_cap() {
         let mut b = Backoff::new(MS(500), MS(5000));
-        let waits: Vec<u128> = (0..6).map(|_| b.fail().as_millis()).collect();
+        let waits: Vec<u128> = (0..6)
+            .map(|_| {
+                let next = b.peek();
+                let wait = b.fail();
+                assert_eq!(next, wait, "peek foretells the next wait");
+                wait.as_millis()
+            })
+            .collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
         assert_eq!(b.failures(), 6);
         assert_eq!(b.delay(0), MS(500));

@@ -15,15 +15,14 @@ use std::{
 
 use async_nats::jetstream::kv;
 use nexus_bus::{Link, kv_key};
-use nexus_common::shutdown::CancellationToken;
+use nexus_common::{backoff::Backoff, shutdown::CancellationToken};
 
 use crate::DeliveryError;
 
 /// Records kept in memory: far more than replies in flight, small enough to forget.
 const REMEMBERED: usize = 10_000;
-/// First wait before writing (or reading) a record again; doubles up to the max.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Waits before writing (or reading) a record again: 100 ms, doubling up to 2 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// How long a record that cannot be written is still tried once shutdown began.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a part count that cannot be read is waited for before the reply is retried.
@@ -103,18 +102,18 @@ impl Records {
             return Ok(Some(v));
         }
         let deadline = patience.map(|p| tokio::time::Instant::now() + p);
-        let mut wait = RETRY_FIRST;
+        let mut backoff = RETRY;
         loop {
             match self.kv.get(key).await {
                 Ok(v) => return Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
                 Err(error) => {
                     tracing::warn!(%error, key, "record unreadable; nothing is sent until it can be read");
-                    let late = deadline.is_some_and(|d| tokio::time::Instant::now() + wait > d);
+                    let late =
+                        deadline.is_some_and(|d| tokio::time::Instant::now() + backoff.peek() > d);
                     if late || stop.is_cancelled() {
                         return Err(format!("record {key} cannot be read: {error}"));
                     }
-                    self.pause(wait, stop).await;
-                    wait = (wait * 2).min(RETRY_MAX);
+                    self.pause(backoff.fail(), stop).await;
                 }
             }
         }
@@ -124,7 +123,7 @@ impl Records {
     /// `stop` is cancelled it keeps trying for `SHUTDOWN_PATIENCE`. False if it never got there.
     async fn write(&self, key: &str, value: &str, stop: &CancellationToken) -> bool {
         self.remember(key, value);
-        let mut wait = RETRY_FIRST;
+        let mut backoff = RETRY;
         let mut given_up_at = None;
         loop {
             match self.kv.put(key, value.to_owned().into()).await {
@@ -134,14 +133,13 @@ impl Records {
                     if stop.is_cancelled() {
                         let at = *given_up_at
                             .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_PATIENCE);
-                        if tokio::time::Instant::now() + wait > at {
+                        if tokio::time::Instant::now() + backoff.peek() > at {
                             return false;
                         }
-                        tokio::time::sleep(wait).await;
+                        tokio::time::sleep(backoff.fail()).await;
                     } else {
-                        self.pause(wait, stop).await;
+                        self.pause(backoff.fail(), stop).await;
                     }
-                    wait = (wait * 2).min(RETRY_MAX);
                 }
             }
         }

@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use nexus_common::config::{McpServerConfig, ToolsConfig};
+use nexus_common::{
+    backoff::Backoff,
+    config::{McpServerConfig, ToolsConfig},
+};
 use nexus_tools::{DynTool, ToolServer};
 use rmcp::{
     ClientHandler, Peer, RoleClient, ServiceError, ServiceExt,
@@ -43,9 +46,8 @@ use self::tool::McpTool;
 
 /// Calls (and start-up) take this long at most unless `timeout_secs` says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// First wait before a server is started again; it doubles up to [`MAX_RETRY`].
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Waits before a server is started again: 1 s, doubling up to 60 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 /// A server that stayed up this long starts its next backoff from the beginning.
 const STABLE: Duration = Duration::from_secs(30);
 /// How often a connected server is pinged; one that does not answer in
@@ -178,7 +180,7 @@ impl ClientHandler for Handler {
 
 impl Supervisor {
     async fn run(self) {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = RETRY;
         loop {
             self.tools
                 .set_status(&self.status_key, "starting".to_owned());
@@ -196,8 +198,9 @@ impl Supervisor {
                 break;
             }
             if started.elapsed() >= STABLE {
-                delay = FIRST_RETRY;
+                backoff.reset();
             }
+            let delay = backoff.fail();
             tracing::warn!(server = %self.name, why, retry_in_s = delay.as_secs(), "MCP server down");
             self.tools.set_status(
                 &self.status_key,
@@ -207,7 +210,6 @@ impl Supervisor {
                 () = tokio::time::sleep(delay) => {}
                 () = self.stop.cancelled() => break,
             }
-            delay = (delay * 2).min(MAX_RETRY);
         }
         tracing::debug!(server = %self.name, "MCP supervisor stopped");
     }
