@@ -3,6 +3,7 @@
 //! taken as far as intake goes before NATS (which events start a turn, the text
 //! the agent reads, the timestamp), never with a panic. `PROPTEST_CASES` sets the count.
 
+use nexus_testkit::fuzz::{self, config, edit};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -13,72 +14,14 @@ use crate::{
     signature::{self, MAX_SKEW_SECS, SignatureError},
 };
 
-pub(crate) fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Any JSON value, nested a few levels.
 pub(crate) fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        any::<String>().prop_map(Value::from),
-        "[a-z_<>@#!|:.0-9]{0,24}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzz::json_value("[a-z_<>@#!|:.0-9]{0,24}", 3, 6)
 }
 
-/// Edits of a JSON document: where (a path picked by the number) and what goes there
-/// (`None` removes it).
+/// Edits of a JSON document ([`fuzz::edit`]).
 pub(crate) fn edits() -> impl Strategy<Value = Vec<(usize, Option<Value>)>> {
-    prop::collection::vec((any::<usize>(), prop::option::of(json_value())), 1..4)
-}
-
-/// Replaces (or removes) one member, somewhere down the document `pick` leads to.
-pub(crate) fn edit(v: &mut Value, pick: usize, new: Option<Value>) {
-    let here = pick.is_multiple_of(3);
-    match v {
-        Value::Object(map) if !map.is_empty() => {
-            let Some(key) = map.keys().nth(pick % map.len()).cloned() else {
-                return;
-            };
-            match (here, new) {
-                (true, Some(n)) => drop(map.insert(key, n)),
-                (true, None) => drop(map.remove(&key)),
-                (false, new) => {
-                    if let Some(child) = map.get_mut(&key) {
-                        edit(child, pick / 3, new);
-                    }
-                }
-            }
-        }
-        Value::Array(items) if !items.is_empty() => {
-            let i = pick % items.len();
-            match (here, new) {
-                (true, Some(n)) => items[i] = n,
-                (true, None) => drop(items.remove(i)),
-                (false, new) => edit(&mut items[i], pick / 3, new),
-            }
-        }
-        _ => {
-            if let Some(n) = new {
-                *v = n;
-            }
-        }
-    }
+    fuzz::edits(json_value())
 }
 
 /// Envelopes as Slack sends them, to be mutated.

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, fmt::Debug, sync::OnceLock};
 
 use nexus_proto::v1;
+use nexus_testkit::fuzz::config;
 use proptest::{prelude::*, test_runner::TestCaseError};
 use prost::Message;
 use prost_reflect::{
@@ -13,14 +14,6 @@ use prost_reflect::{
 };
 
 use crate::{BusError, TraceContext, decode};
-
-fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 type Check = fn(&[u8], bool) -> Result<(), TestCaseError>;
 

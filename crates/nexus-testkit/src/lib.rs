@@ -7,6 +7,7 @@
 
 pub mod fake_openai;
 pub mod fake_site;
+pub mod fuzz;
 pub mod nats;
 pub mod otlp;
 pub mod plugins;
@@ -256,11 +257,7 @@ pub async fn stream_messages<T: prost::Message + Default>(
     stream: &str,
     filter: String,
 ) -> Vec<T> {
-    let mut stream = bus
-        .jetstream()
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+    let mut stream = bus.stream(stream).await.unwrap_or_else(|e| panic!("{e}"));
     let stored = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
     if stored == 0 {
         return Vec::new();

@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fuzz::{config, edit, edits, seeds, take};
+use crate::fuzz::{edits, seeds, take};
+use nexus_testkit::fuzz::{config, edit};
 
 /// What `session` and `handle_events_api` do with a frame before intake.
 fn read(text: &str) {

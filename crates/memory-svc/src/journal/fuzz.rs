@@ -3,10 +3,11 @@
 //! and a summary can never file itself under other readers. `PROPTEST_CASES` sets the count.
 
 use jiff::civil::Date;
+use nexus_testkit::fuzz::config;
 use proptest::prelude::*;
 
 use super::*;
-use crate::{files::is_file_safe, markdown::fuzz::config};
+use crate::files::is_file_safe;
 
 fn date() -> impl Strategy<Value = Date> {
     (-9999i16..=9999, 1i8..=12, 1i8..=28).prop_map(|(y, m, d)| Date::new(y, m, d).unwrap())

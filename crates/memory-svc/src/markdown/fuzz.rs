@@ -4,6 +4,7 @@
 //! never panic, and keep their promises (line ranges inside the file, readers only
 //! file-safe ids, an insertion changes no other line). `PROPTEST_CASES` sets the count.
 
+use nexus_testkit::fuzz::config;
 use proptest::prelude::*;
 
 use super::*;
@@ -12,14 +13,6 @@ use crate::{
     index::{excerpts, terms},
     store::ChunkHit,
 };
-
-pub(crate) fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// One line of a memory file: headings, items, fences, markers, and anything else.
 fn line() -> impl Strategy<Value = String> {

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::wire::fuzz::config;
+use nexus_testkit::fuzz::config;
 
 fn announcement() -> impl Strategy<Value = ToolAnnouncement> {
     let spec = (

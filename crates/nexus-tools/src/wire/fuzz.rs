@@ -4,6 +4,7 @@
 //! the result is always a `ToolResult`, an `invalid_args` failure for arguments that do
 //! not fit, never a panic. `PROPTEST_CASES` sets the count.
 
+use nexus_testkit::fuzz::{self, config};
 use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -11,32 +12,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::{Caller, Spec, Tool, ToolErrorKind, ToolFailure, execute, typed};
 
-pub(crate) fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Any JSON value, nested a few levels.
 pub(crate) fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        any::<String>().prop_map(Value::from),
-        "[a-z_]{0,12}".prop_map(Value::from),
-    ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzz::json_value("[a-z_]{0,12}", 3, 6)
 }
 
 /// An arguments object: the typed tool's own fields with any values, and strays.

@@ -7,6 +7,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use jiff::{Timestamp, tz::TimeZone};
 use nexus_common::config::SchedulerConfig;
+use nexus_testkit::fuzz::config;
 use proptest::prelude::*;
 
 use super::*;
@@ -17,14 +18,6 @@ use crate::{
     store::Store,
     tool::CronArgs,
 };
-
-fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// One field of a cron expression: lists, ranges, steps, names, and numbers out of range.
 fn field() -> impl Strategy<Value = String> {

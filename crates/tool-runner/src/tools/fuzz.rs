@@ -4,6 +4,7 @@
 //! Unicode, `.nexus`, planted links) in a real workspace, give a result or a failure,
 //! never a panic, and never touch what lies outside. `PROPTEST_CASES` sets the count.
 
+use nexus_testkit::fuzz::{self, config};
 use nexus_tools::{Caller, parse_args};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -11,33 +12,9 @@ use serde_json::Value;
 use super::{testing::world, *};
 use crate::error::ToolErrorKind;
 
-fn config() -> ProptestConfig {
-    // `default()` reads PROPTEST_CASES; failures are kept as regular tests, not files.
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Any JSON value, nested a few levels.
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        Just(Value::from(u64::MAX)),
-        any::<f64>().prop_map(Value::from),
-        any::<String>().prop_map(Value::from),
-        hostile_path().prop_map(Value::from),
-    ];
-    leaf.prop_recursive(2, 16, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    fuzz::json_value(hostile_path(), 2, 4)
 }
 
 /// Paths a model (or a prompt injection) may write.
