@@ -7,6 +7,10 @@
 //! memory-svc's index in-process over a generated corpus. The recovery figures
 //! (`recovery`) kill a nats-server of the bench's own, and an agent-core replica.
 //!
+//! Subcommands run one part quickly: `turns` (latency, throughput, CPU per turn),
+//! `soak` (RSS growth over `BENCH_SOAK_TURNS`, heap apart from mapped files),
+//! `recovery`, `tools`, `exec`, `retrieval`.
+//!
 //! `BENCH_LOG=<file>` writes every line of the services' output there, with the
 //! bench's own steps, in ms since the start (`RUST_LOG` sets their level).
 
@@ -248,6 +252,17 @@ impl Up {
         out
     }
 
+    /// [`Up::settle_and_measure_rss`], each split into anonymous memory and the rest.
+    async fn settle_and_measure_split(&self) -> Vec<(String, RssSplit)> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut out: Vec<_> = children(self.pid)
+            .into_iter()
+            .map(|c| (c.name, RssSplit::of(c.pid)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Turns per second with `sessions` concurrent sessions sending `per_session` messages each, in order.
     async fn throughput(&self, sessions: usize, per_session: usize) -> anyhow::Result<f64> {
         let t0 = Instant::now();
@@ -368,6 +383,42 @@ async fn main() -> anyhow::Result<()> {
             "| throughput, {sessions} sessions × {per_session} turns, journaling off | {tps:.0} turns/s |"
         );
         print_cpu(&cpu);
+        return Ok(());
+    }
+
+    // `nexus-bench soak`: only the soak (journaling on, `BENCH_SOAK_TURNS` over
+    // `BENCH_SESSIONS`), with each service's RSS split into heap and mapped files, to
+    // tell a leak from SQLite's caches and mappings.
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+        fake.forget_requests();
+        let up = Up::start(&fake, 1, &[]).await?;
+        up.throughput(sessions, per_session).await?;
+        let before = up.settle_and_measure_split().await;
+        let turns: usize = env_or("BENCH_SOAK_TURNS", 20_000);
+        let started = Instant::now();
+        let tps = up.throughput(sessions, turns.div_ceil(sessions)).await?;
+        let secs = started.elapsed().as_secs();
+        let after = up.settle_and_measure_split().await;
+        up.stop().await?;
+        out!(
+            "| service | RSS growth over {turns} turns ({secs} s, {tps:.0} turns/s) | of it anonymous | of it files and shared memory |"
+        );
+        out!("|---|---|---|---|");
+        for (name, a) in &after {
+            let b = before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| *b)
+                .unwrap_or_default();
+            let mib = |after: u64, before: u64| (after as f64 - before as f64) / 1024.0;
+            out!(
+                "| {name} | {:+.1} MiB | {:+.1} MiB | {:+.1} MiB |",
+                mib(a.rss, b.rss),
+                mib(a.anon, b.anon),
+                mib(a.rss - a.anon, b.rss - b.anon)
+            );
+        }
         return Ok(());
     }
 
@@ -570,7 +621,7 @@ impl Recovery {
                     restart.iter().map(recovery::RestartRound::first).collect(),
                 );
                 row(
-                    "first reply stored in N_OUTBOUND",
+                    "first reply stored in the outbound stream",
                     restart.iter().map(|r| r.first_stored).collect(),
                 );
                 row(
@@ -693,7 +744,6 @@ impl Driver {
     async fn start(bus: Bus) -> anyhow::Result<Self> {
         let mut replies = open_replies(&bus, DeliverPolicy::New).await?;
         let mut usage = bus
-            .client()
             .subscribe(bus.subjects().event(nexus_bus::event_kind::LLM_USAGE))
             .await?;
         let d = Self {
@@ -847,17 +897,16 @@ impl Driver {
 async fn open_replies(bus: &Bus, deliver_policy: DeliverPolicy) -> anyhow::Result<pull::Ordered> {
     let s = bus.subjects();
     Ok(bus
-        .jetstream()
-        .get_stream(s.outbound_stream())
+        .ordered_feed(
+            &s.outbound_stream(),
+            pull::OrderedConfig {
+                filter_subject: s.outbound(&ChannelName::parse(CHANNEL)?),
+                deliver_policy,
+                ..Default::default()
+            },
+        )
         .await?
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: s.outbound(&ChannelName::parse(CHANNEL)?),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?)
+        .messages)
 }
 
 /// When the bench started, for the times in `BENCH_LOG`.
@@ -935,6 +984,30 @@ struct ChildProcess {
     name: String,
     peak_rss_kib: u64,
     rss_kib: u64,
+}
+
+/// A process's resident memory (KiB) and how much of it is anonymous (heap,
+/// stacks) rather than mapped files or shared memory (SQLite's WAL index).
+#[derive(Clone, Copy, Default)]
+struct RssSplit {
+    rss: u64,
+    anon: u64,
+}
+
+impl RssSplit {
+    fn of(pid: u32) -> Self {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            rss: field("Rss:"),
+            anon: field("Anonymous:"),
+        }
+    }
 }
 
 /// The direct children of `parent`, in pid order.
