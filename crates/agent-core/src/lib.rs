@@ -77,6 +77,29 @@ pub async fn run_with_model(
     } else {
         (journal::Wake::default(), None)
     };
+    // The consumers and the first tool announcements together: each is a round trip
+    // or a wait of its own, and `nexus up` is ready only when agent-core is.
+    let s = bus.subjects();
+    let partitions = futures::future::try_join_all((0..INBOUND_PARTITIONS).map(|p| {
+        let (stream, durable, filter) = (
+            s.inbound_stream(),
+            s.agent_consumer(p),
+            s.inbound_partition_filter(p),
+        );
+        let bus = &bus;
+        let max_deliver = config.agent.max_deliver;
+        async move {
+            bus.durable_consumer(&stream, &durable, filter, ack_wait, max_deliver, 1)
+                .await
+                .with_context(|| format!("creating the consumer of inbound partition {p}"))
+        }
+    }));
+    let directory = async {
+        ToolDirectory::start(bus.clone(), Arc::new(config.clone()), shutdown.clone())
+            .await
+            .context("following the tools' announcements")
+    };
+    let (consumers, tools) = tokio::try_join!(partitions, directory)?;
     let agent = Arc::new(Agent {
         bus: bus.clone(),
         model,
@@ -88,9 +111,7 @@ pub async fn run_with_model(
             },
             Duration::from_secs(config.llm.cooldown_secs),
         ),
-        tools: ToolDirectory::start(bus.clone(), Arc::new(config.clone()), shutdown.clone())
-            .await
-            .context("following the tools' announcements")?,
+        tools,
         providers: ProviderEnv::from_env(),
         approvals: tokio::sync::OnceCell::new(),
         config: Arc::new(config.clone()),
@@ -105,22 +126,6 @@ pub async fn run_with_model(
     });
     let running = Running::default();
 
-    let s = bus.subjects();
-    let mut consumers = Vec::with_capacity(INBOUND_PARTITIONS as usize);
-    for p in 0..INBOUND_PARTITIONS {
-        consumers.push(
-            bus.durable_consumer(
-                &s.inbound_stream(),
-                &s.agent_consumer(p),
-                s.inbound_partition_filter(p),
-                ack_wait,
-                config.agent.max_deliver,
-                1,
-            )
-            .await
-            .with_context(|| format!("creating the consumer of inbound partition {p}"))?,
-        );
-    }
     let router = bus
         .durable_consumer(
             &s.inbound_stream(),

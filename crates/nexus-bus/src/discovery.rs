@@ -101,6 +101,51 @@ impl Bus {
         let _ = sub.unsubscribe().await;
         Ok(found)
     }
+
+    /// Waits until an instance of each of `names` answers in this namespace, asking
+    /// again every `every` (a service that registers later answers the next ask), so
+    /// the wait ends within `every` of the last one's start; false once `within` passed.
+    pub async fn services_answer(
+        &self,
+        names: &[&str],
+        every: Duration,
+        within: Duration,
+    ) -> Result<bool, BusError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        let namespace = self.subjects.namespace().to_string();
+        let mut missing: Vec<&str> = names.to_vec();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut ask = tokio::time::interval(every);
+        let answered = loop {
+            tokio::select! {
+                _ = ask.tick() => {
+                    self.client
+                        .publish_with_reply("$SRV.PING", inbox.clone(), Bytes::new())
+                        .await
+                        .map_err(BusError::nats)?;
+                }
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break false };
+                    if let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload)
+                        && ping.metadata.get("namespace") == Some(&namespace)
+                    {
+                        missing.retain(|n| *n != ping.name);
+                        if missing.is_empty() {
+                            break true;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break false,
+            }
+        };
+        let _ = sub.unsubscribe().await;
+        Ok(answered)
+    }
 }
 
 /// One live replica, as the NATS service API reports it.

@@ -69,27 +69,34 @@ impl Bus {
                 ..Default::default()
             },
         ];
-        for config in configs {
-            let name = config.name.clone();
-            // A stream that is already as wanted is left alone: then only the users
-            // allowed to manage streams (agent-core and admin in deploy/nats) need
-            // the JetStream API's create and update subjects.
-            if let Ok(stream) = self.js.get_stream(&name).await
-                && stream_is_as_configured(&stream.cached_info().config, &config)
-            {
-                continue;
-            }
-            // Create first, update only a stream that exists otherwise. async-nats's
-            // create_or_update tries the update first, and an update that lands while
-            // another service is creating the same stream crashed nats-server 2.9.10
-            // (nil pointer in `updateWithAdvisory`) when `nexus up` started them all.
-            if let Err(created) = self.js.create_stream(config.clone()).await {
-                self.js.update_stream(&config).await.map_err(|updated| {
-                    BusError::Nats(format!(
-                        "stream {name}: creating it: {created}; updating it: {updated}"
-                    ))
-                })?;
-            }
+        // All at once: on a fresh namespace each creation is a file-store write on the
+        // server, and `nexus up` waits for the slowest service's start.
+        futures::future::try_join_all(configs.into_iter().map(|config| self.ensure_stream(config)))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates one stream, or brings it up to date.
+    async fn ensure_stream(&self, config: stream::Config) -> Result<(), BusError> {
+        let name = config.name.clone();
+        // A stream that is already as wanted is left alone: then only the users
+        // allowed to manage streams (agent-core and admin in deploy/nats) need
+        // the JetStream API's create and update subjects.
+        if let Ok(stream) = self.js.get_stream(&name).await
+            && stream_is_as_configured(&stream.cached_info().config, &config)
+        {
+            return Ok(());
+        }
+        // Create first, update only a stream that exists otherwise. async-nats's
+        // create_or_update tries the update first, and an update that lands while
+        // another service is creating the same stream crashed nats-server 2.9.10
+        // (nil pointer in `updateWithAdvisory`) when `nexus up` started them all.
+        if let Err(created) = self.js.create_stream(config.clone()).await {
+            self.js.update_stream(&config).await.map_err(|updated| {
+                BusError::Nats(format!(
+                    "stream {name}: creating it: {created}; updating it: {updated}"
+                ))
+            })?;
         }
         Ok(())
     }
