@@ -174,7 +174,15 @@ impl SessionStore {
                     .execute(&mut *tx)
                     .await?;
                 for batch in chunks.chunks(INSERT_BATCH).enumerate() {
-                    insert_chunks(file, batch).build().execute(&mut *tx).await?;
+                    insert_chunks(file, batch)
+                        .build()
+                        // Not kept in the connection's statement cache: the last batch's
+                        // row count differs nearly every time a journal grows, and each
+                        // count cached a statement of up to 500 rows per connection (the
+                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }
@@ -186,7 +194,15 @@ impl SessionStore {
                     .execute(&mut *tx)
                     .await?;
                 for batch in chunks.chunks(INSERT_BATCH).enumerate() {
-                    insert_chunks(file, batch).build().execute(&mut *tx).await?;
+                    insert_chunks(file, batch)
+                        .build()
+                        // Not kept in the connection's statement cache: the last batch's
+                        // row count differs nearly every time a journal grows, and each
+                        // count cached a statement of up to 500 rows per connection (the
+                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }

@@ -1109,3 +1109,40 @@ async fn the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model(
             .is_empty()
     );
 }
+
+/// A journal re-indexed after each new section: every count of chunks is a new
+/// multi-row INSERT, and none may stay in the connection's statement cache.
+#[tokio::test]
+async fn reindexing_a_growing_file_caches_no_statement_per_chunk_count() {
+    on_sqlite(|store| async move {
+        let mut text = String::from("# 2026-12-03\n");
+        for n in 1..=80 {
+            text.push_str(&format!(
+                "\n## 10:{n:02} · s · alice (1 turn)\n- said {n}\n"
+            ));
+            store
+                .replace_chunks(
+                    &indexed("memories/2026-12-03.md", "", &n.to_string()),
+                    &chunks(&text),
+                )
+                .await
+                .unwrap();
+        }
+        let SessionStore::Sqlite(s) = &store else {
+            unreachable!("on_sqlite")
+        };
+        let mut held = Vec::new();
+        let mut cached = 0;
+        for _ in 0..s.pool().size() {
+            let conn = s.pool().acquire().await.unwrap();
+            cached += conn.cached_statements_size();
+            held.push(conn);
+        }
+        assert!(
+            cached < 20,
+            "{cached} statements cached over {} connections after 80 re-indexes",
+            held.len()
+        );
+    })
+    .await;
+}
