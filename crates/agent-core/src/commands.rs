@@ -295,8 +295,8 @@ impl Agent {
                 let ctx = self.context(turn).await?;
                 let models = self.models_for(turn, &ctx).await;
                 let everyone = self.model_for_everyone().await;
-                let how = if !ctx.model_override.is_empty() {
-                    format!("chosen with /model {}", ctx.model_override)
+                let how = if let Some(chosen) = &ctx.model_override {
+                    format!("chosen with /model {chosen}")
                 } else if !everyone.is_empty() {
                     format!("chosen for everyone by an admin with /model all {everyone}")
                 } else {

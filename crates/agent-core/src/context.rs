@@ -1,11 +1,50 @@
 //! Builds the prompt of a turn, fresh every time: identity and rules, who is
 //! talking, the clock, the session, memory, history, and the untrusted-data fence.
 //!
-//! Pure functions over what memory-svc returned; no I/O happens here.
+//! Pure functions over what memory-svc returned; no I/O happens here. Its answer
+//! (`ContextResponse`) is read once, into [`MemoryContext`]; the prompt is built from that.
 
 use nexus_proto::v1::{ContextResponse, HistoryEntry, Role};
 
 use crate::llm::LlmMessage;
+
+/// What memory-svc knows for a turn, in agent-core's terms.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryContext {
+    pub agents_md: String,
+    pub soul_md: String,
+    pub user_profile_md: String,
+    pub memory_md: String,
+    /// The conversation's earlier user and assistant messages, oldest first.
+    pub history: Vec<LlmMessage>,
+    /// `[memory] timezone`; a zone the profile names wins over it.
+    pub timezone: String,
+    /// The session's `/model` (a route name or a model), when one was chosen.
+    pub model_override: Option<String>,
+    /// Who is talking, resolved from the channel's sender (linked identities).
+    pub user_id: String,
+    /// What this conversation said before its history window, summarized.
+    pub session_summary: String,
+    /// Journal sections of the days the message names, readable by this user.
+    pub journal_md: String,
+}
+
+impl From<ContextResponse> for MemoryContext {
+    fn from(r: ContextResponse) -> Self {
+        Self {
+            history: history_messages(&r.history),
+            agents_md: r.agents_md,
+            soul_md: r.soul_md,
+            user_profile_md: r.user_profile_md,
+            memory_md: r.memory_md,
+            timezone: r.timezone,
+            model_override: Some(r.model_override).filter(|m| !m.is_empty()),
+            user_id: r.user_id,
+            session_summary: r.session_summary,
+            journal_md: r.journal_md,
+        }
+    }
+}
 
 /// Where a turn happens, for the prompt.
 pub struct TurnFacts<'a> {
@@ -16,11 +55,7 @@ pub struct TurnFacts<'a> {
 }
 
 /// The system prompt of a turn.
-pub fn system_prompt(
-    ctx: &ContextResponse,
-    facts: &TurnFacts<'_>,
-    tool_names: &[String],
-) -> String {
+pub fn system_prompt(ctx: &MemoryContext, facts: &TurnFacts<'_>, tool_names: &[String]) -> String {
     let mut p = String::with_capacity(4096);
     for (title, body) in [("", &ctx.agents_md), ("", &ctx.soul_md)] {
         let body = body.trim();
@@ -84,7 +119,7 @@ pub fn system_prompt(
 /// Prior turns as model messages, oldest first. Tool entries are left out: their
 /// outcome is already in the assistant's answer, and a tool message without its
 /// call would be rejected by providers.
-pub fn history_messages(history: &[HistoryEntry]) -> Vec<LlmMessage> {
+fn history_messages(history: &[HistoryEntry]) -> Vec<LlmMessage> {
     history
         .iter()
         .filter_map(|e| match Role::try_from(e.role).ok()? {
@@ -189,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_prompt_carries_rules_profile_memory_session_and_tools() {
-        let ctx = ContextResponse {
+        let ctx = MemoryContext {
             agents_md: "RULES".into(),
             soul_md: "SOUL".into(),
             user_profile_md: "Name: Ada".into(),
@@ -251,8 +286,8 @@ mod tests {
     }
 
     #[test]
-    fn history_keeps_user_and_assistant_turns_in_order() {
-        let h = vec![
+    fn the_context_keeps_user_and_assistant_turns_in_order_and_no_empty_model() {
+        let history = vec![
             HistoryEntry {
                 role: Role::User as i32,
                 text: "q1".into(),
@@ -269,8 +304,20 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let m = history_messages(&h);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0], LlmMessage::User("q1".into()));
+        let ctx = MemoryContext::from(ContextResponse {
+            history,
+            ..Default::default()
+        });
+        assert_eq!(
+            ctx.history,
+            [
+                LlmMessage::User("q1".into()),
+                LlmMessage::Assistant {
+                    text: "a1".into(),
+                    tool_calls: vec![]
+                }
+            ]
+        );
+        assert_eq!(ctx.model_override, None, "an empty /model is none");
     }
 }

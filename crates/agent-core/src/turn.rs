@@ -29,7 +29,7 @@ use crate::{
     approvals::approval_answer,
     commands::Command,
     context::{
-        TurnFacts, estimate_tokens, fence_untrusted, fit_history, history_messages, system_prompt,
+        MemoryContext, TurnFacts, estimate_tokens, fence_untrusted, fit_history, system_prompt,
     },
     limits::Gate,
     llm::{LlmError, LlmMessage, LlmRequest, LlmToolCall, router::chain},
@@ -166,7 +166,7 @@ enum Known {
     /// Answered before (a redelivery): the stored reply.
     Answered(Box<OutboundMessage>),
     /// Not answered yet; its context, when one was asked for.
-    New(Option<Box<ContextResponse>>),
+    New(Option<Box<MemoryContext>>),
 }
 
 /// What the tool loop produced.
@@ -396,7 +396,7 @@ impl Agent {
         };
         Ok(match answered.reply {
             Some(reply) if answered.answered => Known::Answered(Box::new(reply)),
-            _ => Known::New(ctx.map(Box::new)),
+            _ => Known::New(ctx.map(|c| Box::new(MemoryContext::from(c)))),
         })
     }
 
@@ -413,8 +413,10 @@ impl Agent {
             .await
     }
 
-    pub(crate) async fn context(&self, turn: &Turn) -> Result<ContextResponse, BusError> {
-        self.context_of(turn, String::new()).await
+    pub(crate) async fn context(&self, turn: &Turn) -> Result<MemoryContext, BusError> {
+        self.context_of(turn, String::new())
+            .await
+            .map(MemoryContext::from)
     }
 
     /// The turn's context; with a `turn_id`, also whether that turn was answered.
@@ -439,7 +441,7 @@ impl Agent {
     /// The chain of models for a turn: the session's `/model` (a route name or a model),
     /// else the model an admin chose for everyone (`/model all`), else the user's route,
     /// else the channel's, else the `default` route, else `[llm] model` with its fallbacks.
-    pub(crate) async fn models_for(&self, turn: &Turn, ctx: &ContextResponse) -> Vec<String> {
+    pub(crate) async fn models_for(&self, turn: &Turn, ctx: &MemoryContext) -> Vec<String> {
         let llm = &self.config.llm;
         let route = |name: &str| {
             llm.routes
@@ -447,9 +449,8 @@ impl Agent {
                 .map(|r| r.0.clone())
                 .filter(|r| !r.is_empty())
         };
-        if !ctx.model_override.is_empty() {
-            return route(&ctx.model_override)
-                .unwrap_or_else(|| chain(&ctx.model_override, &llm.fallbacks));
+        if let Some(chosen) = &ctx.model_override {
+            return route(chosen).unwrap_or_else(|| chain(chosen, &llm.fallbacks));
         }
         let everyone = self.model_for_everyone().await;
         if !everyone.is_empty() {
@@ -509,7 +510,7 @@ impl Agent {
     pub(crate) async fn tool_loop(
         &self,
         turn: &Turn,
-        ctx: &ContextResponse,
+        ctx: &MemoryContext,
     ) -> Result<LoopResult, TurnError> {
         // The user's own time zone travels to tools (a cron job "at 9" is their 9).
         let timezone = crate::context::user_timezone(&ctx.user_profile_md).unwrap_or_default();
@@ -542,7 +543,7 @@ impl Agent {
             .context_tokens
             .saturating_sub(self.config.llm.answer_reserve_tokens)
             .saturating_sub(fixed);
-        let (history, dropped) = fit_history(history_messages(&ctx.history), budget);
+        let (history, dropped) = fit_history(ctx.history.clone(), budget);
         if dropped > 0 {
             tracing::info!(dropped, "history trimmed to fit the context window");
             system.push_str(&format!(
