@@ -1342,3 +1342,65 @@ fn every_service_binary_answers_version_and_help_without_nats() {
         }
     }
 }
+
+/// Source files of `dir`, recursively.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// ARCHITECTURE.md's code map is where a newcomer looks first: every module of every
+/// crate is named there (as `name.rs`), or its directory is (`name/`). Crate roots,
+/// `mod.rs`, and the unit tests' `tests.rs` and `fuzz.rs` need no entry of their own.
+#[test]
+fn architecture_names_every_module() {
+    let map = std::fs::read_to_string(repo().join("ARCHITECTURE.md")).unwrap();
+    let mut files = Vec::new();
+    sources(&repo().join("crates"), &mut files);
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let rel = file
+            .strip_prefix(repo())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        // Only what the crates build: not their integration tests, benches or build scripts.
+        if rel.split('/').nth(2).is_none_or(|d| d != "src")
+            || matches!(
+                name.as_str(),
+                "lib.rs" | "main.rs" | "mod.rs" | "tests.rs" | "fuzz.rs"
+            )
+        {
+            continue;
+        }
+        checked += 1;
+        let dir = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let in_named_dir = dir != "src" && map.contains(&format!("{dir}/"));
+        if !map.contains(&format!("`{name}`"))
+            && !map.contains(&format!("/{name}`"))
+            && !map.contains(&format!("{name} "))
+            && !in_named_dir
+        {
+            missing.push(rel);
+        }
+    }
+    assert!(checked > 100, "only {checked} modules found");
+    assert!(
+        missing.is_empty(),
+        "modules ARCHITECTURE.md's code map does not name:\n{}",
+        missing.join("\n")
+    );
+}
