@@ -13,8 +13,22 @@ use nexus_common::{Config, shutdown, telemetry};
 #[command(version)]
 struct Cli {}
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("memory-svc: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> ExitCode {
     let Cli {} = Cli::parse();
     let config = match Config::load() {
         Ok(config) => config,
@@ -32,3 +46,22 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// sqlx runs each SQLite connection on a thread of its own, and glibc gives every
+/// thread that allocates an arena of its own (up to 8 per core), where freed memory
+/// stays: the bench's soak grew memory-svc by 16.6 MiB over 20,000 turns, 8.3 MiB
+/// with two arenas (`MALLOC_ARENA_MAX=2`, which still wins when set).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: runs before any other thread exists; mallopt only sets a limit
+        // that glibc reads when it next creates an arena.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
