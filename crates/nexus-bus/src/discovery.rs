@@ -40,34 +40,14 @@ impl Bus {
         &self,
         wait: Duration,
     ) -> Result<Vec<ServiceInstance>, BusError> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(BusError::nats)?;
-        self.client
-            .publish_with_reply("$SRV.PING", inbox, Bytes::new())
-            .await
-            .map_err(BusError::nats)?;
+        let mut pings = Pings::open(self).await?;
+        pings.ask("$SRV.PING".to_owned()).await?;
         let mut found = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let msg = tokio::select! {
-                m = sub.next() => m,
-                _ = tokio::time::sleep_until(deadline) => None,
-            };
-            let Some(msg) = msg else { break };
-            let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload) else {
-                continue;
-            };
-            if ping.metadata.get("namespace").map(String::as_str)
-                == Some(self.subjects.namespace().as_str())
-            {
-                found.push(ping);
-            }
+        while let Ok(Some(instance)) = tokio::time::timeout_at(deadline, pings.next()).await {
+            found.push(instance);
         }
-        let _ = sub.unsubscribe().await;
+        pings.close().await;
         found.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         Ok(found)
     }
@@ -75,30 +55,10 @@ impl Bus {
     /// Whether a live instance of `service` answers in this namespace: returns at
     /// the first answer (a `$SRV.PING.<service>`), `false` once `wait` passed.
     pub async fn is_served(&self, service: &str, wait: Duration) -> Result<bool, BusError> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(BusError::nats)?;
-        self.client
-            .publish_with_reply(format!("$SRV.PING.{service}"), inbox, Bytes::new())
-            .await
-            .map_err(BusError::nats)?;
-        let namespace = self.subjects.namespace().to_string();
-        let found = tokio::time::timeout(wait, async {
-            while let Some(msg) = sub.next().await {
-                if let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload)
-                    && ping.metadata.get("namespace") == Some(&namespace)
-                {
-                    return true;
-                }
-            }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        let _ = sub.unsubscribe().await;
+        let mut pings = Pings::open(self).await?;
+        pings.ask(format!("$SRV.PING.{service}")).await?;
+        let found = matches!(tokio::time::timeout(wait, pings.next()).await, Ok(Some(_)));
+        pings.close().await;
         Ok(found)
     }
 
@@ -111,40 +71,74 @@ impl Bus {
         every: Duration,
         within: Duration,
     ) -> Result<bool, BusError> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(BusError::nats)?;
-        let namespace = self.subjects.namespace().to_string();
+        let mut pings = Pings::open(self).await?;
         let mut missing: Vec<&str> = names.to_vec();
         let deadline = tokio::time::Instant::now() + within;
         let mut ask = tokio::time::interval(every);
         let answered = loop {
             tokio::select! {
-                _ = ask.tick() => {
-                    self.client
-                        .publish_with_reply("$SRV.PING", inbox.clone(), Bytes::new())
-                        .await
-                        .map_err(BusError::nats)?;
-                }
-                msg = sub.next() => {
-                    let Some(msg) = msg else { break false };
-                    if let Ok(ping) = serde_json::from_slice::<ServiceInstance>(&msg.payload)
-                        && ping.metadata.get("namespace") == Some(&namespace)
-                    {
-                        missing.retain(|n| *n != ping.name);
-                        if missing.is_empty() {
-                            break true;
-                        }
+                _ = ask.tick() => pings.ask("$SRV.PING".to_owned()).await?,
+                instance = pings.next() => {
+                    let Some(instance) = instance else { break false };
+                    missing.retain(|n| *n != instance.name);
+                    if missing.is_empty() {
+                        break true;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => break false,
             }
         };
-        let _ = sub.unsubscribe().await;
+        pings.close().await;
         Ok(answered)
+    }
+}
+
+/// Answers to `$SRV.PING` asks on an inbox of their own, from this namespace only.
+struct Pings {
+    client: async_nats::Client,
+    inbox: String,
+    sub: async_nats::Subscriber,
+    namespace: String,
+}
+
+impl Pings {
+    async fn open(bus: &Bus) -> Result<Self, BusError> {
+        let inbox = bus.client.new_inbox();
+        let sub = bus
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        Ok(Self {
+            client: bus.client.clone(),
+            inbox,
+            sub,
+            namespace: bus.subjects.namespace().to_string(),
+        })
+    }
+
+    /// Asks every service `subject` reaches to answer on this inbox.
+    async fn ask(&self, subject: String) -> Result<(), BusError> {
+        self.client
+            .publish_with_reply(subject, self.inbox.clone(), Bytes::new())
+            .await
+            .map_err(BusError::nats)
+    }
+
+    /// The next answer from this namespace; `None` when the subscription ended.
+    async fn next(&mut self) -> Option<ServiceInstance> {
+        while let Some(msg) = self.sub.next().await {
+            if let Ok(instance) = serde_json::from_slice::<ServiceInstance>(&msg.payload)
+                && instance.metadata.get("namespace") == Some(&self.namespace)
+            {
+                return Some(instance);
+            }
+        }
+        None
+    }
+
+    async fn close(mut self) {
+        let _ = self.sub.unsubscribe().await;
     }
 }
 
