@@ -117,12 +117,11 @@ pub struct Feeds {
 
 impl Feeds {
     pub async fn open(bus: &Bus, channel: &ChannelName) -> anyhow::Result<Self> {
+        // The stream as fetched carries its state: one round trip, not two.
         let opened_after = bus
             .stream(&bus.subjects().outbound_stream())
             .await?
-            .info()
-            .await
-            .context("outbound stream")?
+            .cached_info()
             .state
             .last_sequence;
         Ok(Self {

@@ -7,7 +7,7 @@ use async_nats::{
     Subscriber,
     jetstream::{
         self,
-        consumer::{PullConsumer, pull},
+        consumer::pull,
         context::{GetStreamError, GetStreamErrorKind, KeyValueErrorKind},
         kv,
     },
@@ -64,8 +64,9 @@ impl Bus {
     /// The state of stream `name` (messages, bytes, sequences), or `None` when it
     /// cannot be read (not created yet, NATS away): for status pages.
     pub async fn stream_state(&self, name: &str) -> Option<jetstream::stream::State> {
-        let mut stream = self.stream(name).await.ok()?;
-        stream.info().await.ok().map(|i| i.state.clone())
+        // Fetching the stream reads its info: no second round trip for the state.
+        let stream = self.stream(name).await.ok()?;
+        Some(stream.cached_info().state.clone())
     }
 
     /// An ordered, ephemeral feed of `stream` (flow control and gaps handled by
@@ -85,19 +86,6 @@ impl Bus {
         let pending = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(|e| failed(&e))?;
         Ok(Feed { pending, messages })
-    }
-
-    /// A durable pull consumer of `stream` that already exists (made by its owner).
-    pub async fn existing_consumer(
-        &self,
-        stream: &str,
-        consumer: &str,
-    ) -> Result<PullConsumer, BusError> {
-        self.stream(stream)
-            .await?
-            .get_consumer(consumer)
-            .await
-            .map_err(|e| BusError::Nats(format!("consumer {consumer} of {stream}: {e}")))
     }
 
     /// Opens a KV bucket its owner creates, or `None` while it does not exist (for
