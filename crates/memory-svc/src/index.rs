@@ -26,7 +26,7 @@ use tokio::{io::AsyncReadExt as _, sync::Mutex};
 use crate::{
     files::is_file_safe,
     markdown::{self, HEADING_SEPARATOR},
-    store::{ChunkHit, ChunkQuery, IndexedFile, SessionStore, StoreError},
+    store::{ChunkHit, ChunkQuery, IndexedFile, KeptChunks, SessionStore, StoreError},
 };
 
 /// The shared long-term memory.
@@ -442,26 +442,69 @@ impl MemoryIndex {
             sha256: sha256_hex(&bytes),
             indexed_at_ms: now_ms(),
         };
-        if row.is_some_and(|r| r.sha256 == indexed.sha256 && r.owner == indexed.owner) {
+        if row
+            .as_ref()
+            .is_some_and(|r| r.sha256 == indexed.sha256 && r.owner == indexed.owner)
+        {
             self.store.touch_indexed_file(&indexed).await?;
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&bytes);
-        let mut chunks = markdown::chunks(&text);
-        // Only a journal's sections are filed by reader; elsewhere a marker means nothing.
-        if !is_journal_path(&file.path) {
-            for chunk in &mut chunks {
-                chunk.readers = None;
-            }
-        }
-        self.store.replace_chunks(&indexed, &chunks).await?;
+        let chunks = chunks_of(&file.path, &bytes);
+        let kept = row
+            .as_ref()
+            .and_then(|row| kept_chunks(&file.path, row, &indexed, &bytes, &chunks));
+        self.store.update_chunks(&indexed, &chunks, kept).await?;
         tracing::debug!(
             file = file.path,
             chunks = chunks.len(),
+            kept = kept.map_or(0, |k| k.same),
             "memory file indexed"
         );
         Ok(())
     }
+}
+
+/// The searchable chunks of a file's bytes.
+fn chunks_of(path: &str, bytes: &[u8]) -> Vec<markdown::Chunk> {
+    let mut chunks = markdown::chunks(&String::from_utf8_lossy(bytes));
+    // Only a journal's sections are filed by reader; elsewhere a marker means nothing.
+    if !is_journal_path(path) {
+        for chunk in &mut chunks {
+            chunk.readers = None;
+        }
+    }
+    chunks
+}
+
+/// When the file only grew since `row` was indexed (its old bytes are the new
+/// bytes' start, as when a journal gets a section), the stored chunks that are
+/// still right: those of the old bytes up to the first that differs (the last
+/// paragraph may have grown).
+fn kept_chunks(
+    path: &str,
+    row: &IndexedFile,
+    now: &IndexedFile,
+    bytes: &[u8],
+    chunks: &[markdown::Chunk],
+) -> Option<KeptChunks> {
+    let old_len = usize::try_from(row.size_bytes).ok()?;
+    if row.owner != now.owner || old_len > bytes.len() || old_len as u64 > MAX_INDEXED_BYTES {
+        return None;
+    }
+    let old = &bytes[..old_len];
+    if sha256_hex(old) != row.sha256 {
+        return None;
+    }
+    let before = chunks_of(path, old);
+    let same = before
+        .iter()
+        .zip(chunks)
+        .take_while(|(a, b)| a == b)
+        .count();
+    Some(KeptChunks {
+        stored: before.len(),
+        same,
+    })
 }
 
 /// Whether `path` (relative to the workspace) is under `memories/`.
@@ -651,6 +694,56 @@ mod tests {
         for bad in ["", ".hidden", "a b", "ü", &"x".repeat(129)] {
             assert!(!is_journal_stem(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_grown_file_keeps_the_chunks_of_its_unchanged_start() {
+        let path = "memories/2026-12-04.md";
+        let indexed_as = |bytes: &[u8]| IndexedFile {
+            path: path.into(),
+            owner: String::new(),
+            size_bytes: i64::try_from(bytes.len()).unwrap(),
+            mtime_ns: 1,
+            sha256: sha256_hex(bytes),
+            indexed_at_ms: 1,
+        };
+        let kept = |old: &str, new: &str| {
+            let new = new.as_bytes();
+            kept_chunks(
+                path,
+                &indexed_as(old.as_bytes()),
+                &indexed_as(new),
+                new,
+                &chunks_of(path, new),
+            )
+        };
+        let day = "# Journal\n\n## 09:00\n<!-- nexus:journal id=1 users=a -->\n\n- one\n- two\n";
+        let section = "\n## 10:00\n<!-- nexus:journal id=2 users=b -->\n\n- three\n";
+        assert_eq!(
+            kept(day, &format!("{day}{section}")),
+            Some(KeptChunks { stored: 2, same: 2 })
+        );
+        // The last item grew a line: it is indexed again, the first stays.
+        assert_eq!(
+            kept(day, &format!("{day}  more of two\n")),
+            Some(KeptChunks { stored: 2, same: 1 })
+        );
+        // An edit before the end, a shrunk file or another owner: all again.
+        assert_eq!(kept(day, &day.replace("one", "uno")), None);
+        assert_eq!(kept(day, &day[..day.len() - 4]), None);
+        let new = format!("{day}{section}");
+        let mut theirs = indexed_as(day.as_bytes());
+        theirs.owner = "alice".into();
+        assert_eq!(
+            kept_chunks(
+                path,
+                &theirs,
+                &indexed_as(new.as_bytes()),
+                new.as_bytes(),
+                &chunks_of(path, new.as_bytes())
+            ),
+            None
+        );
     }
 
     #[test]

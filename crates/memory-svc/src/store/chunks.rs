@@ -28,6 +28,14 @@ pub struct IndexedFile {
     pub indexed_at_ms: i64,
 }
 
+/// What of a file's stored index is still right: it holds `stored` chunks, and
+/// the first `same` of them are the new content's first chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptChunks {
+    pub stored: usize,
+    pub same: usize,
+}
+
 /// What to search for, and where.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkQuery<'a> {
@@ -68,6 +76,10 @@ mod sql {
          mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, indexed_at_ms = excluded.indexed_at_ms";
 
     pub const DELETE_CHUNKS: &str = "DELETE FROM memory_chunks WHERE path = $1";
+
+    pub const DELETE_CHUNKS_FROM: &str = "DELETE FROM memory_chunks WHERE path = $1 AND seq >= $2";
+
+    pub const COUNT_CHUNKS: &str = "SELECT COUNT(*) FROM memory_chunks WHERE path = $1";
 
     pub const DELETE_FILE: &str = "DELETE FROM memory_files WHERE path = $1";
 
@@ -165,47 +177,57 @@ impl SessionStore {
         file: &IndexedFile,
         chunks: &[Chunk],
     ) -> Result<(), StoreError> {
+        self.update_chunks(file, chunks, None).await
+    }
+
+    /// Stores `chunks` as the file's index in one transaction. With `kept`, the
+    /// stored rows are believed to be the old content's `kept.stored` chunks whose
+    /// first `kept.same` equal `chunks`' first: only the rest is deleted and
+    /// inserted, so a journal that grows by a section costs that section, not the
+    /// whole day again (FTS5 work is by far the dearest part of a re-index). When
+    /// the row count says otherwise, every chunk is replaced.
+    pub async fn update_chunks(
+        &self,
+        file: &IndexedFile,
+        chunks: &[Chunk],
+        kept: Option<KeptChunks>,
+    ) -> Result<(), StoreError> {
+        macro_rules! update {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                upsert_file(file).execute(&mut *tx).await?;
+                let mut from = 0;
+                if let Some(kept) = kept {
+                    let stored: i64 = sqlx::query_scalar(sql::COUNT_CHUNKS)
+                        .bind(&file.path)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if usize::try_from(stored).is_ok_and(|n| n == kept.stored) {
+                        from = kept.same.min(chunks.len());
+                    }
+                }
+                sqlx::query(sql::DELETE_CHUNKS_FROM)
+                    .bind(&file.path)
+                    .bind(i32::try_from(from).unwrap_or(i32::MAX))
+                    .execute(&mut *tx)
+                    .await?;
+                for (at, batch) in chunks[from..].chunks(INSERT_BATCH).enumerate() {
+                    insert_chunks(file, from + at * INSERT_BATCH, batch)
+                        .build()
+                        // Not kept in the connection's statement cache: the last batch's
+                        // row count differs nearly every time a journal grows, and each
+                        // count cached a statement of up to 500 rows per connection (the
+                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
+                        .persistent(false)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
         match self {
-            Self::Sqlite(s) => {
-                let mut tx = s.pool().begin().await?;
-                upsert_file(file).execute(&mut *tx).await?;
-                sqlx::query(sql::DELETE_CHUNKS)
-                    .bind(&file.path)
-                    .execute(&mut *tx)
-                    .await?;
-                for batch in chunks.chunks(INSERT_BATCH).enumerate() {
-                    insert_chunks(file, batch)
-                        .build()
-                        // Not kept in the connection's statement cache: the last batch's
-                        // row count differs nearly every time a journal grows, and each
-                        // count cached a statement of up to 500 rows per connection (the
-                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
-                        .persistent(false)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-            Self::Postgres(s) => {
-                let mut tx = s.pool().begin().await?;
-                upsert_file(file).execute(&mut *tx).await?;
-                sqlx::query(sql::DELETE_CHUNKS)
-                    .bind(&file.path)
-                    .execute(&mut *tx)
-                    .await?;
-                for batch in chunks.chunks(INSERT_BATCH).enumerate() {
-                    insert_chunks(file, batch)
-                        .build()
-                        // Not kept in the connection's statement cache: the last batch's
-                        // row count differs nearly every time a journal grows, and each
-                        // count cached a statement of up to 500 rows per connection (the
-                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
-                        .persistent(false)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
+            Self::Sqlite(s) => update!(s.pool()),
+            Self::Postgres(s) => update!(s.pool()),
         }
         Ok(())
     }
@@ -309,9 +331,11 @@ where
         .bind(file.indexed_at_ms)
 }
 
+/// One multi-row insert of `chunks`, numbered from `first`.
 fn insert_chunks<'a, DB>(
     file: &'a IndexedFile,
-    (batch, chunks): (usize, &'a [Chunk]),
+    first: usize,
+    chunks: &'a [Chunk],
 ) -> QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
@@ -320,7 +344,7 @@ where
 {
     let mut builder = QueryBuilder::<DB>::new(sql::INSERT_CHUNKS);
     builder.push_values(chunks.iter().enumerate(), |mut row, (i, chunk)| {
-        let seq = batch * INSERT_BATCH + i;
+        let seq = first + i;
         row.push_bind(file.path.clone())
             .push_bind(chunk_owner(file, chunk))
             .push_bind(i32::try_from(seq).unwrap_or(i32::MAX))

@@ -236,7 +236,7 @@ use nexus_common::{
 };
 use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
-pub use chunks::{ChunkHit, ChunkQuery, IndexedFile};
+pub use chunks::{ChunkHit, ChunkQuery, IndexedFile, KeptChunks};
 pub use consolidation::{
     BatchEntry, Claim, Consolidation, EarlierSummary, MAX_BATCH_ENTRY_CHARS, NewConsolidation,
     RangeFacts,

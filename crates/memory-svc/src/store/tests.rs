@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, ModelOverride, NewConsolidation, NewTurn,
-    Role, SessionStore, TurnId,
+    Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, KeptChunks, ModelOverride,
+    NewConsolidation, NewTurn, Role, SessionStore, TurnId,
 };
 use crate::markdown::{Chunk, chunks};
 
@@ -105,6 +105,7 @@ on_both_backends!(
     chunks_are_found_by_any_of_their_words_best_first,
     a_search_sees_shared_chunks_and_only_its_own_users_chunks,
     replacing_a_files_chunks_drops_the_old_ones_from_search,
+    an_update_keeps_the_rows_said_to_be_unchanged_only_when_their_count_agrees,
     a_touch_records_the_new_stat_only_while_the_content_is_the_indexed_one,
     concurrent_reindexes_of_one_file_leave_exactly_one_version_of_its_chunks,
     a_journal_section_is_found_only_by_the_users_its_marker_names,
@@ -647,6 +648,61 @@ async fn replacing_a_files_chunks_drops_the_old_ones_from_search(store: SessionS
     assert!(search(&store, &["hiring"], "").await.is_empty());
     assert_eq!(store.indexed_file(&v2.path).await.unwrap(), None);
     assert!(store.indexed_files("").await.unwrap().is_empty());
+}
+
+async fn an_update_keeps_the_rows_said_to_be_unchanged_only_when_their_count_agrees(
+    store: SessionStore,
+) {
+    let path = "memories/2025-03-02.md";
+    let old = "- alpha roadmap\n- beta roadmap\n";
+    let new = "- alpha hiring\n- beta hiring\n- gamma hiring\n";
+    let found = |term: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut t: Vec<String> = search(&store, &[term], "")
+                .await
+                .into_iter()
+                .map(|h| h.text)
+                .collect();
+            t.sort();
+            t
+        }
+    };
+    store
+        .replace_chunks(&indexed(path, "", "v1"), &chunks(old))
+        .await
+        .unwrap();
+    // Told (wrongly, to see it) that the first stored row is the new first chunk:
+    // that row stays as stored, the second is replaced and the third added.
+    store
+        .update_chunks(
+            &indexed(path, "", "v2"),
+            &chunks(new),
+            Some(KeptChunks { stored: 2, same: 1 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found("roadmap").await, ["- alpha roadmap"]);
+    assert_eq!(found("hiring").await, ["- beta hiring", "- gamma hiring"]);
+
+    // A count that disagrees with the stored rows: nothing is trusted.
+    store
+        .update_chunks(
+            &indexed(path, "", "v3"),
+            &chunks(new),
+            Some(KeptChunks { stored: 2, same: 3 }),
+        )
+        .await
+        .unwrap();
+    assert!(found("roadmap").await.is_empty());
+    assert_eq!(
+        found("hiring").await,
+        ["- alpha hiring", "- beta hiring", "- gamma hiring"]
+    );
+    assert_eq!(
+        store.indexed_file(path).await.unwrap(),
+        Some(indexed(path, "", "v3"))
+    );
 }
 
 async fn a_touch_records_the_new_stat_only_while_the_content_is_the_indexed_one(
