@@ -387,12 +387,28 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // `nexus-bench soak`: only the soak (journaling on, `BENCH_SOAK_TURNS` over
-    // `BENCH_SESSIONS`), with each service's RSS split into heap and mapped files, to
-    // tell a leak from SQLite's caches and mappings.
+    // `BENCH_SESSIONS`): each service's RSS idle, then its growth, each split into
+    // heap and mapped files, to tell a leak from SQLite's caches and mappings.
     if std::env::args().nth(1).as_deref() == Some("soak") {
         let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
         fake.forget_requests();
         let up = Up::start(&fake, 1, &[]).await?;
+        let idle = up.settle_and_measure_split().await;
+        out!("| service | RSS idle | of it anonymous | of it files and shared memory |");
+        out!("|---|---|---|---|");
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for (name, at) in &idle {
+            out!(
+                "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                mib(at.rss),
+                mib(at.anon),
+                mib(at.rss - at.anon)
+            );
+        }
+        out!(
+            "| all | {:.1} MiB | | |",
+            mib(idle.iter().map(|(_, at)| at.rss).sum())
+        );
         up.throughput(sessions, per_session).await?;
         let before = up.settle_and_measure_split().await;
         let turns: usize = env_or("BENCH_SOAK_TURNS", 20_000);
