@@ -1202,3 +1202,25 @@ async fn reindexing_a_growing_file_caches_no_statement_per_chunk_count() {
     })
     .await;
 }
+
+/// Every pooled SQLite connection gets the small page cache, not SQLite's 2 MiB.
+#[tokio::test]
+async fn every_sqlite_connection_has_the_small_page_cache() {
+    on_sqlite(|store| async move {
+        let SessionStore::Sqlite(s) = &store else {
+            unreachable!("on_sqlite opens SQLite")
+        };
+        // Held at once, so each is a connection of its own.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = s.pool().acquire().await.unwrap();
+            let kib: i64 = sqlx::query_scalar("PRAGMA cache_size")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(kib, -256);
+            held.push(conn);
+        }
+    })
+    .await;
+}
