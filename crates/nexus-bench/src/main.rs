@@ -361,6 +361,30 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // `nexus-bench api`: only the warm turn through gateway-api's OpenAI endpoint,
+    // client side (journaling as configured: NEXUS__MEMORY__JOURNAL=false turns it off).
+    if std::env::args().nth(1).as_deref() == Some("api") {
+        let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
+        fake.forget_requests();
+        let up = Up::start_with_api(&fake).await?;
+        let api = match &up.api {
+            Some(api) => front::api_turns(api, warm_turns, env_or("BENCH_API_TURNS", 300)).await?,
+            None => bail!("gateway-api was not started"),
+        };
+        up.stop().await?;
+        let p = |q: f64| ms(percentile(&api, q));
+        out!("| figure | value |");
+        out!("|---|---|");
+        out!(
+            "| warm turn through `POST /v1/chat/completions`, client side, p50 / p99 / p99.9 of {} | {:.2} / {:.2} / {:.2} ms |",
+            api.len(),
+            p(50.0),
+            p(99.0),
+            p(99.9)
+        );
+        return Ok(());
+    }
+
     // `nexus-bench turns`: only the turn path, quickly: latency, throughput and
     // where its CPU goes (for profiling between commits).
     if std::env::args().nth(1).as_deref() == Some("turns") {
