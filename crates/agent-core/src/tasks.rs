@@ -41,6 +41,8 @@ const META_ORIGIN_CHANNEL: &str = "nexus.task_origin_channel";
 const META_ORIGIN_CHAT: &str = "nexus.task_origin_chat";
 /// Tools whose `path` argument is a file the sub-agent wrote.
 const WRITING_TOOLS: [&str; 2] = ["write_file", "edit_file"];
+/// Pause before a task's cancel watch is opened again after it failed or ended.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -555,15 +557,24 @@ impl Agent {
         self.deliver(&task, trace).await
     }
 
-    /// Resolves once the task is marked cancelled (checked every second).
+    /// Resolves once the task is marked cancelled: a watch on its record (its value
+    /// now, then each change), so a cancel stops the work at once and a running task
+    /// costs no reads. A watch that cannot open or ends (NATS away) is opened again.
     async fn cancelled(&self, id: &str) {
+        let is_cancelled = |value: &[u8]| {
+            serde_json::from_slice::<Task>(value).is_ok_and(|t| t.state == State::Cancelled)
+        };
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Ok(Some((t, _))) = self.load_task(id).await
-                && t.state == State::Cancelled
+            if let Ok(kv) = self.tasks_kv().await
+                && let Ok(mut changes) = kv.watch_with_history(kv_key(id)).await
             {
-                return;
+                while let Some(Ok(entry)) = changes.next().await {
+                    if entry.operation == kv::Operation::Put && is_cancelled(&entry.value) {
+                        return;
+                    }
+                }
             }
+            tokio::time::sleep(WATCH_RETRY).await;
         }
     }
 

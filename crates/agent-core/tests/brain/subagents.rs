@@ -223,9 +223,10 @@ async fn tasks_lists_a_running_task_and_cancel_stops_it_without_a_result() {
     let test = TestEnv::new();
     let fake = FakeOpenAi::start(Reply::EchoLastUser("re: ".into())).await;
     fake.push([Reply::ToolCalls(vec![spawn_call("Write reports/x.md")])]);
-    // Would finish 5 s into its first call, were it not cancelled.
+    // Would hold its work item for 10 minutes, far past the waits below, were the
+    // cancel not noticed while its model call runs.
     fake.set_model_reply(SUB, Reply::Text("Report written.".into()));
-    fake.set_model_delay(SUB, Duration::from_secs(5));
+    fake.set_model_delay(SUB, Duration::from_secs(600));
     let env = env(&fake);
     let _stack = Stack::start(&test, &refs(&env)).await;
     let bus = test.bus("test").await;
