@@ -372,15 +372,12 @@ async fn main() -> anyhow::Result<()> {
             None => bail!("gateway-api was not started"),
         };
         up.stop().await?;
-        let p = |q: f64| ms(percentile(&api, q));
         out!("| figure | value |");
         out!("|---|---|");
         out!(
-            "| warm turn through `POST /v1/chat/completions`, client side, p50 / p99 / p99.9 of {} | {:.2} / {:.2} / {:.2} ms |",
+            "| warm turn through `POST /v1/chat/completions`, client side, p50 / p99 / p99.9 of {} | {} |",
             api.len(),
-            p(50.0),
-            p(99.0),
-            p(99.9)
+            p50_p99_p999(&api)
         );
         return Ok(());
     }
@@ -394,14 +391,11 @@ async fn main() -> anyhow::Result<()> {
         let overhead = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
         let (tps, cpu) = up.throughput_with_cpu(sessions, per_session).await?;
         up.stop().await?;
-        let p = |q: f64| ms(percentile(&overhead, q));
         out!("| figure | value |");
         out!("|---|---|");
         out!(
-            "| per-turn overhead p50 / p99 / p99.9, {seq_turns} sequential turns, journaling off | {:.2} / {:.2} / {:.2} ms |",
-            p(50.0),
-            p(99.0),
-            p(99.9)
+            "| per-turn overhead p50 / p99 / p99.9, {seq_turns} sequential turns, journaling off | {} |",
+            p50_p99_p999(&overhead)
         );
         out!(
             "| throughput, {sessions} sessions × {per_session} turns, journaling off | {tps:.0} turns/s |"
@@ -988,6 +982,12 @@ fn env_or(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `p50 / p99 / p99.9 ms` of sorted durations, as the subcommands print them.
+fn p50_p99_p999(sorted: &[Duration]) -> String {
+    let p = |q: f64| ms(percentile(sorted, q));
+    format!("{:.2} / {:.2} / {:.2} ms", p(50.0), p(99.0), p(99.9))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
