@@ -78,6 +78,14 @@ impl SqliteStore {
             // hand-offs in a turn). A SQLite connection is an open file in this
             // process: there is no far end to have gone away.
             .test_before_acquire(false)
+            // SQLite rolls a transaction back by itself on some errors (a full disk,
+            // an I/O error). sqlx does not see that: its ROLLBACK then fails, it still
+            // counts the connection as in a transaction, and would nest the next one in
+            // a savepoint that never commits (a turn was answered but never stored in
+            // the full-disk chaos test). A connection given back in that state is
+            // closed and a fresh one opened; a healthy one is never in a transaction
+            // when given back.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .acquire_timeout(LOCK_TIMEOUT)
             .connect_with(options)
             .await
@@ -96,3 +104,34 @@ impl SqliteStore {
 }
 
 upsert_session_fn!(SqliteConnection);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_whose_transaction_sqlite_ended_is_not_lent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(SqliteConnectOptions::new().filename(dir.path().join("t.db")))
+                .await
+                .unwrap();
+        {
+            let mut conn = store.pool().acquire().await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            // SQLite ends the transaction by itself, as it may on a full disk.
+            sqlx::raw_sql("ROLLBACK").execute(&mut *tx).await.unwrap();
+            drop(tx);
+            // sqlx's own ROLLBACK then fails, and it still counts a transaction: the
+            // state the pool must not lend out again.
+            assert!(conn.is_in_transaction());
+        }
+        // More acquisitions than the pool has connections: each would meet it.
+        for _ in 0..8 {
+            let conn = store.pool().acquire().await.unwrap();
+            assert!(!conn.is_in_transaction());
+        }
+    }
+}
