@@ -107,28 +107,50 @@ impl MarkdownFiles {
         let (root, user_id) = (self.root.clone(), user_id.to_owned());
         // One trip to the blocking pool for the four files, not one per open, stat
         // and read: those hand-offs were most of memory-svc's CPU per turn.
+        blocking(move || read_in(&root, &user_id, max_memory_bytes)).await
+    }
+
+    /// [`Self::ensure_profile`] and then [`Self::read`], in one trip to the
+    /// blocking pool: what every turn's context does. The profile's outcome comes
+    /// apart, since a context is never refused over it.
+    pub async fn ensure_profile_and_read(
+        &self,
+        user_id: &str,
+        max_memory_bytes: usize,
+    ) -> io::Result<(io::Result<bool>, Markdown)> {
+        let (root, user_id) = (self.root.clone(), user_id.to_owned());
         blocking(move || {
-            let read = |name: &str, limit| read_bounded(&root, name, limit);
-            let own = is_file_safe(&user_id)
-                .then(|| read(&format!("USER_{user_id}.md"), MAX_PROFILE_BYTES))
-                .transpose()?
-                .flatten();
-            let user_profile_md = match own {
-                Some(own) => Some(own),
-                None => read("USER.md", MAX_PROFILE_BYTES)?,
+            let created = if is_file_safe(&user_id) {
+                ensure_profile_in(&root, &user_id)
+            } else {
+                Ok(false)
             };
-            let memory_md = read("MEMORY.md", max_memory_bytes)?;
-            let text = |read: Option<Bounded>| read.map(|r| r.text).unwrap_or_default();
-            Ok(Markdown {
-                agents_md: text(read("AGENTS.md", MAX_PROFILE_BYTES)?),
-                soul_md: text(read("SOUL.md", MAX_PROFILE_BYTES)?),
-                user_profile_md: text(user_profile_md),
-                memory_shortened_from: memory_md.as_ref().and_then(|r| r.shortened_from),
-                memory_md: text(memory_md),
-            })
+            Ok((created, read_in(&root, &user_id, max_memory_bytes)?))
         })
         .await
     }
+}
+
+/// [`Files::read`]'s work, on the blocking pool.
+fn read_in(root: &Path, user_id: &str, max_memory_bytes: usize) -> io::Result<Markdown> {
+    let read = |name: &str, limit| read_bounded(root, name, limit);
+    let own = is_file_safe(user_id)
+        .then(|| read(&format!("USER_{user_id}.md"), MAX_PROFILE_BYTES))
+        .transpose()?
+        .flatten();
+    let user_profile_md = match own {
+        Some(own) => Some(own),
+        None => read("USER.md", MAX_PROFILE_BYTES)?,
+    };
+    let memory_md = read("MEMORY.md", max_memory_bytes)?;
+    let text = |read: Option<Bounded>| read.map(|r| r.text).unwrap_or_default();
+    Ok(Markdown {
+        agents_md: text(read("AGENTS.md", MAX_PROFILE_BYTES)?),
+        soul_md: text(read("SOUL.md", MAX_PROFILE_BYTES)?),
+        user_profile_md: text(user_profile_md),
+        memory_shortened_from: memory_md.as_ref().and_then(|r| r.shortened_from),
+        memory_md: text(memory_md),
+    })
 }
 
 /// Runs file work on the blocking pool.

@@ -30,8 +30,8 @@ use crate::{
     index::{self, MemoryIndex, UserId},
     journal::{self, Journal, JournalError, StoredFact},
     store::{
-        BatchEntry, Entry, Identity, ModelOverride, NewConsolidation, NewTurn, PastEntry, Role,
-        SessionStore, StoreError, TurnId,
+        Answered, BatchEntry, EarlierSummary, Entry, Identity, ModelOverride, NewConsolidation,
+        NewTurn, PastEntry, Role, SessionStore, StoreError, TurnId, TurnQuery,
     },
 };
 
@@ -160,85 +160,79 @@ impl Memory {
 
     async fn context(&self, payload: &[u8]) -> Result<ContextResponse, OpError> {
         let req: ContextRequest = decode(payload)?;
-        if req.turn_id.is_empty() {
-            return self.build_context(req).await;
-        }
-        // Checked beside the context, not before it: a redelivered turn is rare,
-        // and every other turn would wait for one more query.
-        let turn_id = req.turn_id.clone();
-        let (answered, ctx) = tokio::join!(self.answered_turn(&turn_id), self.build_context(req));
-        let answered = answered?;
-        if answered.answered {
+        let session = session_key(req.session.as_ref())?;
+        let turn_id = if req.turn_id.is_empty() {
+            None
+        } else {
+            Some(TurnId::parse(&req.turn_id).map_err(bad)?)
+        };
+        let sender = if req.channel_sender_id.is_empty() {
+            None
+        } else {
+            Some(sender_id(&req.channel_sender_id)?)
+        };
+        let turns = self.turns(req.history_turns);
+        // Whether the turn was answered is read with the rest: a redelivered turn is
+        // rare, and every other turn would wait for one more query.
+        let reads = self
+            .store
+            .turn_reads(&TurnQuery {
+                session: &session,
+                turns,
+                summaries: MAX_EARLIER_SUMMARIES,
+                turn_id: turn_id.as_ref(),
+                sender: sender.map(|s| (session.channel().as_str(), s)),
+            })
+            .await?;
+        if let (Some(answered), Some(turn_id)) = (reads.answered, &turn_id) {
             return Ok(ContextResponse {
-                answered: Some(answered),
+                answered: Some(answered_response(turn_id, answered)?),
                 ..Default::default()
             });
         }
-        let mut ctx = ctx?;
-        ctx.answered = Some(answered);
-        Ok(ctx)
-    }
-
-    async fn build_context(&self, req: ContextRequest) -> Result<ContextResponse, OpError> {
-        let session = session_key(req.session.as_ref())?;
-        let turns = self.turns(req.history_turns);
-        let user_id = if req.channel_sender_id.is_empty() {
-            req.user_id
-        } else {
-            let sender = sender_id(&req.channel_sender_id)?;
-            self.resolve(session.channel(), sender, &req.user_id)
-                .await?
+        // The linked user, else the one the gateway named, else `<channel>_<sender>`.
+        let user_id = match (reads.identity, sender) {
+            (Some(linked), _) => linked.user_id,
+            (None, Some(_)) if !req.user_id.is_empty() => req.user_id,
+            (None, Some(sender)) => default_user_id(session.channel(), sender),
+            (None, None) => req.user_id,
         };
         let markdown = async {
-            match self.files.ensure_profile(&user_id).await {
+            let (profile, markdown) = self
+                .files
+                .ensure_profile_and_read(&user_id, self.max_memory_bytes)
+                .await?;
+            match profile {
                 Ok(true) => tracing::info!(user_id, "first contact: profile created"),
                 Ok(false) => {}
                 // The default profile still serves; a context is never refused over it.
                 Err(error) => tracing::warn!(%error, user_id, "profile not created"),
             }
-            let markdown = self.files.read(&user_id, self.max_memory_bytes).await?;
             Ok::<_, OpError>(self.with_excerpts(markdown, &req.query).await)
         };
         let reader = UserId::parse(&user_id);
-        let (markdown, history, model_override, session_summary, journal_md) = tokio::join!(
-            markdown,
-            self.store.history(&session, turns),
-            self.store.model_override(&session),
-            self.earlier_summaries(&session, turns),
-            self.journal_context(&req.query, reader.as_ref()),
-        );
+        let (markdown, journal_md) =
+            tokio::join!(markdown, self.journal_context(&req.query, reader.as_ref()),);
         let markdown = markdown?;
         Ok(ContextResponse {
             agents_md: markdown.agents_md,
             soul_md: markdown.soul_md,
             user_profile_md: markdown.user_profile_md,
             memory_md: markdown.memory_md,
-            history: history?.into_iter().map(history_entry).collect(),
+            history: reads.history.into_iter().map(history_entry).collect(),
             session_id: session.id(),
             timezone: self.timezone.clone(),
-            model_override: model_override?,
+            model_override: reads.model_override,
             user_id,
-            session_summary,
+            session_summary: self.earlier_summaries(&reads.earlier),
             journal_md,
-            answered: None,
+            answered: turn_id.is_some().then(AnsweredResponse::default),
         })
     }
 
     /// What this conversation said before its history window, as summarized,
-    /// newest kept first when over budget. Empty on failure: a context is never
-    /// refused over it.
-    async fn earlier_summaries(&self, session: &SessionKey, turns: u32) -> String {
-        let summaries = match self
-            .store
-            .earlier_summaries(session, turns, MAX_EARLIER_SUMMARIES)
-            .await
-        {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::warn!(%error, "earlier summaries unavailable");
-                return String::new();
-            }
-        };
+    /// newest kept first when over budget.
+    fn earlier_summaries(&self, summaries: &[EarlierSummary]) -> String {
         let mut parts: Vec<String> = Vec::new();
         let mut used = 0;
         for s in summaries.iter().rev() {
@@ -287,23 +281,6 @@ impl Memory {
             }
         }
         out
-    }
-
-    /// The user id of a sender: the linked one, else the one the gateway `named`,
-    /// else `<channel>_<sender>`.
-    async fn resolve(
-        &self,
-        channel: &ChannelName,
-        sender_id: &str,
-        named: &str,
-    ) -> Result<String, OpError> {
-        Ok(
-            match self.store.identity(channel.as_str(), sender_id).await? {
-                Some(linked) => linked.user_id,
-                None if !named.is_empty() => named.to_owned(),
-                None => default_user_id(channel, sender_id),
-            },
-        )
     }
 
     async fn identity(&self, payload: &[u8]) -> Result<IdentityResponse, OpError> {
@@ -401,22 +378,20 @@ impl Memory {
             reply: req.reply.as_ref().map(Message::encode_to_vec),
             at_ms: now,
         };
-        let stored = self.store.append(&turn).await?;
+        // The count is a hint only: the sweep finds the session anyway.
+        let appended = self
+            .store
+            .append_counting(&turn, self.journal_enabled)
+            .await?;
+        let stored = appended.is_some();
         if !stored {
             tracing::info!(
                 turn_id = turn.turn_id.as_str(),
                 "turn already stored; append ignored"
             );
         }
-        // A hint only: the sweep finds the session anyway.
         let consolidation_due = self.journal_enabled
-            && match self.store.pending_turns(&turn.session).await {
-                Ok(pending) => pending >= self.journal_batch_turns,
-                Err(error) => {
-                    tracing::warn!(%error, "unsummarized turns not counted");
-                    false
-                }
-            };
+            && appended.is_some_and(|pending| pending >= self.journal_batch_turns);
         Ok(AppendTurnResponse {
             stored,
             consolidation_due,
@@ -680,23 +655,10 @@ impl Memory {
 
     async fn answered_turn(&self, turn_id: &str) -> Result<AnsweredResponse, OpError> {
         let turn_id = TurnId::parse(turn_id).map_err(bad)?;
-        let Some(answered) = self.store.answered(&turn_id).await? else {
-            return Ok(AnsweredResponse::default());
-        };
-        let reply = answered
-            .reply
-            .map(|bytes| OutboundMessage::decode(bytes.as_slice()))
-            .transpose()
-            .map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "stored reply of turn {} does not decode: {e}",
-                    turn_id.as_str()
-                ))
-            })?;
-        Ok(AnsweredResponse {
-            answered: true,
-            reply,
-        })
+        match self.store.answered(&turn_id).await? {
+            Some(answered) => answered_response(&turn_id, answered),
+            None => Ok(AnsweredResponse::default()),
+        }
     }
 
     async fn history(&self, payload: &[u8]) -> Result<HistoryResponse, OpError> {
@@ -745,6 +707,24 @@ impl Memory {
 }
 
 /// Turns of history to read: the request's number, 0 meaning the configured default.
+/// A stored turn as the answer to "was it answered?", its reply decoded.
+fn answered_response(turn_id: &TurnId, answered: Answered) -> Result<AnsweredResponse, OpError> {
+    let reply = answered
+        .reply
+        .map(|bytes| OutboundMessage::decode(bytes.as_slice()))
+        .transpose()
+        .map_err(|e| {
+            StoreError::Corrupt(format!(
+                "stored reply of turn {} does not decode: {e}",
+                turn_id.as_str()
+            ))
+        })?;
+    Ok(AnsweredResponse {
+        answered: true,
+        reply,
+    })
+}
+
 fn history_window(requested: u32, default: u32) -> u32 {
     let turns = if requested == 0 { default } else { requested };
     turns.min(MAX_HISTORY_TURNS)

@@ -90,7 +90,7 @@ pub struct EarlierSummary {
     pub turns: u32,
 }
 
-mod sql {
+pub(super) mod sql {
     // Due: unconsolidated entries exist, the lease is free, and there are enough
     // of them, the conversation went quiet, or /new archived some.
     pub const DUE: &str = "SELECT s.id, s.channel, s.chat_id, s.thread_id FROM sessions s \
@@ -457,20 +457,29 @@ impl SessionStore {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| {
-                    let turns: i32 = row.try_get("turns")?;
-                    Ok(EarlierSummary {
-                        summary: row.try_get("summary")?,
-                        first_at_ms: row.try_get("first_at_ms")?,
-                        last_at_ms: row.try_get("last_at_ms")?,
-                        turns: u32::try_from(turns).unwrap_or_default(),
-                    })
-                })
+                .map(earlier_summary_row)
                 .collect::<Result<Vec<_>, StoreError>>()?
         });
         out.reverse();
         Ok(out)
     }
+}
+
+/// A row of [`sql::EARLIER`] on either backend.
+pub(super) fn earlier_summary_row<R: Row>(row: &R) -> Result<EarlierSummary, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let turns: i32 = row.try_get("turns")?;
+    Ok(EarlierSummary {
+        summary: row.try_get("summary")?,
+        first_at_ms: row.try_get("first_at_ms")?,
+        last_at_ms: row.try_get("last_at_ms")?,
+        turns: u32::try_from(turns).unwrap_or_default(),
+    })
 }
 
 /// One minute, doubling per failure in a row, at most an hour.

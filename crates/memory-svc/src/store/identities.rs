@@ -8,7 +8,7 @@ use sqlx::Row as _;
 
 use super::{Identity, StoreError};
 
-mod sql {
+pub(super) mod sql {
     pub const GET: &str = "SELECT channel, sender_id, user_id, linked_at_ms FROM identities \
          WHERE channel = $1 AND sender_id = $2";
 
@@ -23,7 +23,7 @@ mod sql {
 
 macro_rules! identity_queries {
     ($pool:ty, $row:ty) => {
-        fn identity(row: &$row) -> Result<Identity, StoreError> {
+        pub(in crate::store) fn identity(row: &$row) -> Result<Identity, StoreError> {
             Ok(Identity {
                 channel: row.try_get("channel")?,
                 sender_id: row.try_get("sender_id")?,

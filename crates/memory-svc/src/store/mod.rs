@@ -16,7 +16,11 @@
 /// `$n` parameters), only the pool and connection types differ.
 macro_rules! shared_store_methods {
     ($pool:ty, $options:ty) => {
-        pub(super) async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
+        pub(super) async fn append(
+            &self,
+            turn: &NewTurn,
+            count_pending: bool,
+        ) -> Result<Option<u32>, StoreError> {
             let session_id = turn.session.id();
             let mut tx = self.pool.begin().await?;
             upsert_session(&mut tx, &turn.session, turn.at_ms).await?;
@@ -31,7 +35,7 @@ macro_rules! shared_store_methods {
                 .rows_affected();
             if inserted == 0 {
                 tx.rollback().await?;
-                return Ok(false);
+                return Ok(None);
             }
             for (seq, entry) in turn.entries.iter().enumerate() {
                 sqlx::query(sql::INSERT_ENTRY)
@@ -46,8 +50,18 @@ macro_rules! shared_store_methods {
                     .execute(&mut *tx)
                     .await?;
             }
+            let pending = if count_pending {
+                let turns: i64 = sqlx::query(super::consolidation::sql::PENDING_TURNS)
+                    .bind(&session_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("turns")?;
+                u32::try_from(turns).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
             tx.commit().await?;
-            Ok(true)
+            Ok(Some(pending))
         }
 
         pub(super) async fn history(
@@ -60,18 +74,7 @@ macro_rules! shared_store_methods {
                 .bind(i64::from(turns))
                 .fetch_all(&self.pool)
                 .await?;
-            rows.into_iter()
-                .map(|row| {
-                    past_entry(
-                        row.try_get("turn_id")?,
-                        row.try_get("role")?,
-                        row.try_get("text")?,
-                        row.try_get("tool_name")?,
-                        row.try_get("tool_call_id")?,
-                        row.try_get("at_ms")?,
-                    )
-                })
-                .collect()
+            rows.iter().map(past_entry_row).collect()
         }
 
         pub(super) async fn answered(
@@ -234,7 +237,7 @@ use nexus_common::{
     domain::{InvalidValue, SessionKey},
     now_ms,
 };
-use sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
+use sqlx::{Row, postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
 
 pub use chunks::{ChunkHit, ChunkQuery, IndexedFile, KeptChunks};
 pub use consolidation::{
@@ -374,6 +377,55 @@ pub struct Identity {
     pub linked_at_ms: i64,
 }
 
+/// What [`SessionStore::turn_reads`] reads for one turn.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnQuery<'a> {
+    pub session: &'a SessionKey,
+    /// History window, in turns; summaries cover what came before it.
+    pub turns: u32,
+    /// Most summaries of earlier turns.
+    pub summaries: u32,
+    /// The turn to look up as answered, if any.
+    pub turn_id: Option<&'a TurnId>,
+    /// (channel, sender id) whose linked identity to look up, if any.
+    pub sender: Option<(&'a str, &'a str)>,
+}
+
+/// A turn's reads: each as [`SessionStore::answered`], [`SessionStore::identity`],
+/// [`SessionStore::history`], [`SessionStore::model_override`] and
+/// [`SessionStore::earlier_summaries`] would return it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TurnReads {
+    pub answered: Option<Answered>,
+    pub identity: Option<Identity>,
+    pub history: Vec<PastEntry>,
+    pub model_override: String,
+    pub earlier: Vec<EarlierSummary>,
+}
+
+/// `sql` with its parameters renamed: `$k` becomes `$to[k - 1]`, so that statements
+/// written on their own can run as one multi-statement query sharing one list of
+/// arguments. The SQL here holds `$` only in parameters.
+fn renumbered(sql: &str, to: &[usize]) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let k: usize = rest[..digits].parse().unwrap_or(0);
+        match k.checked_sub(1).and_then(|i| to.get(i)) {
+            Some(n) => out.push_str(&n.to_string()),
+            None => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A turn that is already stored: the message it answers was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answered {
@@ -465,9 +517,58 @@ impl SessionStore {
     /// Stores a finished turn in one transaction. Returns `false`, changing
     /// nothing, when a turn with this id is already stored.
     pub async fn append(&self, turn: &NewTurn) -> Result<bool, StoreError> {
+        Ok(self.append_counting(turn, false).await?.is_some())
+    }
+
+    /// Like [`Self::append`]; `None` when the turn was already stored, else the
+    /// session's unsummarized turns after it when `count_pending` (0 when not).
+    /// The count is not free (it grows with the session while journaling is off),
+    /// so it is asked for only where it is used.
+    pub async fn append_counting(
+        &self,
+        turn: &NewTurn,
+        count_pending: bool,
+    ) -> Result<Option<u32>, StoreError> {
         match self {
-            Self::Sqlite(s) => s.append(turn).await,
-            Self::Postgres(s) => s.append(turn).await,
+            Self::Sqlite(s) if turn.entries.len() <= sqlite::ONE_TRIP_ENTRIES => {
+                s.append_in_one_trip(turn, count_pending).await
+            }
+            Self::Sqlite(s) => s.append(turn, count_pending).await,
+            Self::Postgres(s) => s.append(turn, count_pending).await,
+        }
+    }
+
+    /// Everything a turn's context reads from the store. SQLite answers it in one
+    /// trip to a connection's thread; PostgreSQL with its queries at once.
+    pub async fn turn_reads(&self, q: &TurnQuery<'_>) -> Result<TurnReads, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.turn_reads(q).await,
+            Self::Postgres(_) => {
+                let (answered, identity, history, model_override, earlier) = tokio::try_join!(
+                    async {
+                        match q.turn_id {
+                            Some(id) => self.answered(id).await,
+                            None => Ok(None),
+                        }
+                    },
+                    async {
+                        match q.sender {
+                            Some((channel, sender)) => self.identity(channel, sender).await,
+                            None => Ok(None),
+                        }
+                    },
+                    self.history(q.session, q.turns),
+                    self.model_override(q.session),
+                    self.earlier_summaries(q.session, q.turns, q.summaries),
+                )?;
+                Ok(TurnReads {
+                    answered,
+                    identity,
+                    history,
+                    model_override,
+                    earlier,
+                })
+            }
         }
     }
 
@@ -587,8 +688,17 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (turn_id) DO NOTHING";
 
-    pub const INSERT_ENTRY: &str = "INSERT INTO entries (session_id, turn_id, seq, role, text, tool_name, tool_call_id, at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    macro_rules! insert_entry_into {
+        () => {
+            "INSERT INTO entries (session_id, turn_id, seq, role, text, tool_name, tool_call_id, at_ms) "
+        };
+    }
+    /// [`INSERT_ENTRY`] without its `VALUES`, for a statement of several rows.
+    pub const INSERT_ENTRY_INTO: &str = insert_entry_into!();
+    pub const INSERT_ENTRY: &str = concat!(
+        insert_entry_into!(),
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    );
 
     // Only entries after the session's reset point count, and of those the
     // last `$2` turns. A turn's position is that of its first entry (seq 0): entry
@@ -646,6 +756,24 @@ fn past_entry(
             at_ms,
         },
     })
+}
+
+/// A row of [`sql::HISTORY`] on either backend.
+fn past_entry_row<R: Row>(row: &R) -> Result<PastEntry, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    past_entry(
+        row.try_get("turn_id")?,
+        row.try_get("role")?,
+        row.try_get("text")?,
+        row.try_get("tool_name")?,
+        row.try_get("tool_call_id")?,
+        row.try_get("at_ms")?,
+    )
 }
 
 /// A database URL fit for logs and errors: no password, no query string.

@@ -10,7 +10,8 @@ use sqlx::{
 };
 
 use super::{
-    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql,
+    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry_row,
+    sql,
 };
 use nexus_common::domain::SessionKey;
 

@@ -2,18 +2,53 @@
 //! wait for the writer, and a busy timeout so concurrent writers queue instead
 //! of failing. It must never be shared by replicas on different machines.
 
+use std::sync::LazyLock;
+
+use futures::TryStreamExt as _;
 use sqlx::{
-    ConnectOptions as _, Connection as _, Row, SqliteConnection, SqlitePool,
+    ConnectOptions as _, Connection as _, Either, Executor as _, Row, SqliteConnection, SqlitePool,
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
-    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry, sql,
+    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, TurnQuery,
+    TurnReads, consolidation, identities, past_entry_row, renumbered, sql,
 };
 use nexus_common::domain::SessionKey;
 
 pub(super) const BACKEND: &str = "sqlite";
+
+/// Most entries a turn may have to be appended in one trip (see
+/// [`SqliteStore::append_in_one_trip`]); a longer turn takes the statement-by-statement
+/// path. SQLite numbers at most 32,766 parameters per query.
+pub(super) const ONE_TRIP_ENTRIES: usize = 64;
+
+// Why one trip: sqlx runs each SQLite statement on its connection's own thread, and
+// each statement is a hand-off there and back. A turn's reads took five of them and
+// its append seven, and the hand-offs (context switches, on two cores) were a third
+// of memory-svc's CPU per turn. SQLite runs a query string of several statements in
+// order, with the `$n` parameters shared, and sqlx streams each statement's rows
+// followed by its result; that behaviour is specific to sqlx's SQLite driver (and
+// deprecated there for the generic `query` API), so the tests below pin it, and an
+// upgrade of sqlx that drops it fails them rather than the service.
+
+/// A turn's reads as one query: history, the model override, earlier summaries,
+/// whether the turn is answered, the sender's linked identity.
+/// `$1` session id, `$2` history turns, `$3` most summaries, `$4` turn id (or ''),
+/// `$5` channel, `$6` sender id (both '' when none).
+static TURN_READS: LazyLock<String> = LazyLock::new(|| {
+    [
+        sql::HISTORY.to_owned(),
+        sql::MODEL_OVERRIDE.to_owned(),
+        consolidation::sql::EARLIER.to_owned(),
+        renumbered(sql::ANSWERED, &[4]),
+        renumbered(identities::sql::GET, &[5, 6]),
+    ]
+    .join(";\n")
+});
+/// Statements in [`TURN_READS`].
+const TURN_READ_STATEMENTS: usize = 5;
 
 /// Page cache per connection, in KiB.
 const CACHE_KIB: u32 = 256;
@@ -101,6 +136,159 @@ impl SqliteStore {
     }
 
     shared_store_methods!(SqlitePool, SqliteConnectOptions);
+
+    /// [`super::SessionStore::turn_reads`] in one trip to a connection's thread.
+    pub(super) async fn turn_reads(&self, q: &TurnQuery<'_>) -> Result<TurnReads, StoreError> {
+        let (channel, sender) = q.sender.unwrap_or_default();
+        let query = sqlx::query(TURN_READS.as_str())
+            .bind(q.session.id())
+            .bind(i64::from(q.turns))
+            .bind(i64::from(q.summaries))
+            .bind(q.turn_id.map(TurnId::as_str).unwrap_or_default())
+            .bind(channel)
+            .bind(sender);
+        let mut steps = self.pool.fetch_many(query);
+        let mut reads = TurnReads::default();
+        let mut done = 0;
+        while let Some(step) = steps.try_next().await? {
+            let row = match step {
+                Either::Left(_) => {
+                    done += 1;
+                    continue;
+                }
+                Either::Right(row) => row,
+            };
+            match done {
+                0 => reads.history.push(past_entry_row(&row)?),
+                1 => reads.model_override = row.try_get("model_override")?,
+                2 => reads
+                    .earlier
+                    .push(consolidation::earlier_summary_row(&row)?),
+                3 => {
+                    reads.answered = Some(Answered {
+                        reply: row.try_get("reply")?,
+                    })
+                }
+                4 => reads.identity = Some(identities::sqlite::identity(&row)?),
+                _ => break,
+            }
+        }
+        if done != TURN_READ_STATEMENTS {
+            return Err(StoreError::Corrupt(format!(
+                "a turn's reads ran {done} of {TURN_READ_STATEMENTS} statements"
+            )));
+        }
+        // Newest first from the query, oldest first to the caller.
+        reads.earlier.reverse();
+        Ok(reads)
+    }
+
+    /// [`super::SessionStore::append_counting`] for a turn of at most
+    /// [`ONE_TRIP_ENTRIES`] entries: the session, the turn, its entries and the
+    /// pending count in one trip between BEGIN and COMMIT. A turn already stored
+    /// inserts nothing new (its turn row) or fails on its entries' unique key; either
+    /// way the transaction is rolled back.
+    pub(super) async fn append_in_one_trip(
+        &self,
+        turn: &NewTurn,
+        count_pending: bool,
+    ) -> Result<Option<u32>, StoreError> {
+        let text = append_sql(turn.entries.len(), count_pending);
+        let mut query = sqlx::query(&text)
+            .bind(turn.session.id())
+            .bind(turn.session.channel().as_str())
+            .bind(turn.session.chat_id())
+            .bind(turn.session.thread_id())
+            .bind(turn.at_ms)
+            .bind(turn.turn_id.as_str())
+            .bind(&turn.user_id)
+            .bind(turn.reply.as_deref());
+        for (seq, entry) in turn.entries.iter().enumerate() {
+            query = query
+                .bind(seq as i32)
+                .bind(entry.role.code())
+                .bind(&entry.text)
+                .bind(&entry.tool_name)
+                .bind(&entry.tool_call_id)
+                .bind(entry.at_ms);
+        }
+        // Few shapes are common (a turn without tools has two entries): those stay
+        // prepared; a rare long turn is prepared for its one use.
+        let query = query.persistent(turn.entries.len() <= 8);
+        let mut tx = self.pool.begin().await?;
+        let mut done = 0;
+        let mut turn_inserted = None;
+        let mut pending = 0;
+        let outcome = {
+            let mut steps = tx.fetch_many(query);
+            loop {
+                match steps.try_next().await {
+                    Ok(Some(Either::Left(result))) => {
+                        // Statement 0 is the session, 1 the turn.
+                        if done == 1 {
+                            turn_inserted = Some(result.rows_affected() > 0);
+                        }
+                        done += 1;
+                    }
+                    Ok(Some(Either::Right(row))) => {
+                        let turns: i64 = row.try_get("turns")?;
+                        pending = u32::try_from(turns).unwrap_or(u32::MAX);
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
+            }
+        };
+        match (turn_inserted, outcome) {
+            (Some(true), Ok(())) => {
+                tx.commit().await?;
+                Ok(Some(pending))
+            }
+            (Some(false), _) => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            (_, Err(error)) => Err(error.into()),
+            (None, Ok(())) => Err(StoreError::Corrupt(format!(
+                "appending a turn ran {done} statements and never the turn's insert"
+            ))),
+        }
+    }
+}
+
+/// The statements of [`SqliteStore::append_in_one_trip`] for `entries` entries:
+/// `$1`–`$5` the session (id, channel, chat, thread, time), `$6` turn id, `$7` user
+/// id, `$8` reply, then six per entry (seq, role, text, tool name, call id, time).
+fn append_sql(entries: usize, count_pending: bool) -> String {
+    let mut statements = vec![
+        sql::UPSERT_SESSION.to_owned(),
+        renumbered(sql::INSERT_TURN, &[6, 1, 7, 5, 8]),
+    ];
+    if entries > 0 {
+        let rows: Vec<String> = (0..entries)
+            .map(|i| {
+                let p = 9 + 6 * i;
+                format!(
+                    "($1, $6, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        statements.push(format!(
+            "{}VALUES {}",
+            sql::INSERT_ENTRY_INTO,
+            rows.join(", ")
+        ));
+    }
+    if count_pending {
+        statements.push(consolidation::sql::PENDING_TURNS.to_owned());
+    }
+    statements.join(";\n")
 }
 
 upsert_session_fn!(SqliteConnection);

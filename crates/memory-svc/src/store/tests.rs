@@ -13,7 +13,7 @@ use sqlx::{
 
 use super::{
     Answered, ChunkHit, ChunkQuery, Entry, IndexedFile, KeptChunks, ModelOverride,
-    NewConsolidation, NewTurn, Role, SessionStore, TurnId,
+    NewConsolidation, NewTurn, Role, SessionStore, TurnId, TurnQuery, TurnReads,
 };
 use crate::markdown::{Chunk, chunks};
 
@@ -115,6 +115,8 @@ on_both_backends!(
     earlier_summaries_cover_turns_before_the_window_since_the_last_reset,
     stored_summaries_wait_until_they_are_marked_applied,
     the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model,
+    a_turns_reads_in_one_call_equal_each_read_alone,
+    an_append_counts_the_unsummarized_turns_and_a_long_turn_is_stored_whole,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -1223,4 +1225,155 @@ async fn every_sqlite_connection_has_the_small_page_cache() {
         }
     })
     .await;
+}
+
+async fn a_turns_reads_in_one_call_equal_each_read_alone(store: SessionStore) {
+    let s = session("r", "");
+    turns(&store, &s, "r", 6, 1_000).await;
+    // Two summaries, so that some lie before a short window.
+    let mut from = 0;
+    for _ in 0..2 {
+        let claim = store
+            .claim(&s, "a", 2_000, 9_000, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let to = claim.entries.last().unwrap().id;
+        assert!(commit(&store, &s, from, to).await);
+        from = to;
+    }
+    store
+        .set_model(&s, &ModelOverride::parse("openai/gpt-4o").unwrap())
+        .await
+        .unwrap();
+    store.link_identity("cli", "ada", "ada").await.unwrap();
+    let answered_id = TurnId::parse("r1").unwrap();
+    let unknown_id = TurnId::parse("r:unknown").unwrap();
+
+    for (turns, turn_id, sender) in [
+        (1, Some(&answered_id), Some(("cli", "ada"))),
+        (4, Some(&unknown_id), Some(("cli", "bob"))),
+        (10, None, None),
+    ] {
+        let reads = store
+            .turn_reads(&TurnQuery {
+                session: &s,
+                turns,
+                summaries: 8,
+                turn_id,
+                sender,
+            })
+            .await
+            .unwrap();
+        let alone = TurnReads {
+            answered: match turn_id {
+                Some(id) => store.answered(id).await.unwrap(),
+                None => None,
+            },
+            identity: match sender {
+                Some((channel, sender)) => store.identity(channel, sender).await.unwrap(),
+                None => None,
+            },
+            history: store.history(&s, turns).await.unwrap(),
+            model_override: store.model_override(&s).await.unwrap(),
+            earlier: store.earlier_summaries(&s, turns, 8).await.unwrap(),
+        };
+        assert_eq!(reads, alone, "window of {turns} turns");
+    }
+    // The three cases above are not vacuous: each read found something in one of them.
+    let full = store
+        .turn_reads(&TurnQuery {
+            session: &s,
+            turns: 1,
+            summaries: 8,
+            turn_id: Some(&answered_id),
+            sender: Some(("cli", "ada")),
+        })
+        .await
+        .unwrap();
+    assert!(full.answered.is_some());
+    assert_eq!(full.identity.unwrap().user_id, "ada");
+    assert_eq!(texts(&full.history), ["question r5", "answer r5"]);
+    assert_eq!(full.model_override, "openai/gpt-4o");
+    assert_eq!(full.earlier.len(), 2);
+
+    // A session never seen reads as empty.
+    let none = store
+        .turn_reads(&TurnQuery {
+            session: &session("never-seen", ""),
+            turns: 5,
+            summaries: 8,
+            turn_id: None,
+            sender: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(none, TurnReads::default());
+}
+
+async fn an_append_counts_the_unsummarized_turns_and_a_long_turn_is_stored_whole(
+    store: SessionStore,
+) {
+    let s = session("p", "");
+    assert_eq!(
+        store
+            .append_counting(&turn(&s, "p1", 10), true)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store
+            .append_counting(&turn(&s, "p2", 20), true)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    // Not counted when not asked.
+    assert_eq!(
+        store
+            .append_counting(&turn(&s, "p3", 30), false)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    // Already stored: nothing changes, with or without the count.
+    assert_eq!(
+        store
+            .append_counting(&turn(&s, "p3", 40), true)
+            .await
+            .unwrap(),
+        None
+    );
+    // A turn without entries (a chat command) is stored but is no history to summarize.
+    let mut command = turn(&s, "p4", 50);
+    command.entries.clear();
+    assert_eq!(
+        store.append_counting(&command, true).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(store.append_counting(&command, true).await.unwrap(), None);
+
+    // Longer than one trip takes (64 entries): stored whole, in order, once.
+    let mut long = turn(&s, "p5", 60);
+    long.entries = (0..100)
+        .map(|i| entry(Role::Tool, &format!("step {i}"), 60 + i))
+        .collect();
+    assert_eq!(store.append_counting(&long, true).await.unwrap(), Some(4));
+    assert_eq!(store.append_counting(&long, true).await.unwrap(), None);
+    let history = store.history(&s, 1).await.unwrap();
+    assert_eq!(history.len(), 100);
+    assert_eq!(history[0].entry.text, "step 0");
+    assert_eq!(history[99].entry.text, "step 99");
+    assert_eq!(store.history(&s, 10).await.unwrap().len(), 2 * 3 + 100);
+}
+
+#[test]
+fn renumbered_renames_each_parameter_and_nothing_else() {
+    assert_eq!(
+        super::renumbered("a = $1 AND b = $2 OR c = $1 AND d = $12", &[5, 6]),
+        "a = $5 AND b = $6 OR c = $5 AND d = $12"
+    );
+    assert_eq!(super::renumbered("no parameters", &[3]), "no parameters");
+    assert_eq!(super::renumbered("x = $", &[3]), "x = $");
 }
