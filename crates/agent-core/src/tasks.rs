@@ -595,7 +595,9 @@ impl Agent {
             }
             Err(e) => return Err(crate::turn::TurnError::Transient(format!("limits: {e}"))),
         }
-        self.tool_loop(&resolved, &ctx).await.map(|r| r.text)
+        let r = self.tool_loop(&resolved, &ctx).await?;
+        r.usage_events.stored().await;
+        Ok(r.text)
     }
 
     /// Stores the result in the origin session and sends it to the origin chat,

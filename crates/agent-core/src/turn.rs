@@ -48,6 +48,8 @@ struct Answer {
     tool_calls: u32,
     /// Why the turn failed; empty when it did not.
     error: String,
+    /// The turn's LLM usage events on their way to the ledger.
+    usage: UsageEvents,
 }
 
 impl Answer {
@@ -63,6 +65,7 @@ impl Answer {
             llm_calls,
             tool_calls,
             error: String::new(),
+            usage: UsageEvents::default(),
         }
     }
 
@@ -73,6 +76,31 @@ impl Answer {
             llm_calls: 0,
             tool_calls: 0,
             error,
+            usage: UsageEvents::default(),
+        }
+    }
+}
+
+/// LLM usage events sent while a turn goes on, each resent by a task of its own
+/// until JetStream stores it (`Bus::emit_counted`). The turn waits for them only
+/// before its reply goes out, beside storing the turn: waiting after each model
+/// call put a JetStream round trip in front of every reply. A reply still never
+/// leaves before the usage it cost is in the ledger.
+#[derive(Default)]
+pub(crate) struct UsageEvents(Vec<tokio::task::JoinHandle<()>>);
+
+impl UsageEvents {
+    fn send(&mut self, bus: &nexus_bus::Bus, kind: event::Kind) {
+        let bus = bus.clone();
+        self.0
+            .push(tokio::spawn(async move { bus.emit_counted(kind).await }));
+    }
+
+    /// Waits until every event is stored or given up (`emit_counted` logs which).
+    pub(crate) async fn stored(self) {
+        for sent in self.0 {
+            // A panic in the task is the only error, and it was logged where it happened.
+            let _ = sent.await;
         }
     }
 }
@@ -178,6 +206,8 @@ pub(crate) struct LoopResult {
     tool_calls: u32,
     /// Summed over every model call of the turn.
     usage: crate::llm::LlmUsage,
+    /// Its model calls' usage events, still on their way to the ledger.
+    pub(crate) usage_events: UsageEvents,
 }
 
 impl Agent {
@@ -292,7 +322,10 @@ impl Agent {
                         self.outbound(turn, r.text.clone(), OutboundKind::Reply, &r.model);
                     reply.input_tokens = r.usage.input_tokens;
                     reply.output_tokens = r.usage.output_tokens;
-                    Answer::stored(reply, r.entries, r.llm_calls, r.tool_calls)
+                    Answer {
+                        usage: r.usage_events,
+                        ..Answer::stored(reply, r.entries, r.llm_calls, r.tool_calls)
+                    }
                 }
                 Err(TurnError::Stopped) => {
                     tracing::info!("turn stopped by the user");
@@ -325,7 +358,9 @@ impl Agent {
             llm_calls,
             tool_calls,
             error,
+            usage,
         } = answer;
+        let usage_stored = usage.stored();
         if let Some(entries) = entries {
             let req = AppendTurnRequest {
                 session: Some(turn.session_ref()),
@@ -335,20 +370,19 @@ impl Agent {
                 reply: Some(reply.clone()),
             };
             // Stored once per turn id, so it may be sent again after a lost connection.
-            match self
-                .bus
-                .request_idempotent::<_, AppendTurnResponse>(
-                    self.bus.subjects().memory(MemoryOp::Append),
-                    &req,
-                    &turn.trace,
-                    None,
-                )
-                .await
-            {
+            let append = self.bus.request_idempotent::<_, AppendTurnResponse>(
+                self.bus.subjects().memory(MemoryOp::Append),
+                &req,
+                &turn.trace,
+                None,
+            );
+            match tokio::join!(append, usage_stored).0 {
                 Ok(stored) if stored.consolidation_due => self.journal.session(turn.session_ref()),
                 Ok(_) => {}
                 Err(e) => return retry(format!("storing the turn: {e}")),
             }
+        } else {
+            usage_stored.await;
         }
 
         let outcome = self.publish_reply(turn, &reply).await;
@@ -580,6 +614,7 @@ impl Agent {
         let mut llm_calls = 0;
         let mut tool_calls = 0;
         let mut usage = crate::llm::LlmUsage::default();
+        let mut usage_events = UsageEvents::default();
         loop {
             // The last allowed call gets no tools, so it must answer in words.
             if llm_calls + 1 >= max_iterations && !req.tools.is_empty() {
@@ -640,8 +675,9 @@ impl Agent {
             );
             usage.input_tokens = usage.input_tokens.saturating_add(resp.usage.input_tokens);
             usage.output_tokens = usage.output_tokens.saturating_add(resp.usage.output_tokens);
-            self.bus
-                .emit_counted(event::Kind::LlmUsage(LlmUsageEvent {
+            usage_events.send(
+                &self.bus,
+                event::Kind::LlmUsage(LlmUsageEvent {
                     turn_id: turn.msg.id.clone(),
                     model: routed.model.clone(),
                     provider: provider_of(&routed.model),
@@ -654,8 +690,8 @@ impl Agent {
                     channel: turn.session.channel().to_string(),
                     purpose: tasks::usage_purpose(turn)
                         .unwrap_or_else(|| scheduled::usage_purpose(turn)),
-                }))
-                .await;
+                }),
+            );
             tracing::info!(
                 gen_ai.request.model = %routed.model,
                 gen_ai.response.model = %resp.model,
@@ -693,6 +729,7 @@ impl Agent {
                     llm_calls,
                     tool_calls,
                     usage,
+                    usage_events,
                 });
             }
 
@@ -714,6 +751,7 @@ impl Agent {
                     llm_calls,
                     tool_calls,
                     usage,
+                    usage_events,
                 });
             }
             req.messages.push(LlmMessage::Assistant {
