@@ -412,20 +412,22 @@ async fn main() -> anyhow::Result<()> {
         fake.forget_requests();
         let up = Up::start(&fake, 1, &[]).await?;
         let idle = up.settle_and_measure_split().await;
-        out!("| service | RSS idle | of it anonymous | of it files and shared memory |");
-        out!("|---|---|---|---|");
+        out!("| service | RSS idle | of it anonymous | of it files and shared memory | PSS idle |");
+        out!("|---|---|---|---|---|");
         let mib = |kib: u64| kib as f64 / 1024.0;
         for (name, at) in &idle {
             out!(
-                "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
                 mib(at.rss),
                 mib(at.anon),
-                mib(at.rss - at.anon)
+                mib(at.rss - at.anon),
+                mib(at.pss)
             );
         }
         out!(
-            "| all | {:.1} MiB | | |",
-            mib(idle.iter().map(|(_, at)| at.rss).sum())
+            "| all | {:.1} MiB | | | {:.1} MiB |",
+            mib(idle.iter().map(|(_, at)| at.rss).sum()),
+            mib(idle.iter().map(|(_, at)| at.pss).sum())
         );
         up.throughput(sessions, per_session).await?;
         let before = up.settle_and_measure_split().await;
@@ -473,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
     let soak_fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
     soak_fake.forget_requests();
     let up = Up::start_with_api(&soak_fake).await?;
-    let idle_rss = up.settle_and_measure_rss().await;
+    let idle = up.settle_and_measure_split().await;
     let journaled = sequential_overhead(&up.driver, warm_turns, seq_turns).await?;
     let api = match &up.api {
         Some(api) => front::api_turns(api, warm_turns, api_turns).await?,
@@ -566,11 +568,22 @@ async fn main() -> anyhow::Result<()> {
     out!(
         "| throughput, {sessions} sessions × {per_session} turns, model takes {slow_llm_ms} ms (concurrency, not a queue) | {slow:.0} turns/s |"
     );
-    let total = |rows: &[(String, u64)]| rows.iter().map(|(_, kb)| kb).sum::<u64>() as f64 / 1024.0;
+    let idle_sum =
+        |f: fn(&RssSplit) -> u64| idle.iter().map(|(_, at)| f(at)).sum::<u64>() as f64 / 1024.0;
     out!(
         "| memory of all services idle (RSS, sum of {}) | {:.1} MiB |",
-        idle_rss.len(),
-        total(&idle_rss)
+        idle.len(),
+        idle_sum(|at| at.rss)
+    );
+    out!(
+        "| memory of all services idle (PSS, sum of {}: pages shared between them counted once) | {:.1} MiB |",
+        idle.len(),
+        idle_sum(|at| at.pss)
+    );
+    out!(
+        "| of it anonymous (heap, stacks), sum of {} | {:.1} MiB |",
+        idle.len(),
+        idle_sum(|at| at.anon)
     );
     for (name, kb) in &after_soak {
         let before = before_soak
@@ -1032,6 +1045,9 @@ struct ChildProcess {
 struct RssSplit {
     rss: u64,
     anon: u64,
+    /// RSS with each page shared with other processes (libc, say) divided among
+    /// them: summed over the services, what they hold together.
+    pss: u64,
 }
 
 impl RssSplit {
@@ -1046,6 +1062,7 @@ impl RssSplit {
         Self {
             rss: field("Rss:"),
             anon: field("Anonymous:"),
+            pss: field("Pss:"),
         }
     }
 }
