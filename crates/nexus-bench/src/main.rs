@@ -317,8 +317,29 @@ impl Up {
     }
 }
 
+/// The parts `nexus-bench <part>` runs alone.
+const PARTS: &[&str] = &[
+    "recovery",
+    "tools",
+    "exec",
+    "retrieval",
+    "api",
+    "turns",
+    "soak",
+];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // An unknown (or misspelt) part would otherwise run the whole bench, minutes of it.
+    let part = std::env::args().nth(1);
+    if let Some(part) = part.as_deref()
+        && !PARTS.contains(&part)
+    {
+        bail!(
+            "unknown part {part:?}: run nexus-bench alone for the whole bench, or one of {}",
+            PARTS.join(", ")
+        );
+    }
     bench_epoch();
     let warm_turns: usize = env_or("BENCH_WARMUP", 20);
     let seq_turns: usize = env_or("BENCH_TURNS", 300);
