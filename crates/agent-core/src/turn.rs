@@ -85,7 +85,8 @@ impl Answer {
 /// until JetStream stores it (`Bus::emit_counted`). The turn waits for them only
 /// before its reply goes out, beside storing the turn: waiting after each model
 /// call put a JetStream round trip in front of every reply. A reply still never
-/// leaves before the usage it cost is in the ledger.
+/// leaves before the usage it cost is stored in `N_EVENTS`. Dropped unwaited (a
+/// turn that failed or was stopped), the tasks still finish.
 #[derive(Default)]
 pub(crate) struct UsageEvents(Vec<tokio::task::JoinHandle<()>>);
 

@@ -212,7 +212,7 @@ impl Memory {
         };
         let reader = UserId::parse(&user_id);
         let (markdown, journal_md) =
-            tokio::join!(markdown, self.journal_context(&req.query, reader.as_ref()),);
+            tokio::join!(markdown, self.journal_context(&req.query, reader.as_ref()));
         let markdown = markdown?;
         Ok(ContextResponse {
             agents_md: markdown.agents_md,

@@ -13,7 +13,7 @@
 use nexus_common::domain::{ChannelName, SessionKey};
 use sqlx::Row;
 
-use super::{Entry, SessionStore, StoreError, TurnId, past_entry};
+use super::{Entry, SessionStore, StoreError, TurnId, past_entry_row};
 
 /// Longest entry text handed to a summarizer; the rest is cut.
 pub const MAX_BATCH_ENTRY_CHARS: i32 = 4000;
@@ -257,14 +257,7 @@ impl SessionStore {
                     .await?;
                 let mut entries = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let past = past_entry(
-                        row.try_get("turn_id")?,
-                        row.try_get("role")?,
-                        row.try_get("text")?,
-                        row.try_get("tool_name")?,
-                        row.try_get("tool_call_id")?,
-                        row.try_get("at_ms")?,
-                    )?;
+                    let past = past_entry_row(&row)?;
                     entries.push(BatchEntry {
                         id: row.try_get("id")?,
                         turn_id: past.turn_id,

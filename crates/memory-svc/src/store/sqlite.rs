@@ -30,7 +30,7 @@ pub(super) const ONE_TRIP_ENTRIES: usize = 64;
 // of memory-svc's CPU per turn. SQLite runs a query string of several statements in
 // order, with the `$n` parameters shared, and sqlx streams each statement's rows
 // followed by its result; that behaviour is specific to sqlx's SQLite driver (and
-// deprecated there for the generic `query` API), so the tests below pin it, and an
+// deprecated there for the generic `query` API), so the store tests pin it, and an
 // upgrade of sqlx that drops it fails them rather than the service.
 
 /// A turn's reads as one query: history, the model override, earlier summaries,

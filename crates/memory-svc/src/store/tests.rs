@@ -1311,56 +1311,34 @@ async fn a_turns_reads_in_one_call_equal_each_read_alone(store: SessionStore) {
     assert_eq!(none, TurnReads::default());
 }
 
+/// `append_counting`'s answer, for tests that check many of them.
+async fn appended(store: &SessionStore, turn: &NewTurn, count_pending: bool) -> Option<u32> {
+    store.append_counting(turn, count_pending).await.unwrap()
+}
+
 async fn an_append_counts_the_unsummarized_turns_and_a_long_turn_is_stored_whole(
     store: SessionStore,
 ) {
     let s = session("p", "");
-    assert_eq!(
-        store
-            .append_counting(&turn(&s, "p1", 10), true)
-            .await
-            .unwrap(),
-        Some(1)
-    );
-    assert_eq!(
-        store
-            .append_counting(&turn(&s, "p2", 20), true)
-            .await
-            .unwrap(),
-        Some(2)
-    );
+    assert_eq!(appended(&store, &turn(&s, "p1", 10), true).await, Some(1));
+    assert_eq!(appended(&store, &turn(&s, "p2", 20), true).await, Some(2));
     // Not counted when not asked.
-    assert_eq!(
-        store
-            .append_counting(&turn(&s, "p3", 30), false)
-            .await
-            .unwrap(),
-        Some(0)
-    );
+    assert_eq!(appended(&store, &turn(&s, "p3", 30), false).await, Some(0));
     // Already stored: nothing changes, with or without the count.
-    assert_eq!(
-        store
-            .append_counting(&turn(&s, "p3", 40), true)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(appended(&store, &turn(&s, "p3", 40), true).await, None);
     // A turn without entries (a chat command) is stored but is no history to summarize.
     let mut command = turn(&s, "p4", 50);
     command.entries.clear();
-    assert_eq!(
-        store.append_counting(&command, true).await.unwrap(),
-        Some(3)
-    );
-    assert_eq!(store.append_counting(&command, true).await.unwrap(), None);
+    assert_eq!(appended(&store, &command, true).await, Some(3));
+    assert_eq!(appended(&store, &command, true).await, None);
 
     // Longer than one trip takes (64 entries): stored whole, in order, once.
     let mut long = turn(&s, "p5", 60);
     long.entries = (0..100)
         .map(|i| entry(Role::Tool, &format!("step {i}"), 60 + i))
         .collect();
-    assert_eq!(store.append_counting(&long, true).await.unwrap(), Some(4));
-    assert_eq!(store.append_counting(&long, true).await.unwrap(), None);
+    assert_eq!(appended(&store, &long, true).await, Some(4));
+    assert_eq!(appended(&store, &long, true).await, None);
     let history = store.history(&s, 1).await.unwrap();
     assert_eq!(history.len(), 100);
     assert_eq!(history[0].entry.text, "step 0");
