@@ -292,9 +292,12 @@ async fn a_tcp_connection_to_a_listener_on_loopback_never_arrives() {
 async fn a_fork_bomb_hits_the_process_limit_and_nothing_of_it_survives() {
     let app = spawn_exec_app(|_| {}).await;
     let marker = format!("bomb-{}", app.env.namespace);
+    // The pause is forked before the bomb: a fork by the shell itself while the bomb
+    // holds every process slot fails, and dash then exits (status 2, seen in CI)
+    // before it could say "contained". `wait` and `echo` are built in.
     let out = app
         .exec(&format!(
-            ": {marker}; bomb() {{ bomb | bomb & }}; bomb; sleep 1; echo contained"
+            ": {marker}; sleep 1 & pause=$!; bomb() {{ bomb | bomb & }}; bomb; wait $pause; echo contained"
         ))
         .await;
     assert!(out.contains("Cannot fork"), "{out}");
