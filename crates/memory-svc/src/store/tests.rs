@@ -1024,19 +1024,7 @@ async fn sessions_are_due_for_a_summary_by_count_idleness_or_reset(store: Sessio
 
 async fn earlier_summaries_cover_turns_before_the_window_since_the_last_reset(store: SessionStore) {
     let s = session("w", "");
-    turns(&store, &s, "w", 6, 1_000).await;
-    // Summarize the first 4 turns in two batches of two.
-    let mut from = 0;
-    for _ in 0..2 {
-        let claim = store
-            .claim(&s, "a", 2_000, 9_000, 2)
-            .await
-            .unwrap()
-            .unwrap();
-        let to = claim.entries.last().unwrap().id;
-        assert!(commit(&store, &s, from, to).await);
-        from = to;
-    }
+    let from = six_turns_four_summarized(&store, &s, "w").await;
     let texts = |v: Vec<super::EarlierSummary>| -> Vec<String> {
         v.into_iter().map(|e| e.summary).collect()
     };
@@ -1052,6 +1040,20 @@ async fn earlier_summaries_cover_turns_before_the_window_since_the_last_reset(st
     // After /new the earlier conversation is not recalled.
     store.reset(&s).await.unwrap();
     assert!(store.earlier_summaries(&s, 1, 8).await.unwrap().is_empty());
+}
+
+/// Six turns, the first four summarized in two batches of two; the entry id the
+/// second summary ends at.
+async fn six_turns_four_summarized(store: &SessionStore, s: &SessionKey, prefix: &str) -> i64 {
+    turns(store, s, prefix, 6, 1_000).await;
+    let mut from = 0;
+    for _ in 0..2 {
+        let claim = store.claim(s, "a", 2_000, 9_000, 2).await.unwrap().unwrap();
+        let to = claim.entries.last().unwrap().id;
+        assert!(commit(store, s, from, to).await);
+        from = to;
+    }
+    from
 }
 
 /// The `to` of a `summary_of` text.
@@ -1229,19 +1231,8 @@ async fn every_sqlite_connection_has_the_small_page_cache() {
 
 async fn a_turns_reads_in_one_call_equal_each_read_alone(store: SessionStore) {
     let s = session("r", "");
-    turns(&store, &s, "r", 6, 1_000).await;
     // Two summaries, so that some lie before a short window.
-    let mut from = 0;
-    for _ in 0..2 {
-        let claim = store
-            .claim(&s, "a", 2_000, 9_000, 2)
-            .await
-            .unwrap()
-            .unwrap();
-        let to = claim.entries.last().unwrap().id;
-        assert!(commit(&store, &s, from, to).await);
-        from = to;
-    }
+    six_turns_four_summarized(&store, &s, "r").await;
     store
         .set_model(&s, &ModelOverride::parse("openai/gpt-4o").unwrap())
         .await
