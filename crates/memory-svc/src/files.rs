@@ -94,15 +94,16 @@ impl MarkdownFiles {
     /// template when it is missing), retitled for the user. Returns whether it
     /// was created: an existing profile is never touched, and a reader never
     /// sees a half-written one (written aside, then hard-linked into place).
+    /// A context creates it with [`Self::ensure_profile_and_read`].
+    #[cfg(test)]
     pub async fn ensure_profile(&self, user_id: &str) -> io::Result<bool> {
-        if !is_file_safe(user_id) {
-            return Ok(false);
-        }
         let (root, user_id) = (self.root.clone(), user_id.to_owned());
         blocking(move || ensure_profile_in(&root, &user_id)).await
     }
 
     /// Reads the Markdown of a context for `user_id`. Missing files read as empty.
+    /// A context reads it with [`Self::ensure_profile_and_read`].
+    #[cfg(test)]
     pub async fn read(&self, user_id: &str, max_memory_bytes: usize) -> io::Result<Markdown> {
         let (root, user_id) = (self.root.clone(), user_id.to_owned());
         // One trip to the blocking pool for the four files, not one per open, stat
@@ -120,11 +121,7 @@ impl MarkdownFiles {
     ) -> io::Result<(io::Result<bool>, Markdown)> {
         let (root, user_id) = (self.root.clone(), user_id.to_owned());
         blocking(move || {
-            let created = if is_file_safe(&user_id) {
-                ensure_profile_in(&root, &user_id)
-            } else {
-                Ok(false)
-            };
+            let created = ensure_profile_in(&root, &user_id);
             Ok((created, read_in(&root, &user_id, max_memory_bytes)?))
         })
         .await
@@ -164,6 +161,10 @@ async fn blocking<T: Send + 'static>(
 
 /// [`Files::ensure_profile`]'s work, on the blocking pool.
 fn ensure_profile_in(root: &Path, user_id: &str) -> io::Result<bool> {
+    // A user id that cannot name a file gets no profile (it reads USER.md).
+    if !is_file_safe(user_id) {
+        return Ok(false);
+    }
     let name = format!("USER_{user_id}.md");
     let path = root.join(&name);
     if path.try_exists()? {

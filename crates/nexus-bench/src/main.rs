@@ -356,25 +356,25 @@ async fn main() -> anyhow::Result<()> {
         kill_llm: Duration::from_millis(env_or("BENCH_KILL_LLM_MS", 2000) as u64),
     };
     // `nexus-bench recovery`: only the recovery figures.
-    if std::env::args().nth(1).as_deref() == Some("recovery") {
+    if part.as_deref() == Some("recovery") {
         let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
         let measured = recovery.run(&fake).await?;
         recovery.print(&measured);
         return Ok(());
     }
     // `nexus-bench tools`: only the tool-call figures.
-    if std::env::args().nth(1).as_deref() == Some("tools") {
+    if part.as_deref() == Some("tools") {
         let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         tools::print(&tools::run(&url, env_or("BENCH_TOOL_CALLS", 300)).await?);
         return Ok(());
     }
     // `nexus-bench exec`: only the sandbox start-up figure.
-    if std::env::args().nth(1).as_deref() == Some("exec") {
+    if part.as_deref() == Some("exec") {
         exec::print(&exec::run(env_or("BENCH_EXECS", 200))?);
         return Ok(());
     }
     // `nexus-bench retrieval`: only the memory figure, no NATS needed.
-    if std::env::args().nth(1).as_deref() == Some("retrieval") {
+    if part.as_deref() == Some("retrieval") {
         let retrieval = retrieval::run(corpus_mb * 1024 * 1024, searches).await?;
         out!("| figure | value |");
         out!("|---|---|");
@@ -384,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
 
     // `nexus-bench api`: only the warm turn through gateway-api's OpenAI endpoint,
     // client side (journaling as configured: NEXUS__MEMORY__JOURNAL=false turns it off).
-    if std::env::args().nth(1).as_deref() == Some("api") {
+    if part.as_deref() == Some("api") {
         let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
         fake.forget_requests();
         let up = Up::start_with_api(&fake).await?;
@@ -405,7 +405,7 @@ async fn main() -> anyhow::Result<()> {
 
     // `nexus-bench turns`: only the turn path, quickly: latency, throughput and
     // where its CPU goes (for profiling between commits).
-    if std::env::args().nth(1).as_deref() == Some("turns") {
+    if part.as_deref() == Some("turns") {
         let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
         fake.forget_requests();
         let up = Up::start(&fake, 1, &[("NEXUS__MEMORY__JOURNAL", "false")]).await?;
@@ -428,7 +428,7 @@ async fn main() -> anyhow::Result<()> {
     // `nexus-bench soak`: only the soak (journaling on, `BENCH_SOAK_TURNS` over
     // `BENCH_SESSIONS`): each service's RSS idle, then its growth, each split into
     // heap and mapped files, to tell a leak from SQLite's caches and mappings.
-    if std::env::args().nth(1).as_deref() == Some("soak") {
+    if part.as_deref() == Some("soak") {
         let fake = FakeOpenAi::start(Reply::Text("ok".into())).await;
         fake.forget_requests();
         let up = Up::start(&fake, 1, &[]).await?;

@@ -2,7 +2,7 @@
 //! wait for the writer, and a busy timeout so concurrent writers queue instead
 //! of failing. It must never be shared by replicas on different machines.
 
-use std::sync::LazyLock;
+use std::{borrow::Cow, sync::LazyLock};
 
 use futures::TryStreamExt as _;
 use sqlx::{
@@ -194,7 +194,7 @@ impl SqliteStore {
         count_pending: bool,
     ) -> Result<Option<u32>, StoreError> {
         let text = append_sql(turn.entries.len(), count_pending);
-        let mut query = sqlx::query(&text)
+        let mut query = sqlx::query(text.as_ref())
             .bind(turn.session.id())
             .bind(turn.session.channel().as_str())
             .bind(turn.session.chat_id())
@@ -214,7 +214,7 @@ impl SqliteStore {
         }
         // Few shapes are common (a turn without tools has two entries): those stay
         // prepared; a rare long turn is prepared for its one use.
-        let query = query.persistent(turn.entries.len() <= 8);
+        let query = query.persistent(turn.entries.len() <= COMMON_ENTRIES);
         let mut tx = self.pool.begin().await?;
         let mut done = 0;
         let mut turn_inserted = None;
@@ -256,10 +256,29 @@ impl SqliteStore {
     }
 }
 
+/// Entry counts whose append statements are built once and kept (a turn without
+/// tools has two entries); they are also the ones kept prepared.
+const COMMON_ENTRIES: usize = 8;
+
+/// [`append_sql`] for 0 to [`COMMON_ENTRIES`] entries, without and with the count.
+static COMMON_APPEND_SQL: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
+    (0..=COMMON_ENTRIES)
+        .map(|n| [build_append_sql(n, false), build_append_sql(n, true)])
+        .collect()
+});
+
 /// The statements of [`SqliteStore::append_in_one_trip`] for `entries` entries:
 /// `$1`–`$5` the session (id, channel, chat, thread, time), `$6` turn id, `$7` user
 /// id, `$8` reply, then six per entry (seq, role, text, tool name, call id, time).
-fn append_sql(entries: usize, count_pending: bool) -> String {
+/// Built once for the common shapes, not on every turn.
+fn append_sql(entries: usize, count_pending: bool) -> Cow<'static, str> {
+    match COMMON_APPEND_SQL.get(entries) {
+        Some(built) => Cow::Borrowed(built[usize::from(count_pending)].as_str()),
+        None => Cow::Owned(build_append_sql(entries, count_pending)),
+    }
+}
+
+fn build_append_sql(entries: usize, count_pending: bool) -> String {
     let mut statements = vec![
         sql::UPSERT_SESSION.to_owned(),
         renumbered(sql::INSERT_TURN, &[6, 1, 7, 5, 8]),
