@@ -63,22 +63,43 @@ impl Bus {
 /// a message then waited ~30 s in its partition (seen in `just bench`). Pulling after
 /// the ack never asks for more than the consumer may hand out.
 ///
+/// Every pull is answered on one inbox, subscribed once for the puller's life:
+/// `async-nats`'s batch subscribes a fresh inbox per pull and unsubscribes after it,
+/// which cost nats-server a SUB, an UNSUB and a subscription-cache reset for every
+/// message consumed (three per turn). With one inbox, a late answer to an earlier
+/// pull is not lost either: it is the next message.
+///
 /// A pull request lives on one connection: when it drops (NATS restarted, network
 /// cut) the request is pulled again as soon as the connection is back, rather than
 /// when it would have expired.
 pub struct Puller {
     consumer: jetstream::consumer::PullConsumer,
+    client: async_nats::Client,
+    js: jetstream::Context,
     link: Link,
-    batch: Option<(pull::Batch, LinkState)>,
+    inbox: Option<(async_nats::Subject, async_nats::Subscriber)>,
+    /// The pull waiting at the server: when the client stops waiting for its answer,
+    /// and the connection it was sent on.
+    pending: Option<(tokio::time::Instant, LinkState)>,
     /// Pulls that failed in a row, and the wait before the next.
     backoff: Backoff,
+    /// How long the server keeps one pull request.
+    expires: Duration,
 }
 
 /// How long the server keeps one pull request; the client gives up 5 s later.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
+const PULL_GRACE: Duration = Duration::from_secs(5);
 /// Wait before pulling again after a failed pull: 0.5 s, doubling while failures
 /// go on, at most 5 s.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+
+/// What ended a wait for the answer to a pull.
+enum Answer {
+    Message(Option<async_nats::Message>),
+    ConnectionChanged,
+    GaveUp,
+}
 
 impl Puller {
     pub async fn new(
@@ -87,10 +108,21 @@ impl Puller {
     ) -> Result<Self, BusError> {
         Ok(Self {
             consumer: consumer.clone(),
+            client: bus.client.clone(),
+            js: bus.js.clone(),
             link: bus.link().clone(),
-            batch: None,
+            inbox: None,
+            pending: None,
             backoff: PULL_BACKOFF,
+            expires: PULL_EXPIRES,
         })
+    }
+
+    /// Pulls that wait `expires` at the server (30 s by default) before they are
+    /// answered with nothing and made again.
+    pub fn expiring_after(mut self, expires: Duration) -> Self {
+        self.expires = expires;
+        self
     }
 
     /// The next message, or `None` once `shutdown` is cancelled.
@@ -99,55 +131,93 @@ impl Puller {
         shutdown: &nexus_common::shutdown::CancellationToken,
     ) -> Option<jetstream::Message> {
         loop {
-            let (batch, since) = match self.batch.as_mut() {
-                Some((batch, since)) => (batch, *since),
+            if self.inbox.is_none() {
+                let inbox = async_nats::Subject::from(self.client.new_inbox());
+                let subscribed = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    s = self.client.subscribe(inbox.clone()) => s,
+                };
+                match subscribed {
+                    Ok(subscriber) => self.inbox = Some((inbox, subscriber)),
+                    Err(error) => {
+                        self.backoff.fail();
+                        tracing::warn!(%error, failures = self.backoff.failures(), "subscribing to the pull inbox failed; retrying");
+                        self.pause(shutdown).await?;
+                        continue;
+                    }
+                }
+            }
+            let Some((inbox, subscriber)) = self.inbox.as_mut() else {
+                continue;
+            };
+            let (give_up, since) = match self.pending {
+                Some(pending) => pending,
                 None => {
                     let since = self.link.state();
+                    let request = pull::BatchConfig {
+                        batch: 1,
+                        expires: Some(self.expires),
+                        ..Default::default()
+                    };
                     let pulled = tokio::select! {
                         _ = shutdown.cancelled() => return None,
-                        b = self.consumer.batch().max_messages(1).expires(PULL_EXPIRES).messages() => b,
+                        r = self.consumer.request_batch(request, inbox.clone()) => r,
                     };
-                    match pulled {
-                        Ok(batch) => {
-                            self.backoff.reset();
-                            let (batch, since) = self.batch.insert((batch, since));
-                            (batch, *since)
-                        }
-                        Err(error) => {
-                            // A consumer that is gone (or NATS down) fails every pull: back off.
-                            self.backoff.fail();
-                            tracing::warn!(%error, failures = self.backoff.failures(), "pulling messages failed; retrying");
-                            self.pause(shutdown).await?;
-                            continue;
-                        }
+                    if let Err(error) = pulled {
+                        // A consumer that is gone (or NATS down) fails every pull: back off.
+                        self.backoff.fail();
+                        tracing::warn!(%error, failures = self.backoff.failures(), "pulling messages failed; retrying");
+                        self.pause(shutdown).await?;
+                        continue;
                     }
+                    self.backoff.reset();
+                    let give_up = tokio::time::Instant::now() + self.expires + PULL_GRACE;
+                    *self.pending.insert((give_up, since))
                 }
             };
             let link = self.link.clone();
-            let item = tokio::select! {
+            let answer = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                m = batch.next() => Some(m),
-                _ = link.changed_from(since) => None,
+                m = subscriber.next() => Answer::Message(m),
+                _ = link.changed_from(since) => Answer::ConnectionChanged,
+                _ = tokio::time::sleep_until(give_up) => Answer::GaveUp,
             };
             // A pull serves one message at most: whatever came, the next one needs a new pull.
-            self.batch = None;
-            let Some(item) = item else {
-                // The request went with the connection: ask again once it is back.
-                tracing::debug!("connection to NATS changed; pulling again");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = link.reconnected() => continue,
+            self.pending = None;
+            match answer {
+                Answer::Message(Some(message)) => {
+                    match message.status.unwrap_or(async_nats::StatusCode::OK) {
+                        async_nats::StatusCode::OK => {
+                            return Some(jetstream::Message {
+                                message,
+                                context: self.js.clone(),
+                            });
+                        }
+                        // Expired with nothing to deliver: long-poll again.
+                        async_nats::StatusCode::TIMEOUT | async_nats::StatusCode::NOT_FOUND => {}
+                        // A status instead of a message (e.g. the consumer is at its ack limit).
+                        status => {
+                            tracing::debug!(%status, description = ?message.description, "pull ended without a message; pulling again");
+                            self.pause(shutdown).await?;
+                        }
+                    }
                 }
-            };
-            match item {
-                Some(Ok(m)) => return Some(m),
-                // A status instead of a message (e.g. the consumer is at its ack limit).
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "pull ended without a message; pulling again");
+                // The client is gone; subscribe again (after a pause) if it comes back.
+                Answer::Message(None) => {
+                    self.inbox = None;
+                    self.backoff.fail();
                     self.pause(shutdown).await?;
                 }
-                // Expired with nothing to deliver: long-poll again.
-                None => {}
+                // The request went with the connection: ask again once it is back.
+                Answer::ConnectionChanged => {
+                    tracing::debug!("connection to NATS changed; pulling again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = link.reconnected() => {}
+                    }
+                }
+                // The server's expiry notice was lost: pull again.
+                Answer::GaveUp => {}
             }
         }
     }

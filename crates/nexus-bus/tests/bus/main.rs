@@ -38,6 +38,63 @@ async fn publishing_the_same_id_twice_stores_one_message() {
 }
 
 #[tokio::test]
+async fn a_puller_pulls_again_when_its_pulls_expire_and_delivers_in_order() {
+    let test = TestEnv::new();
+    let bus = test.bus("test").await;
+    bus.ensure_streams().await.unwrap();
+    let subjects = bus.subjects();
+    let consumer = bus
+        .durable_consumer(
+            &subjects.inbound_stream(),
+            "puller-test",
+            subjects.inbound_all(),
+            Duration::from_secs(5),
+            5,
+            1,
+        )
+        .await
+        .unwrap();
+    let mut puller = nexus_bus::Puller::new(&bus, &consumer)
+        .await
+        .unwrap()
+        .expiring_after(Duration::from_millis(50));
+    let shutdown = nexus_common::shutdown::CancellationToken::new();
+    // Nothing to deliver: about twenty pulls expire, each made again.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), puller.next(&shutdown))
+            .await
+            .is_err()
+    );
+    let mut consumer = consumer;
+    let waiting = consumer.info().await.unwrap().num_waiting;
+    assert!(
+        waiting <= 1,
+        "{waiting} pulls waiting: expired pulls piled up"
+    );
+    for i in 1..=5 {
+        let msg = InboundMessage {
+            id: format!("cli:{i}"),
+            channel: "cli".into(),
+            ..Default::default()
+        };
+        bus.publish_inbound(&msg, &TraceContext::new_root())
+            .await
+            .unwrap();
+    }
+    for i in 1..=5 {
+        let got = tokio::time::timeout(Duration::from_secs(10), puller.next(&shutdown))
+            .await
+            .expect("a message within 10 s")
+            .expect("not shut down");
+        let decoded: InboundMessage = nexus_bus::decode(&got.payload).unwrap();
+        assert_eq!(decoded.id, format!("cli:{i}"));
+        got.ack().await.unwrap();
+    }
+    shutdown.cancel();
+    assert!(puller.next(&shutdown).await.is_none());
+}
+
+#[tokio::test]
 async fn ensuring_streams_twice_is_harmless() {
     let test = TestEnv::new();
     let bus = test.bus("test").await;
