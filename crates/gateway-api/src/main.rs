@@ -17,6 +17,7 @@ struct Cli {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    nexus_common::malloc::trim_when_idle();
     let _cli = Cli::parse();
     let config = match Config::load() {
         Ok(config) => config,

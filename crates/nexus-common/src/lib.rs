@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod limits;
 pub mod logfile;
+pub mod malloc;
 pub mod process;
 pub mod redact;
 pub mod shutdown;

@@ -15,6 +15,7 @@ struct Cli {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    nexus_common::malloc::trim_when_idle();
     let Cli {} = Cli::parse();
     let config = match Config::load() {
         Ok(config) => config,
