@@ -53,7 +53,7 @@ pub fn per_turn(
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The name is in parentheses and may hold spaces: fields count from after it.
     let rest = &stat[stat.rfind(')')? + 2..];

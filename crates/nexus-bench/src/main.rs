@@ -240,10 +240,39 @@ impl Up {
         env
     }
 
-    /// Resident memory (KiB) of each service now, after a short quiet spell in
-    /// which nothing is asked of them (background work of the last load ends).
+    /// Waits until the services are idle: together they used at most one clock tick
+    /// (10 ms) of CPU in the last second. Background work of the last load (the
+    /// summaries of a journal's backlog, seconds after a soak) is over by then, and
+    /// each service has given its free heap back (`nexus_common::malloc`, after
+    /// 0.5 s idle). Two minutes at most.
+    async fn settle(&self) {
+        const QUIET: f64 = 0.011;
+        const AT_MOST: Duration = Duration::from_secs(120);
+        let started = Instant::now();
+        let used = || -> f64 {
+            children(self.pid)
+                .iter()
+                .filter_map(|c| cpu::cpu_secs(c.pid))
+                .sum()
+        };
+        let mut last = used();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = used();
+            if now - last <= QUIET || started.elapsed() > AT_MOST {
+                break;
+            }
+            last = now;
+        }
+        log_line(&format!(
+            "settled in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+
+    /// Resident memory (KiB) of each service once they are idle ([`Up::settle`]).
     async fn settle_and_measure_rss(&self) -> Vec<(String, u64)> {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.settle().await;
         let mut out: Vec<_> = children(self.pid)
             .into_iter()
             .map(|c| (c.name, c.rss_kib))
@@ -254,7 +283,7 @@ impl Up {
 
     /// [`Up::settle_and_measure_rss`], each split into anonymous memory and the rest.
     async fn settle_and_measure_split(&self) -> Vec<(String, RssSplit)> {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.settle().await;
         let mut out: Vec<_> = children(self.pid)
             .into_iter()
             .map(|c| (c.name, RssSplit::of(c.pid)))
