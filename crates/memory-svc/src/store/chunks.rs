@@ -193,8 +193,9 @@ impl SessionStore {
         kept: Option<KeptChunks>,
     ) -> Result<(), StoreError> {
         macro_rules! update {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
+            ($store:expr) => {{
+                let mut tx = $store.pool().begin().await?;
+                let _writing = $store.writing().await;
                 upsert_file(file).execute(&mut *tx).await?;
                 let mut from = 0;
                 if let Some(kept) = kept {
@@ -226,8 +227,8 @@ impl SessionStore {
             }};
         }
         match self {
-            Self::Sqlite(s) => update!(s.pool()),
-            Self::Postgres(s) => update!(s.pool()),
+            Self::Sqlite(s) => update!(s),
+            Self::Postgres(s) => update!(s),
         }
         Ok(())
     }
@@ -235,20 +236,21 @@ impl SessionStore {
     /// Records that a file changed on disk (size or mtime) but not in content.
     pub async fn touch_indexed_file(&self, file: &IndexedFile) -> Result<(), StoreError> {
         macro_rules! touch {
-            ($pool:expr) => {{
+            ($store:expr) => {{
+                let _writing = $store.writing().await;
                 sqlx::query(sql::TOUCH_FILE)
                     .bind(&file.path)
                     .bind(file.size_bytes)
                     .bind(file.mtime_ns)
                     .bind(file.indexed_at_ms)
                     .bind(&file.sha256)
-                    .execute($pool)
+                    .execute($store.pool())
                     .await?;
             }};
         }
         match self {
-            Self::Sqlite(s) => touch!(s.pool()),
-            Self::Postgres(s) => touch!(s.pool()),
+            Self::Sqlite(s) => touch!(s),
+            Self::Postgres(s) => touch!(s),
         }
         Ok(())
     }
@@ -256,8 +258,9 @@ impl SessionStore {
     /// Removes a file and its chunks from the index (the file is gone).
     pub async fn forget_indexed_file(&self, path: &str) -> Result<(), StoreError> {
         macro_rules! forget {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
+            ($store:expr) => {{
+                let mut tx = $store.pool().begin().await?;
+                let _writing = $store.writing().await;
                 sqlx::query(sql::DELETE_CHUNKS)
                     .bind(path)
                     .execute(&mut *tx)
@@ -270,8 +273,8 @@ impl SessionStore {
             }};
         }
         match self {
-            Self::Sqlite(s) => forget!(s.pool()),
-            Self::Postgres(s) => forget!(s.pool()),
+            Self::Sqlite(s) => forget!(s),
+            Self::Postgres(s) => forget!(s),
         }
         Ok(())
     }

@@ -367,7 +367,7 @@ impl SessionStore {
     ) -> Result<(), StoreError> {
         let id = session.id();
         if !failed {
-            on_pool!(self, pool => {
+            writing_on_pool!(self, pool => {
                 sqlx::query(sql::UNLEASE).bind(&id).bind(owner).execute(pool).await?;
             });
             return Ok(());
@@ -382,7 +382,7 @@ impl SessionStore {
                 .unwrap_or_default()
         });
         let until = now_ms.saturating_add(backoff_ms(failures));
-        on_pool!(self, pool => {
+        writing_on_pool!(self, pool => {
             sqlx::query(sql::FAIL)
                 .bind(&id)
                 .bind(owner)
@@ -428,7 +428,7 @@ impl SessionStore {
 
     /// Records that a summary's files are written.
     pub async fn mark_applied(&self, id: i64, at_ms: i64) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        writing_on_pool!(self, pool => {
             sqlx::query(sql::MARK_APPLIED).bind(id).bind(at_ms).execute(pool).await?;
         });
         Ok(())

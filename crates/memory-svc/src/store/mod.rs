@@ -23,6 +23,7 @@ macro_rules! shared_store_methods {
         ) -> Result<Option<u32>, StoreError> {
             let session_id = turn.session.id();
             let mut tx = self.pool.begin().await?;
+            let _writing = self.writing().await;
             upsert_session(&mut tx, &turn.session, turn.at_ms).await?;
             let inserted = sqlx::query(sql::INSERT_TURN)
                 .bind(turn.turn_id.as_str())
@@ -99,6 +100,7 @@ macro_rules! shared_store_methods {
             at_ms: i64,
         ) -> Result<i64, StoreError> {
             let mut tx = self.pool.begin().await?;
+            let _writing = self.writing().await;
             upsert_session(&mut tx, session, at_ms).await?;
             let row = sqlx::query(sql::UNARCHIVED)
                 .bind(session.id())
@@ -202,18 +204,39 @@ macro_rules! on_pool {
     };
 }
 
+/// [`on_pool!`] for a write outside a transaction: on SQLite it waits its turn among
+/// this process's writers (`SqliteStore::writing`), not in SQLite's busy handler,
+/// where a background job's write lost to the turns' queued writes for seconds.
+macro_rules! writing_on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            SessionStore::Sqlite(s) => {
+                let _writing = s.writing().await;
+                let $pool = s.pool();
+                $body
+            }
+            SessionStore::Postgres(s) => {
+                let $pool = s.pool();
+                $body
+            }
+        }
+    };
+}
+
 /// The same transaction on either pool.
 macro_rules! in_tx {
     ($store:expr, $tx:ident => $body:expr) => {
         match $store {
             SessionStore::Sqlite(s) => {
                 let mut $tx = s.pool().begin().await?;
+                let _writing = s.writing().await;
                 let out = $body;
                 $tx.commit().await?;
                 out
             }
             SessionStore::Postgres(s) => {
                 let mut $tx = s.pool().begin().await?;
+                let _writing = s.writing().await;
                 let out = $body;
                 $tx.commit().await?;
                 out

@@ -26,6 +26,11 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// PostgreSQL locks rows, not the database: writers need no queue.
+    pub(super) async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
     pub(super) async fn open(options: PgConnectOptions) -> Result<Self, StoreError> {
         let url = format!(
             "postgres://{}@{}:{}/{}",

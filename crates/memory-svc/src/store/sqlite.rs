@@ -59,9 +59,22 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Held by each write transaction of this process from its first write to its
+    /// end. SQLite has one writer at a time; a connection that finds the write lock
+    /// taken waits in SQLite's busy handler, which sleeps 1, 2, 5, 10… ms between
+    /// tries (a turn's append waited over a second behind a journal's re-index in
+    /// the soak). Queued here, the next writer starts as soon as the last commits.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
+    /// Waits for this process's other write transactions to end (see `writer`).
+    /// Taken after BEGIN, which in SQLite takes no lock: a writer never holds the
+    /// queue while it waits for a pooled connection.
+    pub(super) async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.writer.lock().await)
+    }
+
     pub(super) async fn open(options: SqliteConnectOptions) -> Result<Self, StoreError> {
         let file = options.get_filename().to_owned();
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -132,7 +145,10 @@ impl SqliteStore {
                 backend: BACKEND,
                 error,
             })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     shared_store_methods!(SqlitePool, SqliteConnectOptions);
@@ -216,6 +232,7 @@ impl SqliteStore {
         // prepared; a rare long turn is prepared for its one use.
         let query = query.persistent(turn.entries.len() <= COMMON_ENTRIES);
         let mut tx = self.pool.begin().await?;
+        let _writing = self.writing().await;
         let mut done = 0;
         let mut turn_inserted = None;
         let mut pending = 0;
