@@ -237,6 +237,8 @@ impl SessionStore {
     pub async fn touch_indexed_file(&self, file: &IndexedFile) -> Result<(), StoreError> {
         macro_rules! touch {
             ($store:expr) => {{
+                // The connection before the queue (see `writing_on_pool!`).
+                let mut conn = $store.pool().acquire().await?;
                 let _writing = $store.writing().await;
                 sqlx::query(sql::TOUCH_FILE)
                     .bind(&file.path)
@@ -244,7 +246,7 @@ impl SessionStore {
                     .bind(file.mtime_ns)
                     .bind(file.indexed_at_ms)
                     .bind(&file.sha256)
-                    .execute($store.pool())
+                    .execute(&mut *conn)
                     .await?;
             }};
         }

@@ -207,12 +207,15 @@ macro_rules! on_pool {
 /// [`on_pool!`] for a write outside a transaction: on SQLite it waits its turn among
 /// this process's writers (`SqliteStore::writing`), not in SQLite's busy handler,
 /// where a background job's write lost to the turns' queued writes for seconds.
+/// The connection comes first, as for a transaction: a writer that queued first
+/// would wait for a connection that writers in transactions hold while they queue.
 macro_rules! writing_on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
             SessionStore::Sqlite(s) => {
+                let mut conn = s.pool().acquire().await?;
                 let _writing = s.writing().await;
-                let $pool = s.pool();
+                let $pool = &mut *conn;
                 $body
             }
             SessionStore::Postgres(s) => {

@@ -69,8 +69,9 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Waits for this process's other write transactions to end (see `writer`).
-    /// Taken after BEGIN, which in SQLite takes no lock: a writer never holds the
-    /// queue while it waits for a pooled connection.
+    /// Take it holding a connection already (after BEGIN, which in SQLite takes no
+    /// lock): a writer that held the queue while waiting for a pooled connection would
+    /// wait for writers that hold every connection and wait for the queue.
     pub(super) async fn writing(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         Some(self.writer.lock().await)
     }

@@ -117,6 +117,7 @@ on_both_backends!(
     the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model,
     a_turns_reads_in_one_call_equal_each_read_alone,
     an_append_counts_the_unsummarized_turns_and_a_long_turn_is_stored_whole,
+    writes_in_and_outside_transactions_at_once_all_complete,
 );
 
 fn session(chat: &str, thread: &str) -> SessionKey {
@@ -1345,4 +1346,32 @@ fn renumbered_renames_each_parameter_and_nothing_else() {
     );
     assert_eq!(super::renumbered("no parameters", &[3]), "no parameters");
     assert_eq!(super::renumbered("x = $", &[3]), "x = $");
+}
+
+/// SQLite's writers queue in the process (`SqliteStore::writing`). A write outside a
+/// transaction that took its place in the queue before its connection waited for one
+/// while every pooled connection was in a transaction waiting for the queue: each
+/// write failed after the pool's 5 s timeout (found by the bench's soak).
+async fn writes_in_and_outside_transactions_at_once_all_complete(store: SessionStore) {
+    let s = session("w", "");
+    let appends = (0..24).map(|i| {
+        let store = store.clone();
+        let t = turn(&s, &format!("w{i}"), 1_000 + i);
+        async move { store.append(&t).await }
+    });
+    let marks = (0..24).map(|i| {
+        let store = store.clone();
+        async move { store.mark_applied(i, 5).await }
+    });
+    let (appended, marked) = futures::future::join(
+        futures::future::join_all(appends),
+        futures::future::join_all(marks),
+    )
+    .await;
+    for result in appended {
+        assert!(result.unwrap());
+    }
+    for result in marked {
+        result.unwrap();
+    }
 }
