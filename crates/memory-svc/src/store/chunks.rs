@@ -192,92 +192,65 @@ impl SessionStore {
         chunks: &[Chunk],
         kept: Option<KeptChunks>,
     ) -> Result<(), StoreError> {
-        macro_rules! update {
-            ($store:expr) => {{
-                let mut tx = $store.pool().begin().await?;
-                let _writing = $store.writing().await;
-                upsert_file(file).execute(&mut *tx).await?;
-                let mut from = 0;
-                if let Some(kept) = kept {
-                    let stored: i64 = sqlx::query_scalar(sql::COUNT_CHUNKS)
-                        .bind(&file.path)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    if usize::try_from(stored).is_ok_and(|n| n == kept.stored) {
-                        from = kept.same.min(chunks.len());
-                    }
-                }
-                sqlx::query(sql::DELETE_CHUNKS_FROM)
+        in_tx!(self, tx => {
+            upsert_file(file).execute(&mut *tx).await?;
+            let mut from = 0;
+            if let Some(kept) = kept {
+                let stored: i64 = sqlx::query_scalar(sql::COUNT_CHUNKS)
                     .bind(&file.path)
-                    .bind(i32::try_from(from).unwrap_or(i32::MAX))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if usize::try_from(stored).is_ok_and(|n| n == kept.stored) {
+                    from = kept.same.min(chunks.len());
+                }
+            }
+            sqlx::query(sql::DELETE_CHUNKS_FROM)
+                .bind(&file.path)
+                .bind(i32::try_from(from).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await?;
+            for (at, batch) in chunks[from..].chunks(INSERT_BATCH).enumerate() {
+                insert_chunks(file, from + at * INSERT_BATCH, batch)
+                    .build()
+                    // Not kept in the connection's statement cache: the last batch's
+                    // row count differs nearly every time a journal grows, and each
+                    // count cached a statement of up to 500 rows per connection (the
+                    // bench's soak: memory-svc +100 MiB per 20,000 turns).
+                    .persistent(false)
                     .execute(&mut *tx)
                     .await?;
-                for (at, batch) in chunks[from..].chunks(INSERT_BATCH).enumerate() {
-                    insert_chunks(file, from + at * INSERT_BATCH, batch)
-                        .build()
-                        // Not kept in the connection's statement cache: the last batch's
-                        // row count differs nearly every time a journal grows, and each
-                        // count cached a statement of up to 500 rows per connection (the
-                        // bench's soak: memory-svc +100 MiB per 20,000 turns).
-                        .persistent(false)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            Self::Sqlite(s) => update!(s),
-            Self::Postgres(s) => update!(s),
-        }
+            }
+        });
         Ok(())
     }
 
     /// Records that a file changed on disk (size or mtime) but not in content.
     pub async fn touch_indexed_file(&self, file: &IndexedFile) -> Result<(), StoreError> {
-        macro_rules! touch {
-            ($store:expr) => {{
-                // The connection before the queue (see `writing_on_pool!`).
-                let mut conn = $store.pool().acquire().await?;
-                let _writing = $store.writing().await;
-                sqlx::query(sql::TOUCH_FILE)
-                    .bind(&file.path)
-                    .bind(file.size_bytes)
-                    .bind(file.mtime_ns)
-                    .bind(file.indexed_at_ms)
-                    .bind(&file.sha256)
-                    .execute(&mut *conn)
-                    .await?;
-            }};
-        }
-        match self {
-            Self::Sqlite(s) => touch!(s),
-            Self::Postgres(s) => touch!(s),
-        }
+        writing_on_pool!(self, pool => {
+            sqlx::query(sql::TOUCH_FILE)
+                .bind(&file.path)
+                .bind(file.size_bytes)
+                .bind(file.mtime_ns)
+                .bind(file.indexed_at_ms)
+                .bind(&file.sha256)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Removes a file and its chunks from the index (the file is gone).
     pub async fn forget_indexed_file(&self, path: &str) -> Result<(), StoreError> {
-        macro_rules! forget {
-            ($store:expr) => {{
-                let mut tx = $store.pool().begin().await?;
-                let _writing = $store.writing().await;
-                sqlx::query(sql::DELETE_CHUNKS)
-                    .bind(path)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(sql::DELETE_FILE)
-                    .bind(path)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }};
-        }
-        match self {
-            Self::Sqlite(s) => forget!(s),
-            Self::Postgres(s) => forget!(s),
-        }
+        in_tx!(self, tx => {
+            sqlx::query(sql::DELETE_CHUNKS)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::DELETE_FILE)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        });
         Ok(())
     }
 
