@@ -45,17 +45,6 @@ macro_rules! identity_queries {
             row.as_ref().map(identity).transpose()
         }
 
-        pub(in crate::store) async fn link(pool: &$pool, id: &Identity) -> Result<(), StoreError> {
-            sqlx::query(super::sql::LINK)
-                .bind(&id.channel)
-                .bind(&id.sender_id)
-                .bind(&id.user_id)
-                .bind(id.linked_at_ms)
-                .execute(pool)
-                .await?;
-            Ok(())
-        }
-
         pub(in crate::store) async fn list(
             pool: &$pool,
             user_id: Option<&str>,

@@ -124,6 +124,9 @@ macro_rules! shared_store_methods {
             model: &ModelOverride,
             at_ms: i64,
         ) -> Result<(), StoreError> {
+            // A write: connection first, then this process's writers' queue.
+            let mut conn = self.pool.acquire().await?;
+            let _writing = self.writing().await;
             sqlx::query(sql::SET_MODEL)
                 .bind(session.id())
                 .bind(session.channel().as_str())
@@ -131,7 +134,7 @@ macro_rules! shared_store_methods {
                 .bind(session.thread_id())
                 .bind(at_ms)
                 .bind(model.as_str())
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         }
@@ -679,10 +682,15 @@ impl SessionStore {
             user_id: user_id.to_owned(),
             linked_at_ms: now_ms(),
         };
-        match self {
-            Self::Sqlite(s) => identities::sqlite::link(s.pool(), &identity).await?,
-            Self::Postgres(s) => identities::postgres::link(s.pool(), &identity).await?,
-        }
+        writing_on_pool!(self, pool => {
+            sqlx::query(identities::sql::LINK)
+                .bind(&identity.channel)
+                .bind(&identity.sender_id)
+                .bind(&identity.user_id)
+                .bind(identity.linked_at_ms)
+                .execute(pool)
+                .await?;
+        });
         Ok(identity)
     }
 

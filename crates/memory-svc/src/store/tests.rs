@@ -2,7 +2,7 @@
 //! and the local PostgreSQL, each test in a schema of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{future::Future, panic::AssertUnwindSafe, str::FromStr};
+use std::{future::Future, panic::AssertUnwindSafe, str::FromStr, time::Duration};
 
 use futures::FutureExt as _;
 use nexus_common::domain::{ChannelName, SessionKey};
@@ -1374,4 +1374,38 @@ async fn writes_in_and_outside_transactions_at_once_all_complete(store: SessionS
     for result in marked {
         result.unwrap();
     }
+}
+
+/// The rare writes (`/model`, linking an identity) queue with the turns' writes: one
+/// that bypassed the queue met SQLite's busy handler while queued writers handed the
+/// lock to each other, and under a steady load could fail after its 5 s timeout.
+#[tokio::test]
+async fn rare_writes_wait_in_the_writers_queue_on_sqlite() {
+    on_sqlite(|store| async move {
+        let SessionStore::Sqlite(s) = &store else {
+            unreachable!("on_sqlite")
+        };
+        let s_key = session("m", "");
+        let model = ModelOverride::parse("openai/gpt-4o").unwrap();
+        let queued = s.writing().await;
+        // While another writer holds the queue, neither write may go ahead.
+        let set = store.set_model(&s_key, &model);
+        let link = store.link_identity("cli", "ada", "ada");
+        let (set, link) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(300), set),
+            tokio::time::timeout(Duration::from_millis(300), link),
+        );
+        assert!(set.is_err(), "set_model went around the queue: {set:?}");
+        assert!(
+            link.is_err(),
+            "link_identity went around the queue: {link:?}"
+        );
+        drop(queued);
+        store.set_model(&s_key, &model).await.unwrap();
+        store.link_identity("cli", "ada", "ada").await.unwrap();
+        assert_eq!(store.model_override(&s_key).await.unwrap(), "openai/gpt-4o");
+        let linked = store.identity("cli", "ada").await.unwrap().unwrap();
+        assert_eq!(linked.user_id, "ada");
+    })
+    .await;
 }
