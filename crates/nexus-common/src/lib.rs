@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod channel_settings;
+pub mod code_pages;
 pub mod config;
 pub mod domain;
 pub mod limits;

@@ -4,7 +4,8 @@
 //! the top of the main heap, and the rest counts as resident until something reuses
 //! it. After a load the bench measured that as growth (memory-svc about +5 MiB over
 //! 20,000 turns, half of it free memory that `malloc_trim` returned). So every
-//! service hands its free pages back once a spell of work has ended.
+//! service hands its free pages back once a spell of work has ended, and at its
+//! first idle moment the code pages only its start-up ran ([`crate::code_pages`]).
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ const IDLE_CPU: Duration = Duration::from_millis(2);
 const WORK_CPU: Duration = Duration::from_millis(50);
 
 /// Starts a thread that calls `malloc_trim` once the process goes idle after work
-/// (no other time: a trim walks every heap, locking each in turn). glibc only.
+/// (no other time: a trim walks every heap, locking each in turn), and releases the
+/// start-up's code pages at the first idle tick. glibc only.
 pub fn trim_when_idle() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
@@ -31,7 +33,12 @@ pub fn trim_when_idle() {
             loop {
                 std::thread::sleep(TICK);
                 let now = cpu_time();
-                if trimmer.after_tick(now.saturating_sub(last)) {
+                let tick = trimmer.after_tick(now.saturating_sub(last));
+                if tick.release_code {
+                    let released = crate::code_pages::release();
+                    tracing::debug!(kib = released / 1024, "start-up over: code pages released");
+                }
+                if tick.trim {
                     trim();
                     // The trim's own CPU is not work.
                     last = cpu_time();
@@ -49,20 +56,36 @@ pub fn trim_when_idle() {
 #[derive(Debug, Default)]
 struct Trimmer {
     worked: Duration,
+    started: bool,
+}
+
+/// What to do after a tick.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tick {
+    trim: bool,
+    /// The first idle tick: start-up is over.
+    release_code: bool,
 }
 
 impl Trimmer {
     /// `used`: the CPU the process used during the tick that just ended.
-    fn after_tick(&mut self, used: Duration) -> bool {
+    fn after_tick(&mut self, used: Duration) -> Tick {
         if used >= IDLE_CPU {
             self.worked += used;
-            return false;
+            return Tick::default();
         }
+        let release_code = !std::mem::replace(&mut self.started, true);
         if self.worked < WORK_CPU {
-            return false;
+            return Tick {
+                trim: false,
+                release_code,
+            };
         }
         self.worked = Duration::ZERO;
-        true
+        Tick {
+            trim: true,
+            release_code,
+        }
     }
 }
 
@@ -120,16 +143,51 @@ mod tests {
     #[test]
     fn it_trims_at_the_first_idle_tick_after_enough_work_and_only_then() {
         let mut t = Trimmer::default();
+        let nothing = Tick::default();
+        let trim = Tick {
+            trim: true,
+            release_code: false,
+        };
         assert!(
-            !t.after_tick(Duration::ZERO),
+            !t.after_tick(Duration::ZERO).trim,
             "idle from the start: nothing to give back"
         );
-        assert!(!t.after_tick(30 * MS));
-        assert!(!t.after_tick(30 * MS), "still working");
-        assert!(t.after_tick(Duration::ZERO), "idle after 60 ms of work");
-        assert!(!t.after_tick(Duration::ZERO), "one trim per spell of work");
-        assert!(!t.after_tick(10 * MS));
-        assert!(!t.after_tick(MS), "10 ms of work is not worth a trim");
+        assert_eq!(t.after_tick(30 * MS), nothing);
+        assert_eq!(t.after_tick(30 * MS), nothing, "still working");
+        assert_eq!(
+            t.after_tick(Duration::ZERO),
+            trim,
+            "idle after 60 ms of work"
+        );
+        assert_eq!(
+            t.after_tick(Duration::ZERO),
+            nothing,
+            "one trim per spell of work"
+        );
+        assert_eq!(t.after_tick(10 * MS), nothing);
+        assert_eq!(
+            t.after_tick(MS),
+            nothing,
+            "10 ms of work is not worth a trim"
+        );
+    }
+
+    #[test]
+    fn start_up_code_is_released_at_the_first_idle_tick_only() {
+        let mut t = Trimmer::default();
+        assert_eq!(t.after_tick(80 * MS), Tick::default(), "still starting");
+        assert_eq!(
+            t.after_tick(MS),
+            Tick {
+                trim: true,
+                release_code: true
+            }
+        );
+        assert_eq!(t.after_tick(80 * MS), Tick::default());
+        assert!(
+            !t.after_tick(Duration::ZERO).release_code,
+            "once per process"
+        );
     }
 
     #[test]
