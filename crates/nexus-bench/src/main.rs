@@ -270,18 +270,8 @@ impl Up {
         ));
     }
 
-    /// Resident memory (KiB) of each service once they are idle ([`Up::settle`]).
-    async fn settle_and_measure_rss(&self) -> Vec<(String, u64)> {
-        self.settle().await;
-        let mut out: Vec<_> = children(self.pid)
-            .into_iter()
-            .map(|c| (c.name, c.rss_kib))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// [`Up::settle_and_measure_rss`], each split into anonymous memory and the rest.
+    /// Resident memory of each service once they are idle ([`Up::settle`]), split into
+    /// anonymous memory and the rest.
     async fn settle_and_measure_split(&self) -> Vec<(String, RssSplit)> {
         self.settle().await;
         let mut out: Vec<_> = children(self.pid)
@@ -505,6 +495,11 @@ async fn main() -> anyhow::Result<()> {
                 mib(a.rss - a.anon, b.rss - b.anon)
             );
         }
+        out!(
+            "| all, idle after the load | {:.1} MiB RSS | {:.1} MiB PSS |",
+            mib(after.iter().map(|(_, at)| at.rss).sum()),
+            mib(after.iter().map(|(_, at)| at.pss).sum())
+        );
         return Ok(());
     }
 
@@ -549,12 +544,12 @@ async fn main() -> anyhow::Result<()> {
     soak_fake.set_delay(Duration::from_millis(slow_llm_ms));
     let slow = up.throughput(sessions, per_session).await?;
     soak_fake.set_delay(Duration::ZERO);
-    let before_soak = up.settle_and_measure_rss().await;
+    let before_soak = up.settle_and_measure_split().await;
     let soak_started = Instant::now();
     up.throughput(sessions, soak_turns.div_ceil(sessions))
         .await?;
     let soak_secs = soak_started.elapsed().as_secs();
-    let after_soak = up.settle_and_measure_rss().await;
+    let after_soak = up.settle_and_measure_split().await;
     let rss = peak_rss_of_children(up.pid);
     let (startup, namespace, nats_url) = (up.startup, up.namespace.clone(), up.nats_url.clone());
     up.stop().await?;
@@ -635,14 +630,26 @@ async fn main() -> anyhow::Result<()> {
         idle.len(),
         idle_sum(|at| at.anon)
     );
-    for (name, kb) in &after_soak {
+    // Idle again after the soak: start-up's code pages are gone by then, the turn
+    // path's and the background jobs' are back (`nexus_common::code_pages`).
+    let sum_after = |f: fn(&RssSplit) -> u64| {
+        after_soak.iter().map(|(_, at)| f(at)).sum::<u64>() as f64 / 1024.0
+    };
+    out!(
+        "| memory of all services idle after the soak: RSS / PSS / anonymous, sum of {} | {:.1} / {:.1} / {:.1} MiB |",
+        after_soak.len(),
+        sum_after(|at| at.rss),
+        sum_after(|at| at.pss),
+        sum_after(|at| at.anon)
+    );
+    for (name, at) in &after_soak {
         let before = before_soak
             .iter()
             .find(|(n, _)| n == name)
-            .map_or(0, |(_, kb)| *kb);
+            .map_or(0, |(_, b)| b.rss);
         out!(
             "| RSS growth of {name} over {soak_turns} turns ({soak_secs} s) | {:+.1} MiB |",
-            (*kb as f64 - before as f64) / 1024.0
+            (at.rss as f64 - before as f64) / 1024.0
         );
     }
     print_cpu(&cpu);
@@ -1086,7 +1093,6 @@ struct ChildProcess {
     pid: u32,
     name: String,
     peak_rss_kib: u64,
-    rss_kib: u64,
 }
 
 /// A process's resident memory (KiB) and how much of it is anonymous (heap,
@@ -1143,9 +1149,6 @@ fn children(parent: u32) -> Vec<ChildProcess> {
             pid,
             name: field("Name:").unwrap_or_default(),
             peak_rss_kib: field("VmHWM:")
-                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-                .unwrap_or(0),
-            rss_kib: field("VmRSS:")
                 .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
                 .unwrap_or(0),
         });
