@@ -49,7 +49,9 @@ pub fn release() -> usize {
                 *released += end - start;
             }
         }
-        // The executable is the first object; the shared libraries are shared.
+        // The executable is the first object, and the only one whose file the kernel
+        // keeps from being written while it runs (ETXTBSY): the pages read back are the
+        // ones dropped. A shared library can be rewritten in place (and is shared anyway).
         1
     }
 
