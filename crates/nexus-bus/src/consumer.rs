@@ -90,6 +90,8 @@ pub struct Puller {
 /// How long the server keeps one pull request; the client gives up 5 s later.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 const PULL_GRACE: Duration = Duration::from_secs(5);
+/// How long [`Puller::next_batch`] waits for the answer to a pull that does not wait.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// Wait before pulling again after a failed pull: 0.5 s, doubling while failures
 /// go on, at most 5 s.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
@@ -222,6 +224,60 @@ impl Puller {
         }
     }
 
+    /// [`Puller::next`], then, without waiting, up to `max - 1` more messages that
+    /// are there already: one pull that does not wait, answered with them and a
+    /// status (404 when there were none, 408 when fewer than asked). For a consumer
+    /// whose work costs less in batches (the usage ledger: one transaction, one pull
+    /// for many events); its `max_ack_pending` must allow `max`. `None` on shutdown.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        shutdown: &nexus_common::shutdown::CancellationToken,
+    ) -> Option<Vec<jetstream::Message>> {
+        let first = self.next(shutdown).await?;
+        let mut batch = vec![first];
+        let Some((inbox, subscriber)) = self.inbox.as_mut().filter(|_| max > 1) else {
+            return Some(batch);
+        };
+        let request = pull::BatchConfig {
+            batch: max - 1,
+            no_wait: true,
+            ..Default::default()
+        };
+        if let Err(error) = self.consumer.request_batch(request, inbox.clone()).await {
+            tracing::debug!(%error, "no batch pulled; going on with one message");
+            return Some(batch);
+        }
+        // The server answers at once; this only bounds a lost answer (a late status
+        // then ends one later long-poll early, which is pulled again).
+        let give_up = tokio::time::Instant::now() + SWEEP_GRACE;
+        while batch.len() < max {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = subscriber.next() => m,
+                _ = tokio::time::sleep_until(give_up) => break,
+            };
+            match answer {
+                Some(message)
+                    if message
+                        .status
+                        .is_none_or(|s| s == async_nats::StatusCode::OK) =>
+                {
+                    batch.push(jetstream::Message {
+                        message,
+                        context: self.js.clone(),
+                    });
+                }
+                Some(_status) => break,
+                None => {
+                    self.inbox = None;
+                    break;
+                }
+            }
+        }
+        Some(batch)
+    }
+
     /// Waits before the next pull; `None` if shutdown came first. While NATS is
     /// unreachable the wait ends when the connection is back, not at the backoff.
     async fn pause(&self, shutdown: &nexus_common::shutdown::CancellationToken) -> Option<()> {
@@ -270,7 +326,7 @@ impl Drop for InProgress {
 }
 
 /// What a JetStream handler decided for one message.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// The effect is durable: remove the message.
     Ack,

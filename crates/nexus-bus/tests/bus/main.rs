@@ -94,6 +94,73 @@ async fn a_puller_pulls_again_when_its_pulls_expire_and_delivers_in_order() {
     assert!(puller.next(&shutdown).await.is_none());
 }
 
+/// A batch is the next message and those already there, at most `max`, in order;
+/// an empty stream is waited for as by `next`.
+#[tokio::test]
+async fn a_batch_holds_what_is_there_up_to_its_size_in_order() {
+    let test = TestEnv::new();
+    let bus = test.bus("test").await;
+    bus.ensure_streams().await.unwrap();
+    let subjects = bus.subjects();
+    let consumer = bus
+        .durable_consumer(
+            &subjects.inbound_stream(),
+            "batch-test",
+            subjects.inbound_all(),
+            Duration::from_secs(5),
+            5,
+            16,
+        )
+        .await
+        .unwrap();
+    let mut puller = nexus_bus::Puller::new(&bus, &consumer).await.unwrap();
+    let shutdown = nexus_common::shutdown::CancellationToken::new();
+    let publish = |i: usize| {
+        let bus = bus.clone();
+        async move {
+            let msg = InboundMessage {
+                id: format!("cli:{i}"),
+                channel: "cli".into(),
+                ..Default::default()
+            };
+            bus.publish_inbound(&msg, &TraceContext::new_root())
+                .await
+                .unwrap();
+        }
+    };
+    let ids = |batch: &[async_nats::jetstream::Message]| -> Vec<String> {
+        batch
+            .iter()
+            .map(|m| nexus_bus::decode::<InboundMessage>(&m.payload).unwrap().id)
+            .collect()
+    };
+    for i in 1..=6 {
+        publish(i).await;
+    }
+    let first = puller.next_batch(4, &shutdown).await.unwrap();
+    assert_eq!(ids(&first), ["cli:1", "cli:2", "cli:3", "cli:4"]);
+    let rest = puller.next_batch(4, &shutdown).await.unwrap();
+    assert_eq!(
+        ids(&rest),
+        ["cli:5", "cli:6"],
+        "fewer than asked: what is there"
+    );
+    for m in first.iter().chain(&rest) {
+        m.double_ack().await.unwrap();
+    }
+    // Nothing there: the batch waits for the next message.
+    let waiting = tokio::spawn(async move {
+        let batch = puller.next_batch(4, &shutdown).await.unwrap();
+        ids(&batch)
+    });
+    publish(7).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a batch within 10 s")
+        .unwrap();
+    assert_eq!(got.first().map(String::as_str), Some("cli:7"));
+}
+
 #[tokio::test]
 async fn ensuring_streams_twice_is_harmless() {
     let test = TestEnv::new();
