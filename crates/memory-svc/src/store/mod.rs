@@ -275,7 +275,7 @@ pub use consolidation::{
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use usage::{UsageKey, UsageSums};
+pub use usage::{UsageEvent, UsageKey, UsageSums};
 
 /// How long a connection waits for a lock or a free pool slot before failing.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);

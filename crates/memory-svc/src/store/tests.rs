@@ -7,7 +7,7 @@ use std::{future::Future, panic::AssertUnwindSafe, str::FromStr, time::Duration}
 use futures::FutureExt as _;
 use nexus_common::domain::{ChannelName, SessionKey};
 use sqlx::{
-    Connection as _, Executor as _, postgres::PgConnectOptions, postgres::PgConnection,
+    Connection as _, Executor as _, Row as _, postgres::PgConnectOptions, postgres::PgConnection,
     sqlite::SqliteConnectOptions,
 };
 
@@ -115,6 +115,7 @@ on_both_backends!(
     earlier_summaries_cover_turns_before_the_window_since_the_last_reset,
     stored_summaries_wait_until_they_are_marked_applied,
     the_usage_ledger_counts_each_event_once_and_sums_by_day_user_and_model,
+    usage_batches_count_every_new_event_once_in_whatever_order_they_finish,
     a_turns_reads_in_one_call_equal_each_read_alone,
     an_append_counts_the_unsummarized_turns_and_a_long_turn_is_stored_whole,
     writes_in_and_outside_transactions_at_once_all_complete,
@@ -1408,4 +1409,104 @@ async fn rare_writes_wait_in_the_writers_queue_on_sqlite() {
         assert_eq!(linked.user_id, "ada");
     })
     .await;
+}
+
+/// Two replicas' batches may finish in either order: the later events first must
+/// not hide the earlier ones (a high-water mark would have), and a redelivery,
+/// inside a batch or across batches, counts nothing.
+async fn usage_batches_count_every_new_event_once_in_whatever_order_they_finish(
+    store: SessionStore,
+) {
+    let event = |seq: u64, user: &str, input: u64| super::UsageEvent {
+        seq,
+        key: super::UsageKey {
+            day: "2026-12-05".into(),
+            user_id: user.into(),
+            channel: "cli".into(),
+            model: "gpt-4.1-mini".into(),
+            purpose: "turn".into(),
+        },
+        input_tokens: input,
+        output_tokens: 1,
+    };
+    let calls = |rows: &[super::UsageSums]| -> Vec<(String, u64, u64)> {
+        rows.iter()
+            .map(|r| (r.key.user_id.clone(), r.calls, r.input_tokens))
+            .collect()
+    };
+    let later = [
+        event(11, "ann", 10),
+        event(12, "bob", 20),
+        event(14, "ann", 30),
+    ];
+    let earlier = [event(3, "ann", 1), event(5, "bob", 2), event(5, "bob", 2)];
+    assert_eq!(store.record_usage_batch("u", &later).await.unwrap(), 3);
+    assert_eq!(store.record_usage_batch("u", &earlier).await.unwrap(), 2);
+    // Redelivered with one new event among them.
+    let again = [
+        event(12, "bob", 20),
+        event(3, "ann", 1),
+        event(13, "bob", 4),
+    ];
+    assert_eq!(store.record_usage_batch("u", &again).await.unwrap(), 1);
+    // Another consumer's sequences are its own.
+    assert_eq!(
+        store
+            .record_usage_batch("v", &[event(3, "cat", 7)])
+            .await
+            .unwrap(),
+        1
+    );
+    let rows = store.usage("2026-12-05", "2026-12-05", None).await.unwrap();
+    assert_eq!(
+        calls(&rows),
+        [
+            ("ann".into(), 3, 41),
+            ("bob".into(), 3, 26),
+            ("cat".into(), 1, 7)
+        ]
+    );
+
+    // Events up to 12 expired from the stream: settled, their sequences forgotten;
+    // one at or below the floor counts nothing, one above it still does.
+    store.settle_usage_below("u", 12).await.unwrap();
+    let kept: i64 = on_pool!(&store, pool => {
+        sqlx::query("SELECT COUNT(*) AS n FROM usage_counted WHERE consumer = 'u'")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .try_get::<i64, _>("n")
+            .unwrap()
+    });
+    assert_eq!(kept, 2, "13 and 14 stay recorded");
+    assert_eq!(
+        store
+            .record_usage_batch("u", &[event(7, "ann", 100)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .record_usage_batch("u", &[event(14, "ann", 100)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .record_usage_batch("u", &[event(15, "ann", 100)])
+            .await
+            .unwrap(),
+        1
+    );
+    // The floor never goes down.
+    store.settle_usage_below("u", 2).await.unwrap();
+    assert_eq!(
+        store
+            .record_usage_batch("u", &[event(9, "ann", 100)])
+            .await
+            .unwrap(),
+        0
+    );
 }

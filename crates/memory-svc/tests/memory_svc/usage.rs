@@ -147,3 +147,69 @@ async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
     .await;
     svc.stop().await;
 }
+
+/// Two replicas share the ledger's consumer and take batches of the same backlog at
+/// once, finishing in either order: every event is counted, none twice.
+#[tokio::test]
+async fn two_replicas_count_a_backlog_of_usage_events_exactly_once() {
+    use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
+    let test = TestEnv::new();
+    let bus = test.bus("agent-core").await;
+    let emit = |i: u32| {
+        let bus = bus.clone();
+        async move {
+            bus.emit(event::Kind::LlmUsage(LlmUsage {
+                model: "m".into(),
+                input_tokens: i,
+                output_tokens: 1,
+                user_id: format!("cli_{}", i % 3),
+                channel: "cli".into(),
+                ..Default::default()
+            }))
+            .await;
+        }
+    };
+    // A backlog both replicas find when they start, then more while they run.
+    futures::future::join_all((1..=400).map(emit)).await;
+    let a = spawn_memory_svc(test.config.clone(), &bus).await;
+    let b = spawn_memory_svc(test.config.clone(), &bus).await;
+    futures::future::join_all((401..=600).map(emit)).await;
+    let expected: Vec<(String, u64, u64)> = (0..3)
+        .map(|u| {
+            let mine = (1..=600u64).filter(|i| i % 3 == u);
+            (format!("cli_{u}"), mine.clone().count() as u64, mine.sum())
+        })
+        .collect();
+    nexus_testkit::eventually(
+        "the ledger to count 600 events",
+        std::time::Duration::from_secs(30),
+        || {
+            let (bus, expected) = (bus.clone(), expected.clone());
+            async move {
+                let resp: UsageResponse = bus
+                    .request(
+                        bus.subjects().memory(MemoryOp::Usage),
+                        &UsageRequest::default(),
+                        &TraceContext::new_root(),
+                        None,
+                    )
+                    .await
+                    .ok()?;
+                let rows: Vec<(String, u64, u64)> = resp
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.user_id, r.calls, r.input_tokens))
+                    .collect();
+                // Never more than expected on the way: that would be a double count.
+                assert!(
+                    rows.iter().map(|r| r.1).sum::<u64>() <= 600,
+                    "counted twice: {rows:?}"
+                );
+                (rows == expected).then_some(())
+            }
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
