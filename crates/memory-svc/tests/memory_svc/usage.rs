@@ -5,6 +5,20 @@ use nexus_testkit::TestEnv;
 
 use super::spawn_memory_svc;
 
+/// The whole ledger, through the `usage` op; `None` while memory-svc does not answer.
+async fn ledger(bus: &Bus) -> Option<Vec<nexus_proto::v1::UsageRow>> {
+    let resp: nexus_proto::v1::UsageResponse = bus
+        .request(
+            bus.subjects().memory(MemoryOp::Usage),
+            &nexus_proto::v1::UsageRequest::default(),
+            &TraceContext::new_root(),
+            None,
+        )
+        .await
+        .ok()?;
+    Some(resp.rows)
+}
+
 #[tokio::test]
 async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
     use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
@@ -111,7 +125,7 @@ async fn usage_events_are_summed_in_the_ledger_once_even_across_a_restart() {
 
 #[tokio::test]
 async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
-    use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
+    use nexus_proto::v1::{LlmUsage, event};
     let test = TestEnv::new();
     // No streams yet: memory-svc is the first service up.
     let bus = Bus::connect(&test.config, "agent-core").await.unwrap();
@@ -131,16 +145,8 @@ async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
         || {
             let bus = bus.clone();
             async move {
-                let resp: UsageResponse = bus
-                    .request(
-                        bus.subjects().memory(MemoryOp::Usage),
-                        &UsageRequest::default(),
-                        &TraceContext::new_root(),
-                        None,
-                    )
-                    .await
-                    .ok()?;
-                (resp.rows.len() == 1 && resp.rows[0].input_tokens == 3).then_some(())
+                let rows = ledger(&bus).await?;
+                (rows.len() == 1 && rows[0].input_tokens == 3).then_some(())
             }
         },
     )
@@ -152,7 +158,7 @@ async fn the_ledger_waits_for_the_events_stream_when_memory_svc_starts_first() {
 /// once, finishing in either order: every event is counted, none twice.
 #[tokio::test]
 async fn two_replicas_count_a_backlog_of_usage_events_exactly_once() {
-    use nexus_proto::v1::{LlmUsage, UsageRequest, UsageResponse, event};
+    use nexus_proto::v1::{LlmUsage, event};
     let test = TestEnv::new();
     let bus = test.bus("agent-core").await;
     let emit = |i: u32| {
@@ -186,17 +192,8 @@ async fn two_replicas_count_a_backlog_of_usage_events_exactly_once() {
         || {
             let (bus, expected) = (bus.clone(), expected.clone());
             async move {
-                let resp: UsageResponse = bus
-                    .request(
-                        bus.subjects().memory(MemoryOp::Usage),
-                        &UsageRequest::default(),
-                        &TraceContext::new_root(),
-                        None,
-                    )
-                    .await
-                    .ok()?;
-                let rows: Vec<(String, u64, u64)> = resp
-                    .rows
+                let rows: Vec<(String, u64, u64)> = ledger(&bus)
+                    .await?
                     .into_iter()
                     .map(|r| (r.user_id, r.calls, r.input_tokens))
                     .collect();

@@ -1,5 +1,7 @@
 //! The bus against real NATS: idempotent publishes, dead letters, media, KV.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use nexus_bus::TraceContext;
@@ -37,23 +39,43 @@ async fn publishing_the_same_id_twice_stores_one_message() {
     assert_eq!(info.config.duplicate_window, nexus_bus::DUPLICATE_WINDOW);
 }
 
+/// A durable consumer of every inbound message, on streams made for the test.
+async fn inbound_consumer(
+    bus: &nexus_bus::Bus,
+    name: &str,
+    max_ack_pending: i64,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    bus.ensure_streams().await.unwrap();
+    let subjects = bus.subjects();
+    bus.durable_consumer(
+        &subjects.inbound_stream(),
+        name,
+        subjects.inbound_all(),
+        Duration::from_secs(5),
+        5,
+        max_ack_pending,
+    )
+    .await
+    .unwrap()
+}
+
+/// Stores inbound message `cli:<i>`.
+async fn publish_cli(bus: &nexus_bus::Bus, i: usize) {
+    let msg = InboundMessage {
+        id: format!("cli:{i}"),
+        channel: "cli".into(),
+        ..Default::default()
+    };
+    bus.publish_inbound(&msg, &TraceContext::new_root())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_puller_pulls_again_when_its_pulls_expire_and_delivers_in_order() {
     let test = TestEnv::new();
     let bus = test.bus("test").await;
-    bus.ensure_streams().await.unwrap();
-    let subjects = bus.subjects();
-    let consumer = bus
-        .durable_consumer(
-            &subjects.inbound_stream(),
-            "puller-test",
-            subjects.inbound_all(),
-            Duration::from_secs(5),
-            5,
-            1,
-        )
-        .await
-        .unwrap();
+    let consumer = inbound_consumer(&bus, "puller-test", 1).await;
     let mut puller = nexus_bus::Puller::new(&bus, &consumer)
         .await
         .unwrap()
@@ -72,14 +94,7 @@ async fn a_puller_pulls_again_when_its_pulls_expire_and_delivers_in_order() {
         "{waiting} pulls waiting: expired pulls piled up"
     );
     for i in 1..=5 {
-        let msg = InboundMessage {
-            id: format!("cli:{i}"),
-            channel: "cli".into(),
-            ..Default::default()
-        };
-        bus.publish_inbound(&msg, &TraceContext::new_root())
-            .await
-            .unwrap();
+        publish_cli(&bus, i).await;
     }
     for i in 1..=5 {
         let got = tokio::time::timeout(Duration::from_secs(10), puller.next(&shutdown))
@@ -100,34 +115,9 @@ async fn a_puller_pulls_again_when_its_pulls_expire_and_delivers_in_order() {
 async fn a_batch_holds_what_is_there_up_to_its_size_in_order() {
     let test = TestEnv::new();
     let bus = test.bus("test").await;
-    bus.ensure_streams().await.unwrap();
-    let subjects = bus.subjects();
-    let consumer = bus
-        .durable_consumer(
-            &subjects.inbound_stream(),
-            "batch-test",
-            subjects.inbound_all(),
-            Duration::from_secs(5),
-            5,
-            16,
-        )
-        .await
-        .unwrap();
+    let consumer = inbound_consumer(&bus, "batch-test", 16).await;
     let mut puller = nexus_bus::Puller::new(&bus, &consumer).await.unwrap();
     let shutdown = nexus_common::shutdown::CancellationToken::new();
-    let publish = |i: usize| {
-        let bus = bus.clone();
-        async move {
-            let msg = InboundMessage {
-                id: format!("cli:{i}"),
-                channel: "cli".into(),
-                ..Default::default()
-            };
-            bus.publish_inbound(&msg, &TraceContext::new_root())
-                .await
-                .unwrap();
-        }
-    };
     let ids = |batch: &[async_nats::jetstream::Message]| -> Vec<String> {
         batch
             .iter()
@@ -135,7 +125,7 @@ async fn a_batch_holds_what_is_there_up_to_its_size_in_order() {
             .collect()
     };
     for i in 1..=6 {
-        publish(i).await;
+        publish_cli(&bus, i).await;
     }
     let first = puller.next_batch(4, &shutdown).await.unwrap();
     assert_eq!(ids(&first), ["cli:1", "cli:2", "cli:3", "cli:4"]);
@@ -153,7 +143,7 @@ async fn a_batch_holds_what_is_there_up_to_its_size_in_order() {
         let batch = puller.next_batch(4, &shutdown).await.unwrap();
         ids(&batch)
     });
-    publish(7).await;
+    publish_cli(&bus, 7).await;
     let got = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("a batch within 10 s")
