@@ -1,6 +1,6 @@
 //! The usage ledger's intake: a durable consumer of the `llm_usage` events on
 //! `N_EVENTS`, shared by every memory-svc replica. Events are taken in batches (the
-//! next one and those already waiting, up to [`BATCH`]) and counted in one
+//! next one and those already waiting, up to 64) and counted in one
 //! transaction; the store records each event's sequence, so a redelivery counts
 //! nothing and two replicas' batches may finish in either order. One event at a
 //! time cost a pull, a transaction and a confirmed ack per model call: about an
@@ -24,7 +24,7 @@ use crate::store::{SessionStore, UsageEvent, UsageKey};
 /// counted by whoever gets it, once).
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Events counted in one transaction at most (and unacknowledged at once).
-pub const BATCH: usize = 64;
+const BATCH: usize = 64;
 /// Wait before trying an event again after a database failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// How often the sequences of events the stream no longer holds are forgotten.
