@@ -9,7 +9,8 @@
 //! disk read), so the resident set becomes the code in use.
 
 /// Unmaps the pages of the executable's segments that are never written (code,
-/// constants, unwind tables); returns how many bytes were mapped there before.
+/// constants, unwind tables); returns the size of the ranges released, resident
+/// or not.
 /// Writable segments (data, relocated tables) are left alone: their pages may hold
 /// what the process wrote, which the file does not.
 #[cfg(target_os = "linux")]
