@@ -96,6 +96,14 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// go on, at most 5 s.
 const PULL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
 
+/// A message the server delivered on a pull inbox, ackable through JetStream.
+fn delivered(js: &jetstream::Context, message: async_nats::Message) -> jetstream::Message {
+    jetstream::Message {
+        message,
+        context: js.clone(),
+    }
+}
+
 /// What ended a wait for the answer to a pull.
 enum Answer {
     Message(Option<async_nats::Message>),
@@ -189,12 +197,7 @@ impl Puller {
             match answer {
                 Answer::Message(Some(message)) => {
                     match message.status.unwrap_or(async_nats::StatusCode::OK) {
-                        async_nats::StatusCode::OK => {
-                            return Some(jetstream::Message {
-                                message,
-                                context: self.js.clone(),
-                            });
-                        }
+                        async_nats::StatusCode::OK => return Some(delivered(&self.js, message)),
                         // Expired with nothing to deliver: long-poll again.
                         async_nats::StatusCode::TIMEOUT | async_nats::StatusCode::NOT_FOUND => {}
                         // A status instead of a message (e.g. the consumer is at its ack limit).
@@ -263,10 +266,7 @@ impl Puller {
                         .status
                         .is_none_or(|s| s == async_nats::StatusCode::OK) =>
                 {
-                    batch.push(jetstream::Message {
-                        message,
-                        context: self.js.clone(),
-                    });
+                    batch.push(delivered(&self.js, message));
                 }
                 Some(_status) => break,
                 None => {

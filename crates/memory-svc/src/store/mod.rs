@@ -118,27 +118,6 @@ macro_rules! shared_store_methods {
             Ok(turns)
         }
 
-        pub(super) async fn set_model(
-            &self,
-            session: &SessionKey,
-            model: &ModelOverride,
-            at_ms: i64,
-        ) -> Result<(), StoreError> {
-            // A write: connection first, then this process's writers' queue.
-            let mut conn = self.pool.acquire().await?;
-            let _writing = self.writing().await;
-            sqlx::query(sql::SET_MODEL)
-                .bind(session.id())
-                .bind(session.channel().as_str())
-                .bind(session.chat_id())
-                .bind(session.thread_id())
-                .bind(at_ms)
-                .bind(model.as_str())
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        }
-
         pub(super) async fn model_override(
             &self,
             session: &SessionKey,
@@ -641,11 +620,18 @@ impl SessionStore {
         session: &SessionKey,
         model: &ModelOverride,
     ) -> Result<(), StoreError> {
-        let at_ms = now_ms();
-        match self {
-            Self::Sqlite(s) => s.set_model(session, model, at_ms).await,
-            Self::Postgres(s) => s.set_model(session, model, at_ms).await,
-        }
+        writing_on_pool!(self, pool => {
+            sqlx::query(sql::SET_MODEL)
+                .bind(session.id())
+                .bind(session.channel().as_str())
+                .bind(session.chat_id())
+                .bind(session.thread_id())
+                .bind(now_ms())
+                .bind(model.as_str())
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// The session's model override; empty when none was set (or the session is unknown).

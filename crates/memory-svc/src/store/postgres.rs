@@ -9,10 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{
-    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, past_entry_row,
-    sql,
-};
+use super::{Answered, LOCK_TIMEOUT, NewTurn, PastEntry, StoreError, TurnId, past_entry_row, sql};
 use nexus_common::domain::SessionKey;
 
 pub(super) const BACKEND: &str = "postgres";

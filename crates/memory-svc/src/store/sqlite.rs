@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    Answered, LOCK_TIMEOUT, ModelOverride, NewTurn, PastEntry, StoreError, TurnId, TurnQuery,
-    TurnReads, consolidation, identities, past_entry_row, renumbered, sql,
+    Answered, LOCK_TIMEOUT, NewTurn, PastEntry, StoreError, TurnId, TurnQuery, TurnReads,
+    consolidation, identities, past_entry_row, renumbered, sql,
 };
 use nexus_common::domain::SessionKey;
 

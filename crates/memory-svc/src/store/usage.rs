@@ -78,6 +78,7 @@ pub struct UsageEvent {
 
 impl SessionStore {
     /// Counts one call, once: `false` (nothing changed) when `seq` was counted already.
+    #[cfg(test)]
     pub async fn record_usage(
         &self,
         consumer: &str,
